@@ -1,0 +1,38 @@
+# The one interface, used the same way locally and by CI (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest docs docs-serve clean
+
+# Bootstrap: a virtual environment with pinned tools and both packages installed editable.
+$(STAMP): pyproject.toml fakes/pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements-dev.txt -e ./fakes -e '.[yaml,server]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the main job on embedded defaults: fake providers on loopback, no keys
+	$(BIN)/waterfall-asgi demo
+
+test: lint typecheck pytest docs  ## everything CI checks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -1,0 +1,91 @@
+"""waterfall-fakes: OpenAI-compatible fake LLM providers with scripted faults.
+
+Pick a way to run a fake:
+
+- :class:`FakeTransport`: in-process, for ``httpx`` clients, chunk-exact;
+- :class:`FakeApp`: a raw ASGI app;
+- :class:`FakeServer`: a real loopback server in a background thread;
+- ``waterfall-fakes serve``: the same from the command line, for any language.
+
+All of them play back what a :class:`FakeProvider` decides, and every behaviour is described in
+:mod:`waterfall_fakes.behaviours`.
+"""
+
+from .asgi import ConnectionCut, FakeApp
+from .behaviours import (
+    BEHAVIOUR_HEADER,
+    Behaviour,
+    BehaviourError,
+    BigEvent,
+    Chunking,
+    Cut,
+    Dialect,
+    DoubleDone,
+    ErrorEvent,
+    Fields,
+    Hang,
+    InsufficientBalance,
+    KeepAlive,
+    LineEndings,
+    MalformedEvent,
+    NoDone,
+    NoUsage,
+    Ok,
+    RateLimit,
+    SlowChunks,
+    SlowFirstByte,
+    Status,
+    Truncate,
+    format_behaviours,
+    parse_behaviours,
+)
+from .catalog import DEFAULT_MODELS, WORDS, FakeModel, count_prompt_tokens
+from .provider import FakeConfig, FakeProvider, RecordedRequest, Reply, chunk_bytes
+from .ratelimit import Limits, format_duration
+from .server import FakeServer
+from .transport import FakeTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BEHAVIOUR_HEADER",
+    "DEFAULT_MODELS",
+    "WORDS",
+    "Behaviour",
+    "BehaviourError",
+    "BigEvent",
+    "Chunking",
+    "ConnectionCut",
+    "Cut",
+    "Dialect",
+    "DoubleDone",
+    "ErrorEvent",
+    "FakeApp",
+    "FakeConfig",
+    "FakeModel",
+    "FakeProvider",
+    "FakeServer",
+    "FakeTransport",
+    "Fields",
+    "Hang",
+    "InsufficientBalance",
+    "KeepAlive",
+    "Limits",
+    "LineEndings",
+    "MalformedEvent",
+    "NoDone",
+    "NoUsage",
+    "Ok",
+    "RateLimit",
+    "RecordedRequest",
+    "Reply",
+    "SlowChunks",
+    "SlowFirstByte",
+    "Status",
+    "Truncate",
+    "chunk_bytes",
+    "count_prompt_tokens",
+    "format_behaviours",
+    "format_duration",
+    "parse_behaviours",
+]

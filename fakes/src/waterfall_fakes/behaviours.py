@@ -1,0 +1,312 @@
+"""The fault vocabulary of the fakes.
+
+A *behaviour* changes how a fake answers one request. Behaviours compose: a request is answered by
+a list of them, applied in order (an answer-replacing behaviour such as ``rate_limit`` wins over the
+stream faults; stream faults transform the event list one after the other; ``chunking`` and
+``cut`` act on the encoded bytes last).
+
+They are pydantic models, so a config file is validated with errors that name the bad key, and
+they have a compact text form for the ``x-fake-behaviour`` request header::
+
+    rate_limit:dialect=retry-after-date,seconds=3; chunking:size=1
+
+Behaviours are separated by ``;``; each is a name, optionally followed by ``:`` and
+``key=value`` pairs separated by ``,``. List values (``chunking:at=...``) use ``|``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+__all__ = [
+    "BEHAVIOUR_HEADER",
+    "Behaviour",
+    "BehaviourError",
+    "BigEvent",
+    "Chunking",
+    "Cut",
+    "Dialect",
+    "DoubleDone",
+    "ErrorEvent",
+    "Fields",
+    "Hang",
+    "InsufficientBalance",
+    "KeepAlive",
+    "LineEndings",
+    "MalformedEvent",
+    "NoDone",
+    "NoUsage",
+    "Ok",
+    "RateLimit",
+    "SlowChunks",
+    "SlowFirstByte",
+    "Status",
+    "Truncate",
+    "format_behaviours",
+    "parse_behaviours",
+]
+
+BEHAVIOUR_HEADER = "x-fake-behaviour"
+"""The request header that adds behaviours to one request (``x-fake-behavior`` works too)."""
+
+Dialect: TypeAlias = Literal[
+    "retry-after", "retry-after-date", "retry-after-ms", "openai", "openrouter", "none"
+]
+"""How a 429 tells the client when to come back.
+
+- ``retry-after``: ``Retry-After`` in whole seconds (rounded up).
+- ``retry-after-date``: ``Retry-After`` as an HTTP date.
+- ``retry-after-ms``: ``retry-after-ms`` in milliseconds, nothing else.
+- ``openai``: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, resets as Go-style
+  durations such as ``6m23.456s`` or ``500ms``.
+- ``openrouter``: ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
+  as a Unix timestamp in milliseconds.
+- ``none``: no hint at all.
+"""
+
+
+class BehaviourError(ValueError):
+    """A behaviour spec (header text or config) that cannot be understood."""
+
+
+class _Behaviour(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ok(_Behaviour):
+    """Answer normally (useful as a step in a script)."""
+
+    kind: Literal["ok"] = "ok"
+
+
+class RateLimit(_Behaviour):
+    """Answer 429 with the given header dialect, saying to come back after ``seconds``."""
+
+    kind: Literal["rate_limit"] = "rate_limit"
+    dialect: Dialect = "retry-after"
+    seconds: float = Field(default=1.0, ge=0)
+
+
+class InsufficientBalance(_Behaviour):
+    """Answer 402 with a Routstr-style insufficient balance body."""
+
+    kind: Literal["insufficient_balance"] = "insufficient_balance"
+
+
+class Status(_Behaviour):
+    """Answer with an error status (400, 401, 500, 502, 503, 504, ...) and an OpenAI error body."""
+
+    kind: Literal["status"] = "status"
+    code: int = Field(default=500, ge=400, le=599)
+    message: str | None = None
+
+
+class Hang(_Behaviour):
+    """Send nothing for ``seconds`` (forever when unset) before the response headers."""
+
+    kind: Literal["hang"] = "hang"
+    seconds: float | None = Field(default=None, ge=0)
+
+
+class SlowFirstByte(_Behaviour):
+    """Send the headers at once but the first body byte only after ``seconds``."""
+
+    kind: Literal["slow_first_byte"] = "slow_first_byte"
+    seconds: float = Field(default=0.5, ge=0)
+
+
+class Truncate(_Behaviour):
+    """Stream only the first ``events`` events, then close cleanly (no ``[DONE]``)."""
+
+    kind: Literal["truncate"] = "truncate"
+    events: int = Field(default=1, ge=0)
+
+
+class Cut(_Behaviour):
+    """Cut the connection after ``bytes`` body bytes (streaming or not)."""
+
+    kind: Literal["cut"] = "cut"
+    bytes: int = Field(default=0, ge=0)
+
+
+class NoDone(_Behaviour):
+    """Send every event but leave out the final ``data: [DONE]``."""
+
+    kind: Literal["no_done"] = "no_done"
+
+
+class DoubleDone(_Behaviour):
+    """Send ``data: [DONE]`` twice."""
+
+    kind: Literal["double_done"] = "double_done"
+
+
+class ErrorEvent(_Behaviour):
+    """After ``after`` events, send ``data: {"error": {...}}`` and end the stream.
+
+    With ``done`` the stream still ends with ``[DONE]`` after the error, as some providers do.
+    """
+
+    kind: Literal["error_event"] = "error_event"
+    after: int = Field(default=1, ge=0)
+    message: str = "The server had an error while processing your request."
+    code: str = "server_error"
+    done: bool = False
+
+
+class MalformedEvent(_Behaviour):
+    """After ``after`` events, insert one event whose data is not valid JSON."""
+
+    kind: Literal["malformed_event"] = "malformed_event"
+    after: int = Field(default=1, ge=0)
+
+
+class BigEvent(_Behaviour):
+    """Make the content event at index ``after`` at least ``size`` bytes long (valid JSON)."""
+
+    kind: Literal["big_event"] = "big_event"
+    size: int = Field(default=70_000, ge=1)
+    after: int = Field(default=1, ge=0)
+
+
+class NoUsage(_Behaviour):
+    """Leave out usage: no usage chunk when streaming, no ``usage`` key otherwise."""
+
+    kind: Literal["no_usage"] = "no_usage"
+
+
+class SlowChunks(_Behaviour):
+    """Wait ``seconds`` before every body chunk after the first."""
+
+    kind: Literal["slow_chunks"] = "slow_chunks"
+    seconds: float = Field(default=0.05, ge=0)
+
+
+class KeepAlive(_Behaviour):
+    """Send an SSE comment (``: text``) first and then after every ``every`` events."""
+
+    kind: Literal["keepalive"] = "keepalive"
+    every: int = Field(default=1, ge=1)
+    text: str = "keep-alive"
+
+
+class Fields(_Behaviour):
+    """Give every data event an ``event:`` line and, with ``ids``, an ``id:`` line."""
+
+    kind: Literal["fields"] = "fields"
+    event: str = "completion"
+    ids: bool = True
+
+
+class LineEndings(_Behaviour):
+    """Encode the stream with ``lf`` (default), ``crlf`` or ``cr`` line ends."""
+
+    kind: Literal["line_endings"] = "line_endings"
+    style: Literal["lf", "crlf", "cr"] = "crlf"
+
+
+class Chunking(_Behaviour):
+    """Choose where the body is split into chunks.
+
+    One of: ``size`` (fixed size chunks), ``at`` (explicit byte offsets), or ``seed`` (random
+    sizes from 1 to ``max_size``, reproducible). Boundaries fall anywhere, inside multi-byte
+    characters and inside ``data:`` included.
+    """
+
+    kind: Literal["chunking"] = "chunking"
+    size: int | None = Field(default=None, ge=1)
+    at: tuple[int, ...] | None = None
+    seed: int | None = None
+    max_size: int = Field(default=16, ge=1)
+
+
+Behaviour = Annotated[
+    Ok
+    | RateLimit
+    | InsufficientBalance
+    | Status
+    | Hang
+    | SlowFirstByte
+    | Truncate
+    | Cut
+    | NoDone
+    | DoubleDone
+    | ErrorEvent
+    | MalformedEvent
+    | BigEvent
+    | NoUsage
+    | SlowChunks
+    | KeepAlive
+    | Fields
+    | LineEndings
+    | Chunking,
+    Field(discriminator="kind"),
+]
+"""Any one behaviour; ``kind`` says which."""
+
+_ADAPTER: TypeAdapter[Behaviour] = TypeAdapter(Behaviour)
+_LIST_KEYS = {"at"}
+
+
+def _parse_one(text: str) -> Behaviour:
+    name, _, args = text.partition(":")
+    data: dict[str, Any] = {"kind": name.strip()}
+    for pair in filter(None, (p.strip() for p in args.split(","))):
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BehaviourError(f"{text.strip()!r}: expected key=value, got {pair!r}")
+        value = value.strip()
+        data[key] = [v for v in value.split("|") if v] if key in _LIST_KEYS else value
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'kind'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise BehaviourError(f"{text.strip()!r}: {problems}") from None
+
+
+def parse_behaviours(spec: str | list[Any] | Behaviour | dict[str, Any] | None) -> list[Behaviour]:
+    """Turn header text, a config value or a behaviour into a list of behaviours.
+
+    >>> [b.kind for b in parse_behaviours("rate_limit:dialect=openai,seconds=2; chunking:size=1")]
+    ['rate_limit', 'chunking']
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [_parse_one(part) for part in spec.split(";") if part.strip()]
+    if isinstance(spec, list):
+        out: list[Behaviour] = []
+        for item in spec:
+            out.extend(parse_behaviours(item))
+        return out
+    if isinstance(spec, dict):
+        try:
+            return [_ADAPTER.validate_python(spec)]
+        except ValidationError as exc:
+            raise BehaviourError(str(exc)) from None
+    return [spec]
+
+
+def format_behaviours(behaviours: list[Behaviour]) -> str:
+    """The header text for ``behaviours`` (the inverse of :func:`parse_behaviours`)."""
+    parts = []
+    for b in behaviours:
+        fields = b.model_dump(exclude={"kind"}, exclude_defaults=True)
+        args = ",".join(
+            f"{k}={'|'.join(str(x) for x in v) if isinstance(v, tuple) else _fmt(v)}"
+            for k, v in fields.items()
+        )
+        parts.append(f"{b.kind}:{args}" if args else b.kind)
+    return "; ".join(parts)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,127 @@
+"""A fake provider on a loopback port, served by uvicorn in a background thread.
+
+>>> import httpx
+>>> from waterfall_fakes import FakeServer
+>>> with FakeServer() as server:
+...     httpx.get(server.url + "/health").json()["status"]
+'ok'
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from types import TracebackType
+
+import uvicorn
+
+from .asgi import ConnectionCut, FakeApp
+from .provider import FakeProvider
+
+__all__ = ["FakeServer"]
+
+
+class _HideScriptedCuts(logging.Filter):
+    """Keep uvicorn from logging a traceback for each connection the script cut on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, ConnectionCut):
+                return False
+            exc = exc.__cause__ or exc.__context__
+        return True
+
+
+_FILTER = _HideScriptedCuts()
+
+
+class FakeServer:
+    """Serve ``provider`` on ``host:port`` (port 0: a free one) until stopped.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``url`` is the base URL
+    to give an OpenAI client (it ends in ``/v1``); ``root`` is the server root.
+    """
+
+    def __init__(
+        self,
+        provider: FakeProvider | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+    ) -> None:
+        self.provider = provider if provider is not None else FakeProvider()
+        self.host = host
+        self._requested_port = port
+        self._log_level = log_level
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.port = port
+
+    @property
+    def root(self) -> str:
+        """``http://host:port``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-style base URL, ``http://host:port/v1``."""
+        return self.root + "/v1"
+
+    def start(self) -> FakeServer:
+        """Bind, start serving in a background thread and wait until it accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("this FakeServer is already running")
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._requested_port))
+        self.port = sock.getsockname()[1]
+        self._socket = sock
+        config = uvicorn.Config(
+            FakeApp(self.provider),
+            log_level=self._log_level,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").addFilter(_FILTER)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-{self.port}", daemon=True
+        )
+        self._thread.start()
+        while not server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the fake server failed to start")
+            self._thread.join(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close open connections and wait for the thread to end."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._thread is not None else "stopped"
+        return f"FakeServer({self.root}, {state}, {self.provider!r})"

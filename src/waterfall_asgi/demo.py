@@ -1,0 +1,6 @@
+"""``waterfall-asgi demo`` (placeholder)."""
+
+
+def run() -> int:
+    """Run the demo."""
+    return 0
