@@ -1,0 +1,276 @@
+"""Configuration: providers, deployments, chains, the routing policy and limits.
+
+Plain pydantic models, so a config can be built in Python, or loaded from TOML, YAML or JSON with
+:func:`load_config`; a mistake is reported with the exact key that is wrong
+(:class:`ConfigError`). Secrets are :class:`pydantic.SecretStr`: they never appear in a repr, a
+log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "Deployment",
+    "Limits",
+    "Provider",
+    "RouterConfig",
+    "RoutingPolicy",
+    "Timeouts",
+    "load_config",
+]
+
+DEFAULT_FALL_THROUGH = frozenset({401, 402, 403, 408, 429, 500, 502, 503, 504})
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each wrong key and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Model):
+    """Upstream timeouts, in seconds."""
+
+    connect: float = Field(default=5.0, gt=0, description="to open a connection")
+    first_byte: float = Field(
+        default=60.0, gt=0, description="from sending the request to the response headers"
+    )
+    read: float = Field(default=60.0, gt=0, description="between two body chunks")
+    write: float = Field(default=30.0, gt=0, description="to send the request body")
+    pool: float = Field(default=5.0, gt=0, description="to get a connection from the pool")
+
+
+class Provider(_Model):
+    """An upstream OpenAI-compatible API.
+
+    The key comes from ``api_key`` or, better, from the environment variable named by
+    ``api_key_env`` (read when the config is loaded). It is sent as ``Authorization: Bearer``.
+    """
+
+    base_url: str = Field(description="e.g. https://api.openai.com/v1")
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="extra headers to send")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _resolve_key(self) -> Provider:
+        if self.api_key is None and self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if value is None:
+                raise ValueError(f"environment variable {self.api_key_env} is not set")
+            object.__setattr__(self, "api_key", SecretStr(value))
+        return self
+
+
+class Deployment(_Model):
+    """One model at one provider: an entry a chain can name as ``provider/model``."""
+
+    provider: str
+    model: str
+
+    @property
+    def key(self) -> str:
+        """``provider/model``: the name of the entry, and the key of its cooldown."""
+        return f"{self.provider}/{self.model}"
+
+    @classmethod
+    def parse(cls, value: Any) -> Deployment:
+        """From ``"provider/model"`` (the model may contain ``/`` itself) or a mapping."""
+        if isinstance(value, str):
+            provider, sep, model = value.partition("/")
+            if not sep or not provider or not model:
+                raise ValueError(f"{value!r} is not of the form 'provider/model'")
+            return cls(provider=provider, model=model)
+        return cls.model_validate(value)
+
+
+class RoutingPolicy(_Model):
+    """When to fall through to the next entry, and how long an entry cools down."""
+
+    fall_through: frozenset[int] = Field(
+        default=DEFAULT_FALL_THROUGH,
+        description="upstream statuses that fall through (every 5xx does too)",
+    )
+    default_cooldown: float = Field(
+        default=30.0, ge=0, description="seconds, when the provider gives no hint"
+    )
+    max_cooldown: float = Field(default=3600.0, ge=0, description="cap on any one cooldown")
+    cool_on_zero_remaining: bool = Field(
+        default=True, description="cool an entry down when a success reports remaining=0"
+    )
+    accept: Literal["first_event", "headers"] = Field(
+        default="first_event",
+        description="when a streaming upstream is accepted: after its first complete SSE event, "
+        "or as soon as its headers say 200",
+    )
+
+    def falls_through(self, status: int) -> bool:
+        """Whether an upstream ``status`` makes the request move to the next entry."""
+        return status in self.fall_through or status >= 500
+
+
+class Limits(_Model):
+    """Limits on what clients may send."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+
+
+class RouterConfig(_Model):
+    """Everything the router needs.
+
+    >>> cfg = RouterConfig.model_validate({
+    ...     "providers": {"a": {"base_url": "http://127.0.0.1:9/v1"}},
+    ...     "chains": {"fast": ["a/m1", "a/m2"]},
+    ... })
+    >>> [d.key for d in cfg.chains["fast"]]
+    ['a/m1', 'a/m2']
+    """
+
+    prefix: str = Field(default="/v1", description="the path the router answers under")
+    providers: dict[str, Provider]
+    deployments: tuple[Deployment, ...] = Field(
+        default=(), description="entries not named in any chain but servable by model name"
+    )
+    chains: dict[str, tuple[Deployment, ...]] = Field(default_factory=dict)
+    default_chain: str | None = Field(
+        default=None, description="the chain for requests that name no model"
+    )
+    client_keys: tuple[SecretStr, ...] = Field(
+        default=(), description="Bearer keys clients must present; none: no auth"
+    )
+    policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value.rstrip("/")
+
+    @field_validator("chains", mode="before")
+    @classmethod
+    def _parse_chains(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: _entries(v) for k, v in value.items()}
+        return value
+
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _parse_deployments(cls, value: Any) -> Any:
+        return _entries(value)
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> RouterConfig:
+        problems = []
+        for name, entries in self.chains.items():
+            if not entries:
+                problems.append(f"chains.{name}: a chain needs at least one entry")
+            for i, d in enumerate(entries):
+                if d.provider not in self.providers:
+                    problems.append(f"chains.{name}.{i}: unknown provider {d.provider!r}")
+        for i, d in enumerate(self.deployments):
+            if d.provider not in self.providers:
+                problems.append(f"deployments.{i}: unknown provider {d.provider!r}")
+        if self.default_chain is not None and self.default_chain not in self.chains:
+            problems.append(f"default_chain: no chain named {self.default_chain!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def all_deployments(self) -> list[Deployment]:
+        """Every distinct entry, in config order (listed deployments, then chains)."""
+        seen: dict[str, Deployment] = {}
+        for d in self.deployments:
+            seen.setdefault(d.key, d)
+        for entries in self.chains.values():
+            for d in entries:
+                seen.setdefault(d.key, d)
+        return list(seen.values())
+
+
+def _entries(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        out = []
+        for v in value:
+            try:
+                out.append(Deployment.parse(v))
+            except (ValueError, ValidationError):
+                out.append(v)  # let pydantic report it at the right key
+        return tuple(out)
+    return value
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> RouterConfig:
+    """Build a :class:`RouterConfig` from a file path (``.toml``, ``.yaml``/``.yml``, ``.json``),
+    a mapping, or a config (returned as it is). Raises :class:`ConfigError`."""
+    if isinstance(source, RouterConfig):
+        return source
+    data: Any
+    if isinstance(source, Mapping):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except ImportError:
+            raise ConfigError(
+                f"{path}: YAML needs PyYAML (pip install 'waterfall-asgi[yaml]')"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
+            ) from None
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None

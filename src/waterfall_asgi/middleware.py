@@ -1,0 +1,439 @@
+"""``WaterfallMiddleware``: the router as pure ASGI middleware.
+
+It answers ``POST {prefix}/chat/completions``, ``{prefix}/completions`` and ``{prefix}/embeddings``,
+``GET {prefix}/models`` and ``GET {health_path}``, and hands every other request, websocket and
+lifespan message to the wrapped app untouched. It owns one shared upstream ``httpx.AsyncClient``
+through lifespan when the server speaks it, and opens it on first use when it does not.
+
+Where this deliberately differs from the obvious implementation:
+
+- nothing is sent to the client before an upstream has been accepted (see :mod:`.router`), so a
+  fallback is invisible to the client, streaming included;
+- after that point an upstream failure ends the stream with an explicit SSE error event, never a
+  silent clean end;
+- the client's ``Authorization`` (and every hop-by-hop header) never travels upstream, and the
+  upstream key never travels back or into a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .config import RouterConfig, load_config
+from .cooldown import CooldownStore, InMemoryCooldownStore
+from .errors import RouterError, error_body, send_error
+from .router import Attempt, Router, Served
+
+__all__ = ["WaterfallMiddleware"]
+
+logger = logging.getLogger("waterfall_asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ENDPOINTS = {
+    "/chat/completions": "messages",
+    "/completions": "prompt",
+    "/embeddings": "input",
+}
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _header(value: str) -> bytes:
+    return value.encode("latin-1", "replace")
+
+
+class WaterfallMiddleware:
+    """Mount the waterfall router in front of ``app`` (``None``: answer 404 for everything else).
+
+    ``config`` is a :class:`~waterfall_asgi.config.RouterConfig`, a mapping, or a config file path.
+    ``transport`` (or a whole ``client``) replaces the upstream HTTP transport, which is how the
+    fakes plug in without patching; ``cooldowns`` replaces the in-memory cooldown store.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp | None,
+        config: RouterConfig | Mapping[str, Any] | str | Path,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        client: httpx.AsyncClient | None = None,
+        cooldowns: CooldownStore | None = None,
+        clock: Callable[[], float] = time.time,
+        health_path: str | None = "/health",
+    ) -> None:
+        self.app = app
+        self.config = load_config(config)
+        self.health_path = health_path
+        self._transport = transport
+        self._own_client = client is None
+        self._client = client
+        self.cooldowns = cooldowns if cooldowns is not None else InMemoryCooldownStore()
+        self.clock = clock
+        self._router: Router | None = None
+        self._lock = asyncio.Lock()
+        prefix = self.config.prefix
+        self._routes = {prefix + e: e for e in _ENDPOINTS}
+
+    # -- resources -----------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Open the upstream client (done by lifespan, or on the first request)."""
+        async with self._lock:
+            if self._router is not None:
+                return
+            if self._client is None:
+                self._client = httpx.AsyncClient(
+                    transport=self._transport,
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                    follow_redirects=False,
+                )
+            self._router = Router(self.config, self._client, self.cooldowns, clock=self.clock)
+
+    async def shutdown(self) -> None:
+        """Close the upstream client if this middleware opened it."""
+        async with self._lock:
+            if self._own_client and self._client is not None:
+                await self._client.aclose()
+                self._client = None
+            self._router = None
+
+    async def _get_router(self) -> Router:
+        if self._router is None:
+            await self.startup()
+        assert self._router is not None
+        return self._router
+
+    # -- ASGI ----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind == "http":
+            path = scope["path"]
+            if path in self._routes or path == self.config.prefix + "/models":
+                await self._http(scope, receive, send, path)
+                return
+            if self.health_path is not None and path == self.health_path:
+                await self._health(scope, send)
+                return
+        if self.app is None:
+            if kind == "http":
+                await send_error(
+                    send, RouterError(404, f"Unknown path {scope['path']}.", code="unknown_url")
+                )
+            return
+        await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = {"startup": False, "done": False}
+
+        async def wrapped_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                state["startup"] = True
+            return message
+
+        async def wrapped_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                await self.startup()
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.shutdown()
+                state["done"] = True
+            await send(message)
+
+        if self.app is not None:
+            try:
+                await self.app(scope, wrapped_receive, wrapped_send)
+            except Exception:
+                if state["done"]:
+                    raise
+                logger.debug("the wrapped app does not handle lifespan; the router does")
+            if state["done"]:
+                return
+        # The wrapped app does not speak lifespan: speak it ourselves.
+        if not state["startup"]:
+            message = await receive()
+            if message["type"] != "lifespan.startup":  # pragma: no cover - protocol violation
+                return
+        await self.startup()
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        body = b'{"status":"ok"}'
+        status = 200 if scope["method"] in ("GET", "HEAD") else 405
+        if status == 405:
+            await send_error(
+                send,
+                RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
+            )
+            return
+        await self._send_json(send, 200, body, [])
+
+    async def _send_json(
+        self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    # -- the router's routes -------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        request_id = uuid.uuid4().hex
+        started = time.monotonic()
+        record: dict[str, Any] = {"id": request_id, "route": path, "method": scope["method"]}
+        id_header = ("x-waterfall-request-id", request_id)
+        try:
+            router = await self._get_router()
+            self._authorize(scope)
+            if path == self.config.prefix + "/models":
+                if scope["method"] != "GET":
+                    raise RouterError(
+                        405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
+                    )
+                await self._send_json(
+                    send,
+                    200,
+                    self._models(router),
+                    [(b"x-waterfall-request-id", request_id.encode())],
+                )
+                record["status"] = 200
+                return
+            if scope["method"] != "POST":
+                raise RouterError(
+                    405, "Use POST.", code="method_not_allowed", headers=[("allow", "POST")]
+                )
+            payload = await self._read_json(scope, receive)
+            endpoint = self._routes[path]
+            required = _ENDPOINTS[endpoint]
+            if required not in payload:
+                raise RouterError(
+                    400,
+                    f"Missing required parameter: {required!r}.",
+                    code="missing_required_parameter",
+                    param=required,
+                )
+            stream = payload.get("stream", False)
+            if not isinstance(stream, bool) and stream is not None:
+                raise RouterError(
+                    400, "'stream' must be a boolean.", code="invalid_type", param="stream"
+                )
+            stream = bool(stream)
+            if stream and endpoint == "/embeddings":
+                raise RouterError(
+                    400, "Embeddings cannot be streamed.", code="invalid_value", param="stream"
+                )
+            model = payload.get("model")
+            if model is not None and not isinstance(model, str):
+                raise RouterError(
+                    400, "'model' must be a string.", code="invalid_type", param="model"
+                )
+            label, plan = router.plan(model)
+            record.update(model=label, stream=stream)
+            served = await self._until_disconnect(
+                receive,
+                router.run(label, plan, endpoint, payload, _client_headers(scope), stream),
+            )
+            if served is None:
+                record["status"] = 499
+                return
+            record["attempts"] = [_attempt_log(a) for a in served.attempts]
+            record["status"] = served.response.status_code
+            record["served_by"] = served.deployment.key
+            record["ttfb_ms"] = round((time.monotonic() - started) * 1000, 3)
+            await self._commit(send, receive, served, request_id, stream)
+        except RouterError as exc:
+            record["status"] = exc.status
+            record["error"] = exc.code
+            attempts = getattr(exc, "attempts", None)
+            if attempts is not None:
+                record["attempts"] = [_attempt_log(a) for a in attempts]
+            await send_error(send, exc, [id_header])
+        except _Disconnected:
+            record["status"] = 499
+        finally:
+            record["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
+            logger.info(json.dumps(record, ensure_ascii=False))
+
+    def _authorize(self, scope: Scope) -> None:
+        keys = self.config.client_keys
+        if not keys:
+            return
+        given = b""
+        for name, value in scope["headers"]:
+            if name.lower() == b"authorization":
+                given = value
+        scheme, _, token = given.partition(b" ")
+        ok = False
+        for key in keys:  # compare with every key, in constant time
+            ok |= hmac.compare_digest(token.strip(), key.get_secret_value().encode())
+        if scheme.lower() != b"bearer" or not token or not ok:
+            raise RouterError(
+                401,
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+                headers=[("www-authenticate", "Bearer")],
+            )
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        limit = self.config.limits.max_body_bytes
+        for name, value in scope["headers"]:
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+                raise RouterError(
+                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
+                )
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise RouterError(
+                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
+                )
+            if not message.get("more_body", False):
+                break
+        try:
+            payload = json.loads(bytes(body))
+        except ValueError:
+            raise RouterError(
+                400, "The request body is not valid JSON.", code="invalid_json"
+            ) from None
+        if not isinstance(payload, dict):
+            raise RouterError(400, "The request body must be a JSON object.", code="invalid_json")
+        return payload
+
+    async def _until_disconnect(self, receive: Receive, work: Awaitable[Served]) -> Served | None:
+        """Run ``work``, cancelling it if the client disconnects first."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(receive())
+        try:
+            done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            if watch.result().get("type") == "http.disconnect":
+                task.cancel()
+                try:
+                    served = await task
+                except (asyncio.CancelledError, RouterError):
+                    return None
+                await served.aclose()
+                return None
+            return await task
+        finally:
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+
+    def _models(self, router: Router) -> bytes:
+        data = []
+        for name in router.models():
+            label, plan = router.plan(name)
+            kind = "chain" if name in self.config.chains else "model"
+            data.append(
+                {
+                    "id": label,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "waterfall-asgi",
+                    "waterfall": {"kind": kind, "entries": [d.key for d in plan]},
+                }
+            )
+        return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
+
+    async def _commit(
+        self, send: Send, receive: Receive, served: Served, request_id: str, stream: bool
+    ) -> None:
+        response = served.response
+        headers = [
+            (b"content-type", _header(response.headers.get("content-type", "application/json"))),
+            (b"x-waterfall-request-id", request_id.encode()),
+            (b"x-waterfall-provider", _header(served.deployment.provider)),
+            (b"x-waterfall-model", _header(served.deployment.model)),
+            (b"x-waterfall-attempts", _header(_trail(served.attempts))),
+        ]
+        if served.complete:
+            headers.append((b"content-length", str(len(served.prefix)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
+            return
+        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        try:
+            if served.prefix:
+                await send({"type": "http.response.body", "body": served.prefix, "more_body": True})
+            async for chunk in served.rest():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, httpx.HTTPError) as exc:
+            reason = (
+                "timed out" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "failed"
+            )
+            event = (
+                b"data: "
+                + error_body(
+                    f"The upstream stream {reason} after it began ({type(exc).__name__}).",
+                    "upstream_error",
+                    "stream_interrupted",
+                )
+                + b"\n\n"
+            )
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return
+        finally:
+            await served.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _client_headers(scope: Scope) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+
+
+def _trail(attempts: list[Attempt]) -> str:
+    return ", ".join(
+        f"{a.entry} {a.status if a.status is not None else a.outcome}" for a in attempts
+    )
+
+
+def _attempt_log(a: Attempt) -> dict[str, Any]:
+    return {
+        "entry": a.entry,
+        "outcome": a.outcome,
+        "status": a.status,
+        "elapsed_ms": round(a.elapsed * 1000, 3),
+        "cooldown_s": a.cooldown,
+    }

@@ -1,0 +1,155 @@
+"""An incremental Server-Sent Events parser: bytes in, events out, by the WHATWG rules.
+
+- Lines end with CRLF, LF or CR; a CR at the end of one chunk and an LF at the start of the next
+  are one line end.
+- Lines are decoded as UTF-8 only once complete, so a character split across chunks is never
+  damaged; a leading BOM is dropped.
+- ``:`` starts a comment; ``event``, ``data``, ``id`` and ``retry`` are fields (one leading space of
+  the value is dropped); several ``data`` lines are joined with ``\\n``; a blank line dispatches.
+- Memory is bounded: an event (or a line) larger than ``max_bytes`` is not parsed; it is skipped
+  up to the next event boundary and counted in :attr:`SSEParser.oversized`.
+
+Where this deliberately differs from a browser's EventSource: an event with no ``data`` is not
+dispatched (as the spec says) but comments are counted, and the parser never raises on bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["SSEEvent", "SSEParser"]
+
+_CR, _LF = 0x0D, 0x0A
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEParser:
+    """Feed it bytes with :meth:`feed`; it returns the events completed by them."""
+
+    __slots__ = (
+        "_after_cr",
+        "_at_start",
+        "_data",
+        "_event",
+        "_event_bytes",
+        "_id",
+        "_line",
+        "_line_empty",
+        "_retry",
+        "_skipping",
+        "comments",
+        "last_event_id",
+        "max_bytes",
+        "oversized",
+    )
+
+    def __init__(self, max_bytes: int = 64 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.comments = 0
+        self.oversized = 0
+        self.last_event_id: str | None = None
+        self._line = bytearray()
+        self._after_cr = False
+        self._at_start = True
+        self._skipping = False
+        self._line_empty = True  # whether the previous line (in skip mode) was blank
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._event_bytes = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held right now (the incomplete line and the event being built)."""
+        return len(self._line) + self._event_bytes
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Parse ``chunk``; return the events it completed (possibly none)."""
+        events: list[SSEEvent] = []
+        start, n = 0, len(chunk)
+        if self._after_cr and n and chunk[0] == _LF:
+            start = 1
+        self._after_cr = False
+        while start < n:
+            cr = chunk.find(b"\r", start)
+            lf = chunk.find(b"\n", start)
+            if cr < 0 and lf < 0:
+                self._append(chunk[start:])
+                break
+            end = lf if cr < 0 else cr if lf < 0 else min(cr, lf)
+            self._append(chunk[start:end])
+            self._end_line(events)
+            if chunk[end] == _CR:
+                if end + 1 < n:
+                    start = end + 2 if chunk[end + 1] == _LF else end + 1
+                else:
+                    self._after_cr = True
+                    start = n
+            else:
+                start = end + 1
+        return events
+
+    def _append(self, piece: bytes) -> None:
+        if self._skipping or not piece:
+            if piece:
+                self._line_empty = False
+            return
+        self._line += piece
+        if len(self._line) + self._event_bytes > self.max_bytes:
+            self._start_skipping()
+
+    def _start_skipping(self) -> None:
+        self.oversized += 1
+        self._skipping = True
+        self._line_empty = False
+        self._line = bytearray()
+        self._reset_event()
+
+    def _reset_event(self) -> None:
+        self._data, self._event, self._retry, self._event_bytes = [], "", None, 0
+
+    def _end_line(self, events: list[SSEEvent]) -> None:
+        if self._skipping:
+            if self._line_empty:  # blank line: the oversized event is over
+                self._skipping = False
+            self._line_empty = True
+            return
+        raw = bytes(self._line)
+        self._line = bytearray()
+        if self._at_start:
+            self._at_start = False
+            if raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+        if not raw:
+            if self._data:
+                data = "\n".join(self._data)
+                events.append(SSEEvent(data, self._event or "message", self._id, self._retry))
+            self._reset_event()
+            return
+        if raw[0] == 0x3A:  # ':'
+            self.comments += 1
+            return
+        line = raw.decode("utf-8", "replace")
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._event_bytes += len(raw)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self._id = self.last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
