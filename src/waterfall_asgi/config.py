@@ -100,15 +100,16 @@ class Deployment(_Model):
         """``provider/model``: the name of the entry, and the key of its cooldown."""
         return f"{self.provider}/{self.model}"
 
+    @model_validator(mode="before")
     @classmethod
-    def parse(cls, value: Any) -> Deployment:
-        """From ``"provider/model"`` (the model may contain ``/`` itself) or a mapping."""
+    def _from_text(cls, value: Any) -> Any:
+        """Accept ``"provider/model"`` (the model may contain ``/`` itself) for a mapping."""
         if isinstance(value, str):
             provider, sep, model = value.partition("/")
             if not sep or not provider or not model:
                 raise ValueError(f"{value!r} is not of the form 'provider/model'")
-            return cls(provider=provider, model=model)
-        return cls.model_validate(value)
+            return {"provider": provider, "model": model}
+        return value
 
 
 class RoutingPolicy(_Model):
@@ -175,18 +176,6 @@ class RouterConfig(_Model):
             raise ValueError("must start with '/'")
         return value.rstrip("/")
 
-    @field_validator("chains", mode="before")
-    @classmethod
-    def _parse_chains(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: _entries(v) for k, v in value.items()}
-        return value
-
-    @field_validator("deployments", mode="before")
-    @classmethod
-    def _parse_deployments(cls, value: Any) -> Any:
-        return _entries(value)
-
     @model_validator(mode="after")
     def _check_refs(self) -> RouterConfig:
         problems = []
@@ -216,24 +205,12 @@ class RouterConfig(_Model):
         return list(seen.values())
 
 
-def _entries(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        out = []
-        for v in value:
-            try:
-                out.append(Deployment.parse(v))
-            except (ValueError, ValidationError):
-                out.append(v)  # let pydantic report it at the right key
-        return tuple(out)
-    return value
-
-
 def _explain(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
+        lines += [f"{where}: {m}" if where else m for m in msg.split("; ")]
     return "\n".join(lines)
 
 

@@ -1,0 +1,31 @@
+"""The standalone proxy: the router with nothing behind it (every other path is a JSON 404)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .config import RouterConfig
+from .cooldown import CooldownStore
+from .middleware import WaterfallMiddleware
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    config: RouterConfig | Mapping[str, Any] | str | Path,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    cooldowns: CooldownStore | None = None,
+) -> WaterfallMiddleware:
+    """An ASGI app serving only the router's routes and ``GET /health``.
+
+    >>> app = create_app({"providers": {"a": {"base_url": "http://127.0.0.1:9/v1"}},
+    ...                   "chains": {"fast": ["a/m"]}})
+    >>> app.config.prefix
+    '/v1'
+    """
+    return WaterfallMiddleware(None, config, transport=transport, cooldowns=cooldowns)
