@@ -40,6 +40,7 @@ from .behaviours import (
     parse_behaviours,
 )
 from .catalog import DEFAULT_MODELS, WORDS, FakeModel, count_prompt_tokens
+from .network import FakeNetwork
 from .provider import FakeConfig, FakeProvider, RecordedRequest, Reply, chunk_bytes
 from .ratelimit import Limits, format_duration
 from .server import FakeServer
@@ -63,6 +64,7 @@ __all__ = [
     "FakeApp",
     "FakeConfig",
     "FakeModel",
+    "FakeNetwork",
     "FakeProvider",
     "FakeServer",
     "FakeTransport",
