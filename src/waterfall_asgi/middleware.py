@@ -31,7 +31,8 @@ import httpx
 
 from .config import RouterConfig, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
-from .errors import RouterError, error_body, send_error
+from .errors import RouterError, send_error
+from .relay import EventAligner, error_event
 from .router import Attempt, Router, Served
 
 __all__ = ["WaterfallMiddleware"]
@@ -394,29 +395,30 @@ class WaterfallMiddleware:
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
+        aligner = EventAligner()
         try:
-            if served.prefix:
-                await send({"type": "http.response.body", "body": served.prefix, "more_body": True})
+            ready = aligner.feed(served.prefix)
+            if ready:
+                await send({"type": "http.response.body", "body": ready, "more_body": True})
             async for chunk in served.rest():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ready = aligner.feed(chunk)
+                if ready:
+                    await send({"type": "http.response.body", "body": ready, "more_body": True})
         except (TimeoutError, httpx.HTTPError) as exc:
             reason = (
                 "timed out" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "failed"
             )
-            event = (
-                b"data: "
-                + error_body(
-                    f"The upstream stream {reason} after it began ({type(exc).__name__}).",
-                    "upstream_error",
-                    "stream_interrupted",
-                )
-                + b"\n\n"
+            event = error_event(
+                f"The upstream stream {reason} after it began ({type(exc).__name__}).",
+                "stream_interrupted",
             )
-            await send({"type": "http.response.body", "body": event, "more_body": False})
+            await send(
+                {"type": "http.response.body", "body": aligner.fail(event), "more_body": False}
+            )
             return
         finally:
             await served.aclose()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": aligner.flush(), "more_body": False})
 
 
 def _client_headers(scope: Scope) -> list[tuple[str, str]]:
