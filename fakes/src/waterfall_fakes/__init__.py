@@ -39,10 +39,17 @@ from .behaviours import (
     format_behaviours,
     parse_behaviours,
 )
-from .catalog import DEFAULT_MODELS, WORDS, FakeModel, count_prompt_tokens
+from .catalog import DEFAULT_MODELS, WORDS, FakeModel, count_prompt_tokens, dumps, reply_words
 from .network import FakeNetwork
 from .provider import FakeConfig, FakeProvider, RecordedRequest, Reply, chunk_bytes
-from .ratelimit import Limits, format_duration
+from .ratelimit import (
+    Limits,
+    RateLimiter,
+    Verdict,
+    format_duration,
+    rate_limit_headers,
+    remaining_headers,
+)
 from .server import FakeServer
 from .transport import FakeTransport
 
@@ -79,15 +86,21 @@ __all__ = [
     "NoUsage",
     "Ok",
     "RateLimit",
+    "RateLimiter",
     "RecordedRequest",
     "Reply",
     "SlowChunks",
     "SlowFirstByte",
     "Status",
     "Truncate",
+    "Verdict",
     "chunk_bytes",
     "count_prompt_tokens",
+    "dumps",
     "format_behaviours",
     "format_duration",
     "parse_behaviours",
+    "rate_limit_headers",
+    "remaining_headers",
+    "reply_words",
 ]
