@@ -51,7 +51,7 @@ from .ratelimit import (
     remaining_headers,
 )
 from .server import FakeServer
-from .transport import FakeTransport
+from .transport import FakeTransport, ReplyStream, read_timeout
 
 __version__ = "0.1.0"
 
@@ -89,6 +89,7 @@ __all__ = [
     "RateLimiter",
     "RecordedRequest",
     "Reply",
+    "ReplyStream",
     "SlowChunks",
     "SlowFirstByte",
     "Status",
@@ -101,6 +102,7 @@ __all__ = [
     "format_duration",
     "parse_behaviours",
     "rate_limit_headers",
+    "read_timeout",
     "remaining_headers",
     "reply_words",
 ]

@@ -29,6 +29,7 @@ class ConnectionCut(Exception):
 async def _wait(delay: float | None, disconnected: asyncio.Event) -> bool:
     """Sleep ``delay`` seconds (``None``: forever); return False if the client went away first."""
     if delay == 0:
+        await asyncio.sleep(0)  # let the server notice a client that went away
         return not disconnected.is_set()
     try:
         await asyncio.wait_for(disconnected.wait(), timeout=delay)

@@ -270,8 +270,12 @@ def _parse_one(text: str) -> Behaviour:
         raise BehaviourError(f"{text.strip()!r}: {problems}") from None
 
 
-def parse_behaviours(spec: str | list[Any] | Behaviour | dict[str, Any] | None) -> list[Behaviour]:
+def parse_behaviours(
+    spec: str | list[Any] | tuple[Any, ...] | Behaviour | dict[str, Any] | None,
+) -> list[Behaviour]:
     """Turn header text, a config value or a behaviour into a list of behaviours.
+
+    A list (or tuple) may mix all of these forms.
 
     >>> [b.kind for b in parse_behaviours("rate_limit:dialect=openai,seconds=2; chunking:size=1")]
     ['rate_limit', 'chunking']
@@ -280,7 +284,7 @@ def parse_behaviours(spec: str | list[Any] | Behaviour | dict[str, Any] | None) 
         return []
     if isinstance(spec, str):
         return [_parse_one(part) for part in spec.split(";") if part.strip()]
-    if isinstance(spec, list):
+    if isinstance(spec, (list, tuple)):
         out: list[Behaviour] = []
         for item in spec:
             out.extend(parse_behaviours(item))

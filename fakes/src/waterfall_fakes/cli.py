@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 import sys
 import tomllib
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from .asgi import FakeApp
 from .behaviours import Behaviour, BehaviourError, parse_behaviours
 from .provider import FakeConfig, FakeProvider
+from .server import _FILTER, _Server
 
 __all__ = ["load_config", "main"]
 
@@ -73,12 +75,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as exc:
+        sock.close()
         print(f"waterfall-fakes: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
+    sock.listen(128)  # connections made as soon as the URL is printed wait in the backlog
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"http://{host}:{port}/v1", flush=True)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             FakeApp(provider),
             log_level=args.log_level,
@@ -87,10 +91,6 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=1,
         )
     )
-    import logging
-
-    from .server import _FILTER
-
     logging.getLogger("uvicorn.error").addFilter(_FILTER)
     server.run(sockets=[sock])
     sock.close()

@@ -8,6 +8,7 @@ transports and the ASGI app only play a :class:`Reply` back; all behaviour lives
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import json
@@ -189,6 +190,31 @@ class _Event:
         return ServerSentEvent(
             data=self.data, event=self.event, id=self.id, comment=self.comment, sep=sep
         ).encode()
+
+
+def _json_object(event: _Event) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(event.data or "")
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _enlarge(events: list[_Event], big: BigEvent) -> None:
+    """Pad the JSON event at index ``big.after`` (or the nearest JSON one after it, else before
+    it) until its data is at least ``big.size`` bytes; a stream with no JSON event is left as is.
+    """
+    start = min(big.after, len(events) - 1)
+    order = [*range(start, len(events)), *range(start - 1, -1, -1)]
+    for index in order:
+        obj = _json_object(events[index])
+        if obj is None:
+            continue
+        obj["x_padding"] = ""
+        missing = big.size - len(dumps(obj))
+        obj["x_padding"] = "·" * max(0, -(-missing // len("·".encode())))  # 2 bytes each
+        events[index].data = dumps(obj).decode()
+        return
 
 
 @dataclass
@@ -404,7 +430,7 @@ class FakeProvider:
                     "rate_limit_exceeded",
                     extra,
                 ), []
-            ok_headers = remaining_headers(verdict, lim.dialect, now, lim.window)
+            ok_headers = remaining_headers(verdict, lim.dialect, now, verdict.window_reset)
         for b in behaviours:
             if isinstance(b, RateLimit):
                 return self._error(
@@ -434,9 +460,21 @@ class FakeProvider:
         req, bad = self._validate(body, "messages")
         if bad is not None or req is None:
             return self._finish(bad or self._json(500, {}), behaviours)
-        messages = req["messages"] if isinstance(req["messages"], list) else []
-        n = req.get("n") or 1
-        if not isinstance(n, int) or not 1 <= n <= 8:
+        messages = req["messages"]
+        if not isinstance(messages, list):
+            return self._finish(
+                self._error(
+                    400,
+                    "messages must be an array.",
+                    "invalid_request_error",
+                    "invalid_type",
+                    param="messages",
+                ),
+                behaviours,
+            )
+        n = req.get("n")
+        n = 1 if n is None else n
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 8:
             return self._finish(
                 self._error(
                     400,
@@ -449,12 +487,14 @@ class FakeProvider:
             )
         count = self.config.reply_words
         limit = req.get("max_completion_tokens", req.get("max_tokens"))
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            limit = None
         finish = "stop"
-        if isinstance(limit, int) and limit < count:
+        if limit is not None and limit < count:
             count, finish = max(limit, 0), "length"
         prompt = count_prompt_tokens(messages)
         failed, ok_headers = self._failure(
-            behaviours, prompt + (limit if isinstance(limit, int) else count) * n
+            behaviours, prompt + (max(limit, 0) if limit is not None else count) * n
         )
         if failed is not None:
             return self._finish(failed, behaviours)
@@ -520,11 +560,16 @@ class FakeProvider:
         failed, ok_headers = self._failure(behaviours, prompt)
         if failed is not None:
             return self._finish(failed, behaviours)
+        as_base64 = req.get("encoding_format") == "base64"
         data = []
         for index, text in enumerate(texts):
+            # 16 values of the form k / 2**15: exact in float32, so both encodings agree
             digest = hashlib.sha256(b"%d:" % self.config.seed + text.encode()).digest()
-            vector = [round(v / 2**31, 6) for v in struct.unpack(">8i", digest)]
-            data.append({"object": "embedding", "index": index, "embedding": vector})
+            vector = [v / 2**15 for v in struct.unpack(">16h", digest)]
+            embedding: Any = vector
+            if as_base64:  # what the real service sends when asked (the openai client asks)
+                embedding = base64.b64encode(struct.pack("<16f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
         out: dict[str, Any] = {"object": "list", "data": data, "model": req["model"]}
         if _first(behaviours, NoUsage) is None:
             out["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
@@ -569,12 +614,8 @@ class FakeProvider:
         done = [e for e in events if e.data == _DONE]
         data_events = [e for e in events if e.data != _DONE]
         for b in behaviours:
-            if isinstance(b, BigEvent) and data_events:
-                e = data_events[min(b.after, len(data_events) - 1)]
-                obj = json.loads(e.data or "{}")
-                pad = max(0, b.size - len((e.data or "").encode()) - 20)
-                obj["x_padding"] = "·" * (pad // 2 + 1)
-                e.data = dumps(obj).decode()
+            if isinstance(b, BigEvent):
+                _enlarge(data_events, b)
             elif isinstance(b, MalformedEvent):
                 data_events.insert(
                     min(b.after, len(data_events)),

@@ -64,6 +64,8 @@ class Verdict:
     limit_tokens: int | None
     remaining_tokens: int | None
     reset_tokens: float
+    window_reset: float = 0.0
+    """Seconds until the current window ends and every limit is full again."""
 
     @property
     def retry_after(self) -> float:
@@ -94,7 +96,8 @@ class RateLimiter:
             now = self._clock()
             if self._start is None or now >= self._start + lim.window:
                 self._start, self._requests, self._tokens = now, 0, 0
-            reset = self._start + lim.window - now
+            # to the microsecond: epoch clocks carry float noise that would round up a second
+            reset = round(self._start + lim.window - now, 6)
             ok_requests = lim.requests is None or self._requests + 1 <= lim.requests
             ok_tokens = lim.tokens is None or self._tokens + tokens <= lim.tokens
             allowed = ok_requests and ok_tokens
@@ -109,6 +112,7 @@ class RateLimiter:
                 limit_tokens=lim.tokens,
                 remaining_tokens=None if lim.tokens is None else lim.tokens - self._tokens,
                 reset_tokens=0.0 if ok_tokens and allowed else reset,
+                window_reset=reset,
             )
 
 
@@ -157,7 +161,13 @@ def rate_limit_headers(dialect: Dialect, seconds: float, now: float) -> list[tup
 def remaining_headers(
     v: Verdict, dialect: Dialect, now: float, window_reset: float
 ) -> list[tuple[str, str]]:
-    """The headers that report the limiter's state: on a success, or on its own 429."""
+    """The headers that report the limiter's state: on a success, or on its own 429.
+
+    ``window_reset`` is the reset to report for a limit that is not exhausted (the time left in
+    the current window). The ``none`` dialect reports nothing.
+    """
+    if dialect == "none":
+        return []
     if dialect == "openrouter":
         limit = v.limit_requests if v.limit_requests is not None else v.limit_tokens
         remaining = v.remaining_requests if v.limit_requests is not None else v.remaining_tokens

@@ -3,15 +3,19 @@
 >>> import httpx
 >>> from waterfall_fakes import FakeServer
 >>> with FakeServer() as server:
-...     httpx.get(server.url + "/health").json()["status"]
+...     httpx.get(server.root + "/health").json()["status"]
 'ok'
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 
 import uvicorn
@@ -35,6 +39,37 @@ class _HideScriptedCuts(logging.Filter):
 
 
 _FILTER = _HideScriptedCuts()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, adjusted for a fake.
+
+    Stopping closes the open connections at once instead of waiting for the requests in flight
+    (a scripted hang would otherwise hold the shutdown until uvicorn's grace period runs out),
+    and a handled SIGINT or SIGTERM ends the process normally: uvicorn re-raises the signal after
+    its shutdown, which would make ``waterfall-fakes serve`` die of it instead of exiting 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if isinstance(transport, asyncio.BaseTransport):
+                transport.close()
+        await asyncio.sleep(0)  # let the closed connections report it
+        await super().shutdown(sockets)
 
 
 class FakeServer:
@@ -79,7 +114,11 @@ class FakeServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
+        try:
+            sock.bind((self.host, self._requested_port))
+        except OSError:
+            sock.close()
+            raise
         self.port = sock.getsockname()[1]
         self._socket = sock
         config = uvicorn.Config(
@@ -89,7 +128,7 @@ class FakeServer:
             access_log=False,
             timeout_graceful_shutdown=1,
         )
-        self._server = server = uvicorn.Server(config)
+        self._server = server = _Server(config)
         logging.getLogger("uvicorn.error").addFilter(_FILTER)
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name=f"fake-{self.port}", daemon=True
@@ -97,6 +136,8 @@ class FakeServer:
         self._thread.start()
         while not server.started:
             if not self._thread.is_alive():
+                sock.close()
+                self._server = self._thread = self._socket = None
                 raise RuntimeError("the fake server failed to start")
             self._thread.join(0.01)
         return self

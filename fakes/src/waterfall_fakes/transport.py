@@ -11,20 +11,21 @@ It works for ``httpx.AsyncClient`` and ``httpx.Client`` alike.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import httpx
 
 from .provider import FakeProvider, Reply
 
-__all__ = ["FakeTransport"]
+__all__ = ["FakeTransport", "ReplyStream", "read_timeout"]
 
 _FOREVER = 3600.0 * 24
 
 
-def _read_timeout(request: httpx.Request) -> float | None:
+def read_timeout(request: httpx.Request) -> float | None:
+    """The read timeout httpx attached to ``request`` (``None``: no timeout)."""
     timeout = request.extensions.get("timeout", {})
     value = timeout.get("read") if isinstance(timeout, dict) else None
     return float(value) if value is not None else None
@@ -38,44 +39,69 @@ def _limit(delay: float | None, timeout: float | None) -> tuple[float, bool]:
     return wanted, False
 
 
-def _cut_error(request: httpx.Request) -> httpx.RemoteProtocolError:
-    return httpx.RemoteProtocolError(
-        "peer closed connection without sending complete message body", request=request
-    )
+_TIMED_OUT = object()
 
 
-class _AsyncReplyStream(httpx.AsyncByteStream):
-    def __init__(self, reply: Reply, request: httpx.Request) -> None:
+class ReplyStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A :class:`Reply`'s body as an httpx stream, for sync and async clients alike.
+
+    Each scripted chunk is one item, after its scripted delay (plus ``first_wait`` before the
+    first). A delay longer than the request's read timeout raises :class:`httpx.ReadTimeout`,
+    after waiting the timeout out, or at once with ``wait_out_timeouts=False``. A cut reply raises
+    :class:`httpx.RemoteProtocolError` after its last chunk, as httpx does when a server closes
+    mid-body.
+    """
+
+    def __init__(
+        self,
+        reply: Reply,
+        request: httpx.Request,
+        *,
+        first_wait: float = 0.0,
+        wait_out_timeouts: bool = True,
+    ) -> None:
         self._reply, self._request = reply, request
+        self._first_wait, self._wait_out = first_wait, wait_out_timeouts
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        timeout = _read_timeout(self._request)
-        for i, chunk in enumerate(self._reply.chunks):
+    def _plan(self) -> Iterator[tuple[float, object]]:
+        timeout = read_timeout(self._request)
+        chunks = self._reply.chunks
+        for i, chunk in enumerate(chunks):
             wait, expires = _limit(self._reply.delay_before(i), timeout)
-            if wait:
-                await asyncio.sleep(wait)
+            wait += self._first_wait if i == 0 else 0.0
             if expires:
-                raise httpx.ReadTimeout("timed out reading the body", request=self._request)
-            yield chunk
+                yield (wait if self._wait_out else 0.0), _TIMED_OUT
+                return
+            yield wait, chunk
+        if not chunks and self._first_wait:
+            yield self._first_wait, b""
         if self._reply.cut:
-            raise _cut_error(self._request)
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body",
+                request=self._request,
+            )
 
-
-class _SyncReplyStream(httpx.SyncByteStream):
-    def __init__(self, reply: Reply, request: httpx.Request) -> None:
-        self._reply, self._request = reply, request
+    def _item(self, item: object) -> bytes:
+        if item is _TIMED_OUT:
+            raise httpx.ReadTimeout("timed out reading the body", request=self._request)
+        assert isinstance(item, bytes)
+        return item
 
     def __iter__(self) -> Iterator[bytes]:
-        timeout = _read_timeout(self._request)
-        for i, chunk in enumerate(self._reply.chunks):
-            wait, expires = _limit(self._reply.delay_before(i), timeout)
+        for wait, item in self._plan():
             if wait:
                 time.sleep(wait)
-            if expires:
-                raise httpx.ReadTimeout("timed out reading the body", request=self._request)
-            yield chunk
-        if self._reply.cut:
-            raise _cut_error(self._request)
+            chunk = self._item(item)
+            if chunk:
+                yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for wait, item in self._plan():
+            if wait:
+                await anyio.sleep(wait)
+            chunk = self._item(item)
+            if chunk:
+                yield chunk
 
 
 class FakeTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
@@ -84,7 +110,7 @@ class FakeTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
     >>> import httpx
     >>> from waterfall_fakes import FakeProvider, FakeTransport
     >>> fake = FakeProvider()
-    >>> client = httpx.Client(transport=FakeTransport(fake), base_url="http://fake/v1")
+    >>> client = httpx.Client(transport=FakeTransport(fake), base_url="http://fake")
     >>> client.get("/health").json()["status"]
     'ok'
     """
@@ -96,20 +122,20 @@ class FakeTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
         reply = self.provider.handle(
             request.method, request.url.path, request.headers.items(), body
         )
-        wait, expires = _limit(reply.headers_delay, _read_timeout(request))
+        wait, expires = _limit(reply.headers_delay, read_timeout(request))
         return reply, wait, expires
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Answer ``request`` from the fake (async clients)."""
         reply, wait, expires = self._start(request, await request.aread())
         if wait:
-            await asyncio.sleep(wait)
+            await anyio.sleep(wait)
         if expires:
             raise httpx.ReadTimeout("timed out waiting for the response headers", request=request)
         return httpx.Response(
             reply.status,
             headers=list(reply.headers),
-            stream=_AsyncReplyStream(reply, request),
+            stream=ReplyStream(reply, request),
             request=request,
         )
 
@@ -123,6 +149,6 @@ class FakeTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
         return httpx.Response(
             reply.status,
             headers=list(reply.headers),
-            stream=_SyncReplyStream(reply, request),
+            stream=ReplyStream(reply, request),
             request=request,
         )
