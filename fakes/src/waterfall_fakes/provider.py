@@ -155,7 +155,7 @@ def chunk_bytes(
     elif chunking.at is not None:
         cuts = list(chunking.at)
     else:
-        rng = random.Random(chunking.seed)
+        rng = random.Random(0 if chunking.seed is None else chunking.seed)  # reproducible
         cuts, pos = [], 0
         while True:
             pos += rng.randint(1, chunking.max_size)
