@@ -1,6 +1,358 @@
-"""``waterfall-asgi demo`` (placeholder)."""
+"""``waterfall-asgi demo``: a tour on embedded defaults, no keys, nothing beyond 127.0.0.1.
+
+For now the tour shows the fake providers at work: each :class:`Section` starts a fake (a
+``waterfall_fakes.FakeServer`` on a loopback port, or the in-process ``FakeTransport``) with a
+script of faults, sends requests with httpx and prints what the client saw, request by request.
+The router's sections (waterfall fallbacks, cost routing, the usage ledger) will be appended to
+:data:`SECTIONS` as they are built.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+import httpx
+
+if TYPE_CHECKING:
+    from waterfall_fakes import FakeProvider, FakeServer
+
+__all__ = [
+    "PROMPT",
+    "RETRY_HEADERS",
+    "SECTIONS",
+    "Exchange",
+    "Section",
+    "Table",
+    "exchange",
+    "header_hint",
+    "run",
+    "split_characters",
+]
+
+PROMPT = [{"role": "user", "content": "Tell me about waterfalls"}]
+"""The one message every demo request sends (7 prompt tokens by the fakes' count)."""
+
+RETRY_HEADERS = (
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-reset",
+)
+"""The response headers that say when to retry, in every dialect the fakes speak."""
+
+_LIMITER_HEADERS = ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 
 
-def run() -> int:
-    """Run the demo."""
+def header_hint(headers: httpx.Headers, names: Sequence[str] = RETRY_HEADERS) -> str:
+    """The ``names`` present in ``headers``, as ``name: value`` pairs (``-`` if none).
+
+    >>> header_hint(httpx.Headers({"Retry-After": "2", "content-type": "text/plain"}))
+    'retry-after: 2'
+    >>> header_hint(httpx.Headers({}))
+    '-'
+    """
+    found = [f"{name}: {headers[name]}" for name in names if name in headers]
+    return ", ".join(found) or "-"
+
+
+def split_characters(chunks: Sequence[bytes]) -> int:
+    """How many chunk boundaries fall inside a multi-byte UTF-8 character.
+
+    >>> split_characters([b"caf\\xc3", b"\\xa9 ok"])
+    1
+    """
+    count, offset = 0, 0
+    body = b"".join(chunks)
+    for chunk in chunks[:-1]:
+        offset += len(chunk)
+        if offset < len(body) and body[offset] & 0b1100_0000 == 0b1000_0000:
+            count += 1
+    return count
+
+
+def _loads(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Exchange:
+    """What the client saw for one request: status, headers, raw chunks, and any error."""
+
+    status: int | None = None
+    headers: httpx.Headers = field(default_factory=httpx.Headers)
+    chunks: list[bytes] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def body(self) -> bytes:
+        """Every body byte received."""
+        return b"".join(self.chunks)
+
+    def text(self) -> str:
+        """The body decoded chunk by chunk, as a streaming client must (split characters and all).
+
+        >>> Exchange(chunks=[b"caf\\xc3", b"\\xa9"]).text()
+        'café'
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return "".join(decoder.decode(c) for c in self.chunks) + decoder.decode(b"", final=True)
+
+    def data_lines(self) -> list[str]:
+        """The ``data:`` payloads of a stream, in order, whatever the line endings."""
+        lines = self.text().replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        return [line[5:].strip() for line in lines if line.startswith("data:")]
+
+    @property
+    def done(self) -> int:
+        """How many ``data: [DONE]`` lines arrived."""
+        return self.data_lines().count("[DONE]")
+
+    @property
+    def usage(self) -> str:
+        """``prompt+completion=total`` from the JSON body or the stream's usage chunk."""
+        if self.headers.get("content-type", "").startswith("application/json"):
+            objects = [_loads(self.body)]
+        else:
+            objects = [_loads(line) for line in self.data_lines()]
+        for obj in reversed(objects):
+            usage = obj.get("usage") if isinstance(obj, dict) else None
+            if isinstance(usage, dict):
+                return "{prompt_tokens}+{completion_tokens}={total_tokens}".format(**usage)
+        return "-"
+
+    def outcome(self) -> str:
+        """A one-phrase verdict on a stream, from the client's side."""
+        if self.error:
+            return self.error
+        data = [line for line in self.data_lines() if line != "[DONE]"]
+        parsed = [_loads(line) for line in data]
+        if any(obj is None for obj in parsed):
+            return "event with bad JSON"
+        if any(isinstance(obj, dict) and "error" in obj for obj in parsed):
+            return "error event"
+        if self.done == 0:
+            return "ended without [DONE]"
+        return "complete" if self.done == 1 else f"[DONE] x{self.done}"
+
+
+def exchange(
+    client: httpx.Client, url: str, *, stream: bool = False, max_tokens: int = 4
+) -> Exchange:
+    """POST one chat completion to ``url`` and record every raw chunk that arrives."""
+    body: dict[str, Any] = {"model": "fake-small", "messages": PROMPT, "max_tokens": max_tokens}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    seen = Exchange()
+    try:
+        with client.stream("POST", url + "/chat/completions", json=body) as response:
+            seen.status, seen.headers = response.status_code, response.headers
+            for chunk in response.iter_raw():
+                seen.chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        seen.error = type(exc).__name__
+    return seen
+
+
+class Table:
+    """A plain-text table that sizes its columns to fit."""
+
+    def __init__(self, *columns: str) -> None:
+        self.columns = columns
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, *cells: object) -> None:
+        """Append one row (cells are turned into text)."""
+        if len(cells) != len(self.columns):
+            raise ValueError(f"expected {len(self.columns)} cells, got {len(cells)}")
+        self.rows.append(tuple(str(c) for c in cells))
+
+    def render(self) -> str:
+        """The table as lines of text.
+
+        >>> t = Table("a", "long name")
+        >>> t.add(1, "x")
+        >>> print(t.render())
+        a  long name
+        -  ---------
+        1  x
+        """
+        rows = (self.columns, *self.rows)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
+        lines = [self.columns, tuple("-" * w for w in widths), *self.rows]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+        )
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the tour: a title, a line of explanation, and what to play.
+
+    ``play`` starts what it needs on the given :class:`~contextlib.ExitStack` (closed when the
+    section ends), sends its requests with the loopback client and returns the table to print.
+    """
+
+    title: str
+    intro: str
+    play: Callable[[ExitStack, httpx.Client], Table]
+
+
+def _provider(name: str, **config: Any) -> FakeProvider:
+    from waterfall_fakes import FakeProvider
+
+    return FakeProvider(name=name, **config)
+
+
+def _serve(stack: ExitStack, name: str, **config: Any) -> FakeServer:
+    from waterfall_fakes import FakeServer
+
+    return stack.enter_context(FakeServer(_provider(name, **config)))
+
+
+def _applied(fake: FakeProvider) -> str:
+    """The behaviours the fake applied to its latest request, in header syntax."""
+    from waterfall_fakes import format_behaviours
+
+    return format_behaviours(list(fake.requests[-1].behaviours)) or "ok"
+
+
+_STREAM_COLUMNS = ("#", "fake", "behaviour", "status", "chunks", "bytes", "split chars")
+_STREAM_TAIL = ("[DONE]", "usage", "client saw")
+
+
+def _stream_row(
+    table: Table, number: int, fake: FakeProvider, seen: Exchange, *extra: object
+) -> None:
+    table.add(
+        number,
+        fake.config.name,
+        _applied(fake),
+        seen.status,
+        len(seen.chunks),
+        len(seen.body),
+        split_characters(seen.chunks),
+        *extra,
+        "yes" if seen.done else "no",
+        seen.usage,
+        seen.outcome(),
+    )
+
+
+def _storm(stack: ExitStack, client: httpx.Client) -> Table:
+    dialects = ("retry-after", "retry-after-date", "retry-after-ms", "openai", "openrouter", "none")
+    script = [f"rate_limit:dialect={d},seconds=2" for d in dialects] + ["ok"]
+    server = _serve(stack, "storm", script=script)
+    table = Table("#", "fake", "behaviour", "status", "when to retry", "usage")
+    for number in range(1, len(script) + 1):
+        seen = exchange(client, server.url)
+        hint = header_hint(seen.headers)
+        table.add(number, "storm", _applied(server.provider), seen.status, hint, seen.usage)
+    return table
+
+
+def _quota(stack: ExitStack, client: httpx.Client) -> Table:
+    server = _serve(stack, "quota", limits={"requests": 2, "window": 60, "dialect": "openai"})
+    table = Table("#", "fake", "behaviour", "status", "what the limiter says", "usage")
+    for number in range(1, 4):
+        seen = exchange(client, server.url)
+        hint = header_hint(seen.headers, _LIMITER_HEADERS)
+        table.add(number, "quota", "ok (limiter)", seen.status, hint, seen.usage)
+    return table
+
+
+def _streams(stack: ExitStack, client: httpx.Client) -> Table:
+    script = [
+        "ok",
+        "truncate:events=3",
+        "cut:bytes=200",
+        "no_done",
+        "double_done",
+        "error_event:after=2",
+        "malformed_event:after=2",
+        "line_endings:style=crlf; keepalive:every=2",
+    ]
+    server = _serve(stack, "flaky", script=script)
+    table = Table(*_STREAM_COLUMNS, *_STREAM_TAIL)
+    for number in range(1, len(script) + 1):
+        _stream_row(table, number, server.provider, exchange(client, server.url, stream=True))
+    return table
+
+
+def _chunk_exact(stack: ExitStack, client: httpx.Client) -> Table:
+    from waterfall_fakes import FakeTransport
+
+    script = ["chunking:size=1", "chunking:size=5", "chunking:seed=7,max_size=16"]
+    fake = _provider("exact", script=script)
+    local = stack.enter_context(httpx.Client(transport=FakeTransport(fake)))
+    table = Table(*_STREAM_COLUMNS, "decoded per chunk", *_STREAM_TAIL)
+    for number in range(1, len(script) + 1):
+        seen = exchange(local, "http://fake/v1", stream=True, max_tokens=6)
+        broken = sum(c.decode("utf-8", errors="replace").count("\ufffd") for c in seen.chunks)
+        _stream_row(table, number, fake, seen, f"{broken} x U+FFFD" if broken else "intact")
+    return table
+
+
+SECTIONS: list[Section] = [
+    Section(
+        "A 429 storm, one header dialect per request",
+        "Each provider says 'come back in 2 s' its own way; a router must read them all.",
+        _storm,
+    ),
+    Section(
+        "A real rate limiter: 2 requests per 60 s window (OpenAI headers)",
+        "Successes report what is left; the third request is refused until the window resets.",
+        _quota,
+    ),
+    Section(
+        "Streams that go wrong (stream=true, include_usage) over loopback TCP",
+        "Only a stream that ends with data: [DONE] is complete. TCP may merge or split writes.",
+        _streams,
+    ),
+    Section(
+        "Chunk-exact, in-process (FakeTransport): boundaries inside multi-byte characters",
+        "Each scripted chunk is one read: decode incrementally, or characters break.",
+        _chunk_exact,
+    ),
+]
+"""The tour, in order. Later stages append the router's own sections here."""
+
+
+def _lines(sections: Sequence[Section], client: httpx.Client) -> Iterator[str]:
+    for index, section in enumerate(sections, 1):
+        yield f"{index}. {section.title}"
+        yield f"   {section.intro}"
+        yield ""
+        with ExitStack() as stack:  # the section's fakes stop when it ends
+            table = section.play(stack, client)
+        yield table.render()
+        yield ""
+
+
+def run(out: TextIO | None = None, sections: Sequence[Section] | None = None) -> int:
+    """Play the tour (``sections``, by default :data:`SECTIONS`) to ``out``; return 0."""
+    out = out if out is not None else sys.stdout
+    try:
+        import waterfall_fakes  # noqa: F401
+    except ImportError:  # pragma: no cover - the Makefile installs both packages
+        print("the demo needs waterfall-fakes: pip install ./fakes", file=sys.stderr)
+        return 1
+    print("waterfall-asgi demo: fake providers on 127.0.0.1, no network, no API keys.\n", file=out)
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        for line in _lines(SECTIONS if sections is None else sections, client):
+            print(line, file=out, flush=True)
+    print(
+        "The fakes are ready; the router (waterfall middleware, cost router, usage ledger) is\n"
+        "being built, and its sections will join this tour.",
+        file=out,
+    )
     return 0

@@ -1,0 +1,195 @@
+"""``waterfall-asgi demo``: the tour runs, prints every section, and says what the fakes did."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from contextlib import ExitStack
+
+import httpx
+import pytest
+
+from waterfall_asgi import demo
+from waterfall_asgi.cli import main
+from waterfall_asgi.demo import Exchange, Section, Table, header_hint, run, split_characters
+
+
+def parse_tables(output: str) -> dict[str, list[dict[str, str]]]:
+    """Every table in the demo's output, keyed by its section title, rows as column -> cell."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    lines = output.splitlines()
+    title = ""
+    for i, line in enumerate(lines):
+        if re.match(r"^\d+\. ", line):
+            title = line.split(". ", 1)[1]
+        if i == 0 or "-" not in line or set(line) - {"-", " "}:
+            continue
+        # `line` is a dashes line: the one above holds the column names.
+        spans = [m.span() for m in re.finditer(r"-+", line)]
+        ends = [start for start, _ in spans[1:]] + [None]
+        names = [
+            lines[i - 1][start:end].strip() for (start, _), end in zip(spans, ends, strict=True)
+        ]
+        rows = []
+        for row in lines[i + 1 :]:
+            if not row:
+                break
+            rows.append(
+                {
+                    name: row[start:end].strip()
+                    for name, (start, _), end in zip(names, spans, ends, strict=True)
+                }
+            )
+        tables[title] = rows
+    return tables
+
+
+@pytest.mark.loopback
+def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> None:
+    before_ms = int(time.time() * 1000)
+    assert main(["demo"]) == 0
+    after_ms = int(time.time() * 1000) + 1
+    out = capsys.readouterr().out
+
+    assert out.startswith(
+        "waterfall-asgi demo: fake providers on 127.0.0.1, no network, no API keys."
+    )
+    assert out.rstrip().endswith("being built, and its sections will join this tour.")
+    tables = parse_tables(out)
+    assert list(tables) == [s.title for s in demo.SECTIONS]
+    storm, quota, streams, exact = tables.values()
+
+    # One 429 per header dialect, then a normal answer.
+    assert [r["status"] for r in storm] == ["429"] * 6 + ["200"]
+    assert [r["behaviour"] for r in storm] == [
+        "rate_limit:seconds=2.0",
+        "rate_limit:dialect=retry-after-date,seconds=2.0",
+        "rate_limit:dialect=retry-after-ms,seconds=2.0",
+        "rate_limit:dialect=openai,seconds=2.0",
+        "rate_limit:dialect=openrouter,seconds=2.0",
+        "rate_limit:dialect=none,seconds=2.0",
+        "ok",
+    ]
+    hints = [r["when to retry"] for r in storm]
+    assert hints[0] == "retry-after: 2"
+    assert re.fullmatch(r"retry-after: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", hints[1])
+    assert hints[2] == "retry-after-ms: 2000"
+    assert hints[3] == "x-ratelimit-reset-requests: 2s, x-ratelimit-reset-tokens: 2s"
+    reset_ms = int(hints[4].removeprefix("x-ratelimit-reset: "))
+    assert before_ms + 2000 <= reset_ms <= after_ms + 2000
+    assert hints[5:] == ["-", "-"]
+    assert [r["usage"] for r in storm] == ["-"] * 6 + ["7+4=11"]
+    assert {r["fake"] for r in storm} == {"storm"}
+
+    # The limiter lets two requests through and refuses the third.
+    assert [r["status"] for r in quota] == ["200", "200", "429"]
+    said = [r["what the limiter says"] for r in quota]
+    assert said[0] == "x-ratelimit-remaining-requests: 1, x-ratelimit-reset-requests: 1m0s"
+    for line in said[1:]:
+        assert re.fullmatch(
+            r"x-ratelimit-remaining-requests: 0, x-ratelimit-reset-requests: (59\.\d+s|1m0s)", line
+        )
+    assert [r["usage"] for r in quota] == ["7+4=11", "7+4=11", "-"]
+
+    # Streams over loopback: only what survives any TCP chunking is asserted.
+    verdicts = {r["behaviour"]: (r["[DONE]"], r["usage"], r["client saw"]) for r in streams}
+    assert verdicts == {
+        "ok": ("yes", "7+4=11", "complete"),
+        "truncate:events=3": ("no", "-", "ended without [DONE]"),
+        "cut:bytes=200": ("no", "-", "RemoteProtocolError"),
+        "no_done": ("no", "7+4=11", "ended without [DONE]"),
+        "double_done": ("yes", "7+4=11", "[DONE] x2"),
+        "error_event:after=2": ("no", "-", "error event"),
+        "malformed_event:after=2": ("yes", "7+4=11", "event with bad JSON"),
+        "line_endings; keepalive:every=2": ("yes", "7+4=11", "complete"),
+    }
+    by_behaviour = {r["behaviour"]: r for r in streams}
+    assert by_behaviour["cut:bytes=200"]["bytes"] == "200"
+    assert {r["status"] for r in streams} == {"200"}
+
+    # In-process, the chunks are exactly the scripted ones.
+    size1, size5, seeded = exact
+    assert size1["behaviour"] == "chunking:size=1"
+    assert size1["chunks"] == size1["bytes"]
+    assert int(size5["chunks"]) == -(-int(size5["bytes"]) // 5)
+    assert seeded["behaviour"] == "chunking:seed=7"
+    assert int(size1["split chars"]) > 0
+    assert size1["decoded per chunk"].endswith(" x U+FFFD")
+    assert [r["client saw"] for r in exact] == ["complete"] * 3
+    assert [r["usage"] for r in exact] == ["7+6=13"] * 3
+
+
+def test_sections_can_be_added() -> None:
+    def play(stack: ExitStack, client: httpx.Client) -> Table:
+        table = Table("step", "result")
+        table.add(1, "router says hello")
+        stack.callback(lambda: table.add(2, "stopped"))
+        return table
+
+    out = io.StringIO()
+    assert run(out, [Section("The router", "A section added later.", play)]) == 0
+    text = out.getvalue()
+    assert "1. The router\n   A section added later.\n\n" in text
+    assert "step  result\n----  -----------------\n1     router says hello\n2     stopped\n" in text
+
+
+def test_header_hint_lists_only_present_headers() -> None:
+    headers = httpx.Headers({"x-ratelimit-reset": "1700000002000", "Retry-After": "3"})
+    assert header_hint(headers) == "retry-after: 3, x-ratelimit-reset: 1700000002000"
+    assert header_hint(headers, ["x-ratelimit-reset"]) == "x-ratelimit-reset: 1700000002000"
+
+
+def test_split_characters_counts_boundaries_inside_characters() -> None:
+    data = "a😀b".encode()  # 1 + 4 + 1 bytes
+    assert split_characters([data]) == 0
+    assert split_characters([data[:2], data[2:]]) == 1
+    assert split_characters([bytes([b]) for b in data]) == 3
+    assert split_characters([data[:1], data[1:5], data[5:]]) == 0
+
+
+def sse(*lines: str, end: str = "\n") -> list[bytes]:
+    return [(end.join(lines) + end).encode()]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "error", "outcome"),
+    [
+        (sse('data: {"usage": null}', "", "data: [DONE]", ""), None, "complete"),
+        (sse('data: {"a": 1}', "", "data: [DONE]", "", "data: [DONE]", ""), None, "[DONE] x2"),
+        (sse('data: {"a": 1}', ""), None, "ended without [DONE]"),
+        (sse('data: {"error": {}}', ""), None, "error event"),
+        (sse('data: {"oops', "", "data: [DONE]", ""), None, "event with bad JSON"),
+        (sse('data: {"a": 1}', end="\r"), "RemoteProtocolError", "RemoteProtocolError"),
+    ],
+)
+def test_exchange_outcome(chunks: list[bytes], error: str | None, outcome: str) -> None:
+    seen = Exchange(200, httpx.Headers({"content-type": "text/event-stream"}), chunks, error)
+    assert seen.outcome() == outcome
+
+
+def test_exchange_usage_from_json_and_from_a_stream() -> None:
+    usage = '{"usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}}'
+    as_json = Exchange(200, httpx.Headers({"content-type": "application/json"}), [usage.encode()])
+    assert as_json.usage == "7+4=11"
+    as_stream = Exchange(
+        200,
+        httpx.Headers({"content-type": "text/event-stream"}),
+        sse('data: {"usage": null}', "", f"data: {usage}", "", "data: [DONE]", "", end="\r\n"),
+    )
+    assert as_stream.usage == "7+4=11"
+    assert as_stream.done == 1
+    assert Exchange(429, httpx.Headers({"content-type": "application/json"}), [b"{}"]).usage == "-"
+
+
+def test_exchange_text_decodes_across_chunks() -> None:
+    data = "naïve 日本語".encode()
+    seen = Exchange(chunks=[bytes([b]) for b in data])
+    assert seen.text() == "naïve 日本語"
+    assert seen.body == data
+
+
+def test_table_rejects_a_row_of_the_wrong_width() -> None:
+    table = Table("a", "b")
+    with pytest.raises(ValueError, match="expected 2 cells, got 1"):
+        table.add("only one")
