@@ -1,0 +1,60 @@
+"""The router's doc pages say what the code does: their config files and console output."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from waterfall_asgi import load_config
+from waterfall_asgi.cli import main
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def console_output(page: str, command: str) -> list[str]:
+    """The lines a page shows right after ``$ COMMAND``, up to the next prompt or fence end."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    block = text.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.split("$ ", 1)[0].splitlines() if line]
+
+
+def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-1")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-docs-2")
+    config = load_config(DOCS / "examples" / "router.toml")
+    assert [d.key for d in config.chains["fast"]][1] == "openrouter/openai/gpt-4o-mini"
+    assert config.providers["openai"].timeouts.first_byte == 30
+
+
+@pytest.mark.parametrize(
+    ("page", "name", "code"),
+    [("router/index.md", "router.toml", 0), ("router/configuration.md", "broken.toml", 1)],
+)
+def test_check_config_prints_what_the_page_shows(
+    page: str,
+    name: str,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-1")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-docs-2")
+    monkeypatch.chdir(DOCS / "examples")
+    assert main(["check-config", name]) == code
+    out = capsys.readouterr()
+    assert (out.out + out.err).splitlines() == console_output(
+        page, f"waterfall-asgi check-config {name}"
+    )
+
+
+def test_the_errors_page_lists_every_code_the_router_uses() -> None:
+    page = (DOCS / "router" / "errors.md").read_text(encoding="utf-8")
+    source = "".join(
+        p.read_text(encoding="utf-8") for p in (DOCS.parent / "src" / "waterfall_asgi").glob("*.py")
+    )
+    used = set(re.findall(r'code="([a-z_]+)"', source)) | {"all_providers_exhausted"}
+    used.discard("stream_interrupted")  # an SSE event, documented on the routing page
+    documented = set(re.findall(r"`([a-z_]+)`", page))
+    assert used <= documented
