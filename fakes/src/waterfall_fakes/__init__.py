@@ -50,7 +50,7 @@ from .ratelimit import (
     rate_limit_headers,
     remaining_headers,
 )
-from .server import FakeServer
+from .server import FakeServer, LoopbackServer
 from .transport import FakeTransport, ReplyStream, read_timeout
 
 __version__ = "0.1.0"
@@ -81,6 +81,7 @@ __all__ = [
     "KeepAlive",
     "Limits",
     "LineEndings",
+    "LoopbackServer",
     "MalformedEvent",
     "NoDone",
     "NoUsage",

@@ -1,4 +1,5 @@
-"""A fake provider on a loopback port, served by uvicorn in a background thread.
+"""Serving on a loopback port with uvicorn in a background thread: any ASGI app
+(:class:`LoopbackServer`), or a fake provider (:class:`FakeServer`).
 
 >>> import httpx
 >>> from waterfall_fakes import FakeServer
@@ -17,13 +18,14 @@ import socket
 import threading
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any, Literal, Self
 
 import uvicorn
 
 from .asgi import ConnectionCut, FakeApp
 from .provider import FakeProvider
 
-__all__ = ["FakeServer"]
+__all__ = ["FakeServer", "LoopbackServer"]
 
 
 class _HideScriptedCuts(logging.Filter):
@@ -72,25 +74,27 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class FakeServer:
-    """Serve ``provider`` on ``host:port`` (port 0: a free one) until stopped.
+class LoopbackServer:
+    """Serve the ASGI ``app`` on ``host:port`` (port 0: a free one) until stopped.
 
-    Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``url`` is the base URL
-    to give an OpenAI client (it ends in ``/v1``); ``root`` is the server root.
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`. ``lifespan`` is passed to
+    uvicorn (``"on"`` runs the app's startup and shutdown).
     """
 
     def __init__(
         self,
-        provider: FakeProvider | None = None,
+        app: Any,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "warning",
+        lifespan: Literal["on", "off", "auto"] = "off",
     ) -> None:
-        self.provider = provider if provider is not None else FakeProvider()
+        self.app = app
         self.host = host
         self._requested_port = port
         self._log_level = log_level
+        self._lifespan = lifespan
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -107,10 +111,10 @@ class FakeServer:
         """The OpenAI-style base URL, ``http://host:port/v1``."""
         return self.root + "/v1"
 
-    def start(self) -> FakeServer:
+    def start(self) -> Self:
         """Bind, start serving in a background thread and wait until it accepts connections."""
         if self._thread is not None:
-            raise RuntimeError("this FakeServer is already running")
+            raise RuntimeError(f"this {type(self).__name__} is already running")
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,23 +126,23 @@ class FakeServer:
         self.port = sock.getsockname()[1]
         self._socket = sock
         config = uvicorn.Config(
-            FakeApp(self.provider),
+            self.app,
             log_level=self._log_level,
-            lifespan="off",
+            lifespan=self._lifespan,
             access_log=False,
             timeout_graceful_shutdown=1,
         )
         self._server = server = _Server(config)
         logging.getLogger("uvicorn.error").addFilter(_FILTER)
         self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"fake-{self.port}", daemon=True
+            target=server.run, kwargs={"sockets": [sock]}, name=f"loopback-{self.port}", daemon=True
         )
         self._thread.start()
         while not server.started:
             if not self._thread.is_alive():
                 sock.close()
                 self._server = self._thread = self._socket = None
-                raise RuntimeError("the fake server failed to start")
+                raise RuntimeError("the server failed to start")
             self._thread.join(0.01)
         return self
 
@@ -152,7 +156,7 @@ class FakeServer:
             self._socket.close()
         self._server = self._thread = self._socket = None
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -162,6 +166,29 @@ class FakeServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._thread is not None else "stopped"
+        return f"{type(self).__name__}({self.root}, {state})"
+
+
+class FakeServer(LoopbackServer):
+    """Serve ``provider`` (a fresh fake if none) on a loopback port until stopped.
+
+    ``url`` is the base URL to give an OpenAI client (it ends in ``/v1``); ``root`` is the
+    server root.
+    """
+
+    def __init__(
+        self,
+        provider: FakeProvider | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+    ) -> None:
+        self.provider = provider if provider is not None else FakeProvider()
+        super().__init__(FakeApp(self.provider), host=host, port=port, log_level=log_level)
 
     def __repr__(self) -> str:
         state = "running" if self._thread is not None else "stopped"
