@@ -55,10 +55,10 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.startswith(
         "waterfall-asgi demo: fake providers on 127.0.0.1, no network, no API keys."
     )
-    assert out.rstrip().endswith("being built, and its sections will join this tour.")
+    assert out.rstrip().endswith("being built, and their sections will join this tour.")
     tables = parse_tables(out)
     assert list(tables) == [s.title for s in demo.SECTIONS]
-    storm, quota, streams, exact = tables.values()
+    storm, quota, streams, exact, router = tables.values()
 
     # One 429 per header dialect, then a normal answer.
     assert [r["status"] for r in storm] == ["429"] * 6 + ["200"]
@@ -118,6 +118,25 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert size1["decoded per chunk"].endswith(" x U+FFFD")
     assert [r["client saw"] for r in exact] == ["complete"] * 3
     assert [r["usage"] for r in exact] == ["7+6=13"] * 3
+
+    # The router: 429s absorbed, a cooling entry skipped without a call, a 503 only when every
+    # entry is failing or cooling, and a stream falling through before any byte was sent.
+    assert [r["status"] for r in router] == ["200", "200", "503", "200", "200"]
+    assert [r["served by"] for r in router] == [
+        "openrouter",
+        "local",
+        "-",
+        "openrouter",
+        "openrouter",
+    ]
+    trails = [r["entries tried or skipped"] for r in router]
+    assert trails[0] == "openai/fake-large 429, openrouter/fake-medium 200"
+    assert trails[1] == (
+        "openai/fake-large cooling, openrouter/fake-medium 429, local/fake-small 200"
+    )
+    assert trails[2] == "all exhausted, Retry-After: 1"
+    assert trails[4].startswith("openai/fake-large empty_stream, ")
+    assert [r["client saw"] for r in router][1:3] == ["complete", "all_providers_exhausted"]
 
 
 def test_sections_can_be_added() -> None:

@@ -302,6 +302,65 @@ def _chunk_exact(stack: ExitStack, client: httpx.Client) -> Table:
     return table
 
 
+def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
+    """The router on uvicorn (loopback) in front of three fake servers under a 429 storm."""
+    import time
+
+    from waterfall_fakes import LoopbackServer
+
+    from .app import create_app
+
+    scripts = {
+        "openai": ["rate_limit:dialect=retry-after-ms,seconds=1.5", "truncate:events=0"],
+        "openrouter": ["ok", "rate_limit:dialect=openrouter,seconds=1"],
+        "local": ["ok", "status:code=503"],
+    }
+    models = {"openai": "fake-large", "openrouter": "fake-medium", "local": "fake-small"}
+    fakes = {name: _serve(stack, name, script=script) for name, script in scripts.items()}
+    config = {
+        "providers": {name: {"base_url": fake.url} for name, fake in fakes.items()},
+        "chains": {"best": [f"{name}/{models[name]}" for name in fakes]},
+        "policy": {"default_cooldown": 3},
+    }
+    router = stack.enter_context(LoopbackServer(create_app(config), lifespan="on"))
+    table = Table("#", "request", "status", "served by", "entries tried or skipped", "client saw")
+    steps: list[tuple[str, bool, float]] = [
+        ("openai says 429 (retry-after-ms)", False, 0),
+        ("openrouter says 429 (X-RateLimit-Reset)", True, 0),
+        ("local fails with 503: all exhausted", False, 0),
+        ("after waiting Retry-After", False, -1),
+        ("openai's 200 closes before any event", True, 0.6),
+    ]
+    retry_after = 0.0
+    for number, (what, stream, wait) in enumerate(steps, 1):
+        time.sleep(retry_after if wait < 0 else wait)
+        seen = _ask_router(client, router.url, stream)
+        retry_after = float(seen.headers.get("retry-after", 0))
+        served = seen.headers.get("x-waterfall-provider", "-")
+        trail = seen.headers.get("x-waterfall-attempts", "-")
+        if seen.status == 503:
+            error = _loads(seen.body) or {}
+            trail = f"all exhausted, Retry-After: {seen.headers.get('retry-after')}"
+            verdict = error.get("error", {}).get("code", "-")
+        else:
+            verdict = seen.outcome() if stream else "json, usage " + seen.usage
+        table.add(
+            number, ("stream: " if stream else "") + what, seen.status, served, trail, verdict
+        )
+    return table
+
+
+def _ask_router(client: httpx.Client, url: str, stream: bool) -> Exchange:
+    body: dict[str, Any] = {"model": "best", "messages": PROMPT, "max_tokens": 4}
+    if stream:
+        body["stream"] = True
+    seen = Exchange()
+    with client.stream("POST", url + "/chat/completions", json=body) as response:
+        seen.status, seen.headers = response.status_code, response.headers
+        seen.chunks.extend(response.iter_raw())
+    return seen
+
+
 SECTIONS: list[Section] = [
     Section(
         "A 429 storm, one header dialect per request",
@@ -322,6 +381,13 @@ SECTIONS: list[Section] = [
         "Chunk-exact, in-process (FakeTransport): boundaries inside multi-byte characters",
         "Each scripted chunk is one read: decode incrementally, or characters break.",
         _chunk_exact,
+    ),
+    Section(
+        "The waterfall router on uvicorn (loopback) in front of three fakes, under a 429 storm",
+        "Chain 'best' = openai, openrouter, local. A failing entry cools down for as long as it "
+        "said;\n   a cooling entry is skipped without a call; streams fall through before any "
+        "byte is sent.",
+        _router_storm,
     ),
 ]
 """The tour, in order. Later stages append the router's own sections here."""
@@ -351,8 +417,8 @@ def run(out: TextIO | None = None, sections: Sequence[Section] | None = None) ->
         for line in _lines(SECTIONS if sections is None else sections, client):
             print(line, file=out, flush=True)
     print(
-        "The fakes are ready; the router (waterfall middleware, cost router, usage ledger) is\n"
-        "being built, and its sections will join this tour.",
+        "The fakes and the waterfall router are ready; the cost router and the usage ledger are\n"
+        "being built, and their sections will join this tour.",
         file=out,
     )
     return 0
