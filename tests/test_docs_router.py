@@ -58,3 +58,23 @@ def test_the_errors_page_lists_every_code_the_router_uses() -> None:
     used.discard("stream_interrupted")  # an SSE event, documented on the routing page
     documented = set(re.findall(r"`([a-z_]+)`", page))
     assert used <= documented
+
+
+def test_the_readme_snippet_mounts_the_router(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-1")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-docs-2")
+    (tmp_path / "router.toml").write_text(
+        (DOCS / "examples" / "router.toml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    app = namespace["app"]
+    stack = app.build_middleware_stack()  # type: ignore[attr-defined]
+    while not hasattr(stack, "config") and hasattr(stack, "app"):
+        stack = stack.app
+    assert sorted(stack.config.chains) == ["fast", "smart"]
