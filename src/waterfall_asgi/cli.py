@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 from .config import ConfigError, load_config
 
@@ -40,14 +43,31 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     from .app import create_app
 
-    uvicorn.run(
-        create_app(config),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        lifespan="on",
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a handled SIGINT/SIGTERM ends the process normally (exit 0)
+        instead of being raised again after the graceful shutdown."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handled = (signal.SIGINT, signal.SIGTERM)
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    server = Server(
+        uvicorn.Config(
+            create_app(config),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            lifespan="on",
+        )
     )
-    return 0
+    server.run()
+    return 0 if server.started else 3
 
 
 def main(argv: list[str] | None = None) -> int:

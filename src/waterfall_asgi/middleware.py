@@ -127,7 +127,7 @@ class WaterfallMiddleware:
             await self._lifespan(scope, receive, send)
             return
         if kind == "http":
-            path = scope["path"]
+            path = _route_path(scope)
             if path in self._routes or path == self.config.prefix + "/models":
                 await self._http(scope, receive, send, path)
                 return
@@ -139,11 +139,13 @@ class WaterfallMiddleware:
                 await send_error(
                     send, RouterError(404, f"Unknown path {scope['path']}.", code="unknown_url")
                 )
+            elif kind == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
             return
         await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = {"startup": False, "done": False}
+        state = {"startup": False, "answered": False, "done": False}
 
         async def wrapped_receive() -> Message:
             message = await receive()
@@ -153,8 +155,11 @@ class WaterfallMiddleware:
 
         async def wrapped_send(message: Message) -> None:
             kind = message["type"]
+            state["answered"] = True
             if kind == "lifespan.startup.complete":
                 await self.startup()
+            elif kind == "lifespan.startup.failed":
+                state["done"] = True  # the app failed to start: so does the server
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.shutdown()
                 state["done"] = True
@@ -164,10 +169,12 @@ class WaterfallMiddleware:
             try:
                 await self.app(scope, wrapped_receive, wrapped_send)
             except Exception:
-                if state["done"]:
+                if state["answered"]:  # the app speaks lifespan, and failed: let it be seen
+                    await self.shutdown()
                     raise
                 logger.debug("the wrapped app does not handle lifespan; the router does")
-            if state["done"]:
+            if state["done"] or state["answered"]:
+                await self.shutdown()
                 return
         # The wrapped app does not speak lifespan: speak it ourselves.
         if not state["startup"]:
@@ -396,6 +403,19 @@ class WaterfallMiddleware:
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
         aligner = EventAligner()
+        relay = asyncio.current_task()
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            # Servers drop sends to a client that left without saying so: listen for it, and
+            # stop reading (and paying for) the upstream when it happens.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            if relay is not None:
+                relay.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
             ready = aligner.feed(served.prefix)
             if ready:
@@ -416,9 +436,30 @@ class WaterfallMiddleware:
                 {"type": "http.response.body", "body": aligner.fail(event), "more_body": False}
             )
             return
+        except asyncio.CancelledError:
+            if not gone.is_set() or relay is None:
+                raise
+            relay.uncancel()
         finally:
-            await served.aclose()
+            watcher.cancel()
+            try:
+                await served.aclose()
+            except asyncio.CancelledError:  # the client left just as the stream ended
+                if not gone.is_set() or relay is None:
+                    raise
+                relay.uncancel()
+        if gone.is_set():
+            raise _Disconnected
         await send({"type": "http.response.body", "body": aligner.flush(), "more_body": False})
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (``root_path``), as Starlette's routing sees it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _client_headers(scope: Scope) -> list[tuple[str, str]]:
