@@ -7,8 +7,6 @@ proves that the router swapped the client's key for the provider's.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,64 +15,17 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 
 from waterfall_asgi.app import create_app
 from waterfall_asgi.middleware import WaterfallMiddleware
-from waterfall_fakes import FakeProvider, FakeServer, Reply
+from waterfall_fakes import FakeProvider, FakeServer, LoopbackServer, Reply
 
 pytestmark = pytest.mark.loopback
 
 CLIENT_KEYS = ["sk-client-one", "sk-client-two"]
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say something nice"}]
 START = 1_700_000_000.0
-
-
-class LoopbackServer:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> LoopbackServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._socket = sock
-        config = uvicorn.Config(
-            self.app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2
-        )
-        self._server = server = uvicorn.Server(config)
-        self._thread = thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        thread.start()
-        for _ in range(1000):  # at most 10 s
-            if server.started or not thread.is_alive():
-                break
-            thread.join(0.01)
-        if not server.started:
-            self.__exit__(None, None, None)
-            raise RuntimeError("the router's server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        assert self._thread is not None
-        assert self._socket is not None
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._socket.close()
-        assert not self._thread.is_alive()
 
 
 class ManualClock:
@@ -132,7 +83,7 @@ def start_stack(
         if clock is None
         else WaterfallMiddleware(None, config, clock=clock, health_path=None)
     )
-    return Stack(a, b, stack.enter_context(LoopbackServer(app)))
+    return Stack(a, b, stack.enter_context(LoopbackServer(app, lifespan="on")))
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ checked where it can be: over a socket, bytes arriving over time.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -16,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +21,7 @@ from starlette.routing import Route
 
 from waterfall_asgi.app import create_app
 from waterfall_asgi.middleware import WaterfallMiddleware
-from waterfall_fakes import FakeProvider, FakeServer, Reply
+from waterfall_fakes import FakeProvider, FakeServer, LoopbackServer, Reply
 
 pytestmark = pytest.mark.loopback
 
@@ -35,56 +32,6 @@ STREAM = {**CHAT, "stream": True}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class LoopbackServer:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (a free port) in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LoopbackServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._socket = sock
-        config = uvicorn.Config(
-            self.app,
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        self._server = server = uvicorn.Server(config)
-        self._thread = thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        thread.start()
-        for _ in range(1000):  # at most 10 s
-            if server.started or not thread.is_alive():
-                break
-            thread.join(0.01)
-        if not server.started:
-            self.__exit__(None, None, None)
-            raise RuntimeError("the router's server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        assert self._thread is not None
-        assert self._socket is not None
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._socket.close()
-        assert not self._thread.is_alive()
 
 
 @contextmanager
@@ -99,7 +46,10 @@ def standalone(
     **providers: FakeProvider,
 ) -> Iterator[tuple[dict[str, FakeServer], LoopbackServer]]:
     """Loopback fakes, and the standalone router in front of them (in that order)."""
-    with upstreams(**providers) as ups, LoopbackServer(create_app(config_for(ups))) as server:
+    with (
+        upstreams(**providers) as ups,
+        LoopbackServer(create_app(config_for(ups)), lifespan="on") as server,
+    ):
         yield ups, server
 
 
@@ -142,7 +92,7 @@ def sse_data(body: bytes) -> list[str]:
 
 @asynccontextmanager
 async def client_for(server: LoopbackServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=server.root, timeout=10) as client:
         yield client
 
 
@@ -151,7 +101,7 @@ async def client_for(server: LoopbackServer) -> AsyncIterator[httpx.AsyncClient]
 async def test_standalone_non_streaming() -> None:
     with upstreams(a=fake("a"), b=fake("b")) as ups:
         app = create_app(config_for(ups))
-        with LoopbackServer(app) as server:
+        with LoopbackServer(app, lifespan="on") as server:
             async with client_for(server) as client:
                 assert (await client.get("/health")).json() == {"status": "ok"}
                 r = await client.post(
@@ -293,7 +243,7 @@ async def test_mounted_in_front_of_starlette_on_uvicorn() -> None:
     app = Starlette(routes=[Route("/orders", orders)], lifespan=lifespan)
     with upstreams(a=fake("a", "status:code=500"), b=fake("b")) as ups:
         mw = WaterfallMiddleware(app, config_for(ups))
-        with LoopbackServer(mw) as server:
+        with LoopbackServer(mw, lifespan="on") as server:
             assert events == ["app startup"]
             opened = mw._client
             assert opened is not None

@@ -265,7 +265,7 @@ async def test_the_fixtures_work_here_too(
 
 
 def test_the_session_server_answers_plainly_between_tests(request: pytest.FixtureRequest) -> None:
-    server, _ = request.getfixturevalue("_waterfall_fake_server")
+    server = request.getfixturevalue("_waterfall_fake_server")
     assert httpx.get(server.root + "/health").json()["name"] == "waterfall-fakes-idle"
 
 

@@ -24,7 +24,7 @@ merely having the plugin installed costs nothing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -133,57 +133,34 @@ def fake_transport(fake_provider: FakeProvider) -> FakeTransport:
     return FakeTransport(fake_provider)
 
 
-class _Relay:
-    """Whose provider the session server answers from: the running test's (None: no test's)."""
-
-    def __init__(self) -> None:
-        self.target: FakeProvider | None = None
-
-
 @pytest.fixture(scope="session")
-def _waterfall_fake_server() -> Iterator[tuple[FakeServer, _Relay]]:
+def _waterfall_fake_server() -> Iterator[FakeServer]:
     """The loopback server behind ``fake_server``: started once, stopped at the session's end."""
-    from waterfall_fakes import FakeProvider, FakeServer, Reply
+    from waterfall_fakes import FakeProvider, FakeServer
 
-    relay = _Relay()
-
-    class RelayProvider(FakeProvider):
-        def handle(
-            self,
-            method: str,
-            path: str,
-            headers: Mapping[str, str] | Iterable[tuple[str, str]],
-            body: bytes,
-        ) -> Reply:
-            target = relay.target
-            if target is None:  # between tests: answer as a plain fake
-                return super().handle(method, path, headers, body)
-            return target.handle(method, path, headers, body)
-
-    idle = RelayProvider(name="waterfall-fakes-idle")
-    server = FakeServer(idle).start()
+    server = FakeServer(FakeProvider(name="waterfall-fakes-idle")).start()
     try:
-        yield server, relay
+        yield server
     finally:
         server.stop()
 
 
 @pytest.fixture
 def fake_server(
-    _waterfall_fake_server: tuple[FakeServer, _Relay], fake_provider: FakeProvider
+    _waterfall_fake_server: FakeServer, fake_provider: FakeProvider
 ) -> Iterator[FakeServer]:
     """A running loopback server (``.url`` ends in ``/v1``) answering from ``fake_provider``.
 
     The server is shared by the whole session; while this test runs it serves this test's
     provider, which ``fake_server.provider`` is.
     """
-    server, relay = _waterfall_fake_server
+    server = _waterfall_fake_server
     idle = server.provider
-    relay.target, server.provider = fake_provider, fake_provider
+    server.provider = fake_provider
     try:
         yield server
     finally:
-        relay.target, server.provider = None, idle
+        server.provider = idle
 
 
 def _stop_all(servers: list[FakeServer]) -> None:

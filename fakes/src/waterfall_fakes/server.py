@@ -187,8 +187,17 @@ class FakeServer(LoopbackServer):
         port: int = 0,
         log_level: str = "warning",
     ) -> None:
-        self.provider = provider if provider is not None else FakeProvider()
-        super().__init__(FakeApp(self.provider), host=host, port=port, log_level=log_level)
+        self._fake_app = FakeApp(provider if provider is not None else FakeProvider())
+        super().__init__(self._fake_app, host=host, port=port, log_level=log_level)
+
+    @property
+    def provider(self) -> FakeProvider:
+        """The fake answering requests; assign another to swap it while the server runs."""
+        return self._fake_app.provider
+
+    @provider.setter
+    def provider(self, value: FakeProvider) -> None:
+        self._fake_app.provider = value
 
     def __repr__(self) -> str:
         state = "running" if self._thread is not None else "stopped"
