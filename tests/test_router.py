@@ -521,3 +521,17 @@ async def test_extra_provider_headers_are_sent_upstream(clock: Clock) -> None:
     )
     await call(mounted, "POST", "/v1/chat/completions", CHAT)
     assert net2["a"].calls()[0].headers["api-key"] == "azure-key"
+
+
+@pytest.mark.parametrize("payload", [CHAT, STREAM], ids=["json", "stream"])
+async def test_legacy_completions_use_the_waterfall(clock: Clock, payload: dict[str, Any]) -> None:
+    app, net = make(clock, {"a": ["rate_limit"]})
+    body = {"model": "fast", "prompt": "hello there", "stream": payload.get("stream", False)}
+    result = await call(app, "POST", "/v1/completions", body)
+    assert (result.status, result.headers["x-waterfall-provider"]) == (200, "b")
+    assert [r.path for r in net["b"].requests] == ["/v1/completions"]
+    if body["stream"]:
+        assert sse_data(result.body)[-1] == "[DONE]"
+        assert json.loads(sse_data(result.body)[0])["object"] == "text_completion"
+    else:
+        assert result.json()["object"] == "text_completion"

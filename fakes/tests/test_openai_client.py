@@ -566,3 +566,15 @@ async def test_async_retries_after_429s(serve: Callable[..., FakeServer]) -> Non
     fake = server.provider
     assert [r.status for r in fake.calls()] == [429, 429, 200]
     assert completion.choices[0].message.content == text(fake, number=2)
+
+
+def test_legacy_completions(client: openai.OpenAI, fake: FakeProvider) -> None:
+    result = client.completions.create(model=MODEL, prompt="one two", max_tokens=3)
+    assert result.object == "text_completion"
+    assert len(result.choices[0].text.split(" ")) == 3
+    assert result.choices[0].finish_reason == "length"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (2, 3)
+    stream = client.completions.create(model=MODEL, prompt="one two", max_tokens=3, stream=True)
+    pieces = [c.choices[0].text for c in stream]
+    assert len("".join(pieces).split(" ")) == 3
+    assert [r.path for r in fake.requests] == ["/v1/completions"] * 2

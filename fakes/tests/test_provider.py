@@ -617,3 +617,52 @@ def test_reset_forgets_requests_and_rewinds_the_script() -> None:
     c2 = client(fresh)
     c2.post(CHAT, json=chat(stream=False))
     assert c2.post(CHAT, json=chat()).json() == ok_after_reset  # same request number again
+
+
+# -- legacy text completions -------------------------------------------------------------------
+
+
+def test_text_completions_json_and_stream() -> None:
+    c = client(FakeProvider(seed=3))
+    body = {"model": "fake-small", "prompt": "say three words", "max_tokens": 5}
+    r = c.post("/v1/completions", json=body)
+    reply = r.json()
+    assert (r.status_code, reply["object"]) == (200, "text_completion")
+    assert reply["id"].startswith("cmpl-")
+    (choice,) = reply["choices"]
+    assert choice["finish_reason"] == "length"
+    assert len(choice["text"].split(" ")) == 5
+    assert reply["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    streamed = c.post(
+        "/v1/completions",
+        json={
+            **body,
+            "prompt": ["a b", "c"],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    events = [
+        json.loads(line[6:])
+        for line in streamed.text.split("\n")
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert {e["object"] for e in events} == {"text_completion"}
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    assert len(text.split(" ")) == 5
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "length"
+    assert events[-1] == {
+        **events[-1],
+        "choices": [],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
+
+
+@pytest.mark.parametrize("prompt", [None, 3, [1, 2], {"a": 1}])
+def test_text_completions_need_a_text_prompt(prompt: Any) -> None:
+    c = client(FakeProvider())
+    body = {"model": "fake-small"} if prompt is None else {"model": "fake-small", "prompt": prompt}
+    r = c.post("/v1/completions", json=body)
+    assert r.status_code == 400
+    assert error_of(r)["param"] == "prompt"

@@ -318,6 +318,7 @@ class FakeProvider:
             "/health": ("GET", None),
             "/v1/models": ("GET", None),
             "/v1/chat/completions": ("POST", self._chat),
+            "/v1/completions": ("POST", self._completions),
             "/v1/embeddings": ("POST", self._embeddings),
         }
         if path not in routes:
@@ -457,18 +458,31 @@ class FakeProvider:
 
     # -- endpoints -----------------------------------------------------------------------------
     def _chat(self, number: int, body: bytes, behaviours: tuple[Behaviour, ...]) -> Reply:
-        req, bad = self._validate(body, "messages")
+        return self._generate(number, body, behaviours, legacy=False)
+
+    def _completions(self, number: int, body: bytes, behaviours: tuple[Behaviour, ...]) -> Reply:
+        """The legacy text completions endpoint: ``prompt`` in, ``choices[].text`` out."""
+        return self._generate(number, body, behaviours, legacy=True)
+
+    def _generate(
+        self, number: int, body: bytes, behaviours: tuple[Behaviour, ...], *, legacy: bool
+    ) -> Reply:
+        field = "prompt" if legacy else "messages"
+        req, bad = self._validate(body, field)
         if bad is not None or req is None:
             return self._finish(bad or self._json(500, {}), behaviours)
-        messages = req["messages"]
-        if not isinstance(messages, list):
+        given = req[field]
+        if legacy and isinstance(given, str):
+            given = [given]
+        if not isinstance(given, list) or (legacy and not all(isinstance(p, str) for p in given)):
+            what = "a string or an array of strings" if legacy else "an array"
             return self._finish(
                 self._error(
                     400,
-                    "messages must be an array.",
+                    f"{field} must be {what}.",
                     "invalid_request_error",
                     "invalid_type",
-                    param="messages",
+                    param=field,
                 ),
                 behaviours,
             )
@@ -492,7 +506,8 @@ class FakeProvider:
         finish = "stop"
         if limit is not None and limit < count:
             count, finish = max(limit, 0), "length"
-        prompt = count_prompt_tokens(messages)
+        # chat: 3 per message plus its words; text completions: the prompt's words
+        prompt = sum(len(t.split()) for t in given) if legacy else count_prompt_tokens(given)
         failed, ok_headers = self._failure(
             behaviours, prompt + (max(limit, 0) if limit is not None else count) * n
         )
@@ -506,18 +521,18 @@ class FakeProvider:
         words = [reply_words(self.config.seed, number, c, body, count) for c in range(n)]
         digest = hashlib.sha256(b"%d:%d" % (self.config.seed, number)).hexdigest()
         base = {
-            "id": f"chatcmpl-{digest[:24]}",
+            "id": f"{'cmpl' if legacy else 'chatcmpl'}-{digest[:24]}",
             "created": self.config.created,
             "model": req["model"],
             "system_fingerprint": "fp_waterfall_fake",
         }
         no_usage = _first(behaviours, NoUsage) is not None
-        extra = [("x-request-id", f"req_{base['id'][9:]}"), *ok_headers]
+        extra = [("x-request-id", f"req_{digest[:24]}"), *ok_headers]
         if req.get("stream") is True:
             opts = req.get("stream_options")
             include = isinstance(opts, dict) and opts.get("include_usage") is True
             events = self._stream_events(
-                base, words, finish, usage if include and not no_usage else None, include
+                base, words, finish, usage if include and not no_usage else None, include, legacy
             )
             draft = _Draft(
                 200,
@@ -532,11 +547,21 @@ class FakeProvider:
             return self._finish_stream(draft, behaviours)
         completion = {
             **base,
-            "object": "chat.completion",
+            "object": "text_completion" if legacy else "chat.completion",
             "choices": [
                 {
                     "index": c,
-                    "message": {"role": "assistant", "content": " ".join(w), "refusal": None},
+                    **(
+                        {"text": " ".join(w)}
+                        if legacy
+                        else {
+                            "message": {
+                                "role": "assistant",
+                                "content": " ".join(w),
+                                "refusal": None,
+                            }
+                        }
+                    ),
                     "logprobs": None,
                     "finish_reason": finish,
                 }
@@ -582,21 +607,31 @@ class FakeProvider:
         finish: str,
         usage: dict[str, int] | None,
         include: bool,
+        legacy: bool = False,
     ) -> list[_Event]:
+        kind = "text_completion" if legacy else "chat.completion.chunk"
+
         def chunk(choices: list[dict[str, Any]], last_usage: Any = None) -> _Event:
-            obj = {**base, "object": "chat.completion.chunk", "choices": choices}
+            obj = {**base, "object": kind, "choices": choices}
             if include:
                 obj["usage"] = last_usage
             return _Event(data=dumps(obj).decode())
 
         def choice(c: int, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+            if legacy:  # text completions carry the text itself, not a delta
+                text = delta.get("content", "")
+                return {"index": c, "text": text, "logprobs": None, "finish_reason": reason}
             return {"index": c, "delta": delta, "logprobs": None, "finish_reason": reason}
 
         n = len(words)
-        events = [
-            chunk([choice(c, {"role": "assistant", "content": "", "refusal": None})])
-            for c in range(n)
-        ]
+        events = (
+            []
+            if legacy
+            else [
+                chunk([choice(c, {"role": "assistant", "content": "", "refusal": None})])
+                for c in range(n)
+            ]
+        )
         for i in range(len(words[0])):
             for c in range(n):
                 events.append(
