@@ -573,3 +573,13 @@ def test_over_httpx_header_alias() -> None:
         r = c.post(CHAT, json=BODY, headers={"X-Fake-Behavior": "status:code=504"})
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "gateway_timeout"
+
+
+def test_big_event_on_a_stream_truncated_to_nothing_is_a_no_op() -> None:
+    """Regression: ``truncate:events=0; big_event`` raised IndexError (found by the ci profile)."""
+    body = json.dumps(
+        {"model": "fake-small", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    ).encode()
+    fake = FakeProvider(script=["truncate:events=0; big_event:size=1,after=0"])
+    reply = fake.handle("POST", "/v1/chat/completions", {}, body)
+    assert (reply.status, reply.body) == (200, b"")

@@ -204,6 +204,8 @@ def _enlarge(events: list[_Event], big: BigEvent) -> None:
     """Pad the JSON event at index ``big.after`` (or the nearest JSON one after it, else before
     it) until its data is at least ``big.size`` bytes; a stream with no JSON event is left as is.
     """
+    if not events:  # e.g. truncated to nothing before the padding applies
+        return
     start = min(big.after, len(events) - 1)
     order = [*range(start, len(events)), *range(start - 1, -1, -1)]
     for index in order:
