@@ -477,10 +477,9 @@ async def test_router_routes_over_asgi_transport() -> None:
         assert [d["index"] for d in emb.json()["data"]] == [0, 1]
 
         comp = await client.post("/v1/completions", json={"model": "fast", "prompt": "Hi"})
-        # The fakes do not serve legacy completions: their 404 comes back as it is.
-        assert comp.status_code == 404
-        assert comp.json()["error"]["code"] == "unknown_url"
-        assert comp.headers["x-waterfall-attempts"] == "a/fake-small 404"
+        assert comp.status_code == 200
+        assert comp.json()["object"] == "text_completion"
+        assert comp.headers["x-waterfall-attempts"] == "a/fake-small 200"
 
         missing = await client.post("/v1/chat/completions", json={"model": "fast"})
         assert missing.status_code == 400

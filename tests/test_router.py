@@ -535,3 +535,23 @@ async def test_legacy_completions_use_the_waterfall(clock: Clock, payload: dict[
         assert json.loads(sse_data(result.body)[0])["object"] == "text_completion"
     else:
         assert result.json()["object"] == "text_completion"
+
+
+@pytest.mark.parametrize("behaviour", ["no_done", "truncate:events=4", "cut:bytes=900"])
+async def test_an_accepted_stream_never_ends_silently(clock: Clock, behaviour: str) -> None:
+    app, _ = make(clock, {"a": [behaviour]})
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert result.headers["x-waterfall-provider"] == "a"
+    data = sse_data(result.body)
+    assert "[DONE]" not in data
+    code = json.loads(data[-1])["error"]["code"]
+    assert code == ("stream_interrupted" if behaviour.startswith("cut") else "stream_incomplete")
+    assert result.finished
+    # everything before the error is whole events, unchanged
+    assert all(json.loads(d).get("object") == "chat.completion.chunk" for d in data[:-1])
+
+
+async def test_a_complete_stream_gets_no_error_event(clock: Clock) -> None:
+    app, _ = make(clock, {"a": ["double_done"]})
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert sse_data(result.body)[-2:] == ["[DONE]", "[DONE]"]  # relayed as the upstream sent it

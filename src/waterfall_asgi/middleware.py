@@ -34,6 +34,7 @@ from .cooldown import CooldownStore, InMemoryCooldownStore
 from .errors import RouterError, send_error
 from .relay import EventAligner, error_event
 from .router import Attempt, Router, Served
+from .sse import SSEParser
 
 __all__ = ["WaterfallMiddleware"]
 
@@ -416,11 +417,17 @@ class WaterfallMiddleware:
                 relay.cancel()
 
         watcher = asyncio.ensure_future(watch())
+        parser = SSEParser()
+        done = False
         try:
+            for seen in parser.feed(served.prefix):
+                done = done or seen.data == "[DONE]"
             ready = aligner.feed(served.prefix)
             if ready:
                 await send({"type": "http.response.body", "body": ready, "more_body": True})
             async for chunk in served.rest():
+                for seen in parser.feed(chunk):
+                    done = done or seen.data == "[DONE]"
                 ready = aligner.feed(chunk)
                 if ready:
                     await send({"type": "http.response.body", "body": ready, "more_body": True})
@@ -450,7 +457,13 @@ class WaterfallMiddleware:
                 relay.uncancel()
         if gone.is_set():
             raise _Disconnected
-        await send({"type": "http.response.body", "body": aligner.flush(), "more_body": False})
+        if done:
+            tail = aligner.flush()
+        else:  # a clean close without [DONE] is a failure too: say so, never end silently
+            tail = aligner.fail(
+                error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
+            )
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 def _route_path(scope: Scope) -> str:
