@@ -9,7 +9,9 @@ from .app import create_app
 from .config import (
     ConfigError,
     Deployment,
+    LedgerSettings,
     Limits,
+    Price,
     Provider,
     RouterConfig,
     RoutingPolicy,
@@ -24,6 +26,7 @@ from .cooldown import (
     retry_hint,
 )
 from .errors import RouterError, error_body, send_error
+from .ledger import TERMINAL_STATUSES, LedgerStore, MemoryLedger, Status, UsageRecord
 from .middleware import WaterfallMiddleware
 from .relay import EventAligner, error_event
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
@@ -32,6 +35,7 @@ from .sse import SSEEvent, SSEParser
 __version__ = "0.1.0"
 
 __all__ = [
+    "TERMINAL_STATUSES",
     "Attempt",
     "ConfigError",
     "CooldownStore",
@@ -39,7 +43,11 @@ __all__ = [
     "EventAligner",
     "Exhausted",
     "InMemoryCooldownStore",
+    "LedgerSettings",
+    "LedgerStore",
     "Limits",
+    "MemoryLedger",
+    "Price",
     "Provider",
     "Router",
     "RouterConfig",
@@ -48,7 +56,9 @@ __all__ = [
     "SSEEvent",
     "SSEParser",
     "Served",
+    "Status",
     "Timeouts",
+    "UsageRecord",
     "WaterfallMiddleware",
     "create_app",
     "error_body",

@@ -12,6 +12,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,9 @@ from pydantic import (
 __all__ = [
     "ConfigError",
     "Deployment",
+    "LedgerSettings",
     "Limits",
+    "Price",
     "Provider",
     "RouterConfig",
     "RoutingPolicy",
@@ -103,11 +106,33 @@ class Provider(_Model):
         return self
 
 
+class Price(_Model):
+    """What a deployment costs, exactly: Decimal amounts of ``unit`` per token and per request.
+
+    ``cost`` multiplies exactly and rounds up once, to a whole number of ``unit``; choose a unit
+    small enough for that (``msat``, ``usd_micro``, ...).
+
+    >>> Price(unit="msat", prompt="0.15", completion="0.6", request=1).cost(1000, 10)
+    157
+    """
+
+    unit: str = "msat"
+    prompt: Decimal = Field(default=Decimal(0), ge=0, description="per prompt token")
+    completion: Decimal = Field(default=Decimal(0), ge=0, description="per completion token")
+    request: Decimal = Field(default=Decimal(0), ge=0, description="per request")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The cost of one request, rounded up once to a whole ``unit``."""
+        exact = prompt_tokens * self.prompt + completion_tokens * self.completion + self.request
+        return int(exact.to_integral_value(rounding=ROUND_CEILING))
+
+
 class Deployment(_Model):
     """One model at one provider: an entry a chain can name as ``provider/model``."""
 
     provider: str
     model: str
+    price: Price | None = None
 
     @property
     def key(self) -> str:
@@ -157,6 +182,24 @@ class Limits(_Model):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
 
 
+class LedgerSettings(_Model):
+    """Where usage records go and how streams are accounted for."""
+
+    path: str | None = Field(
+        default="waterfall-usage.db",
+        description="the SQLite file (None: keep records in memory only)",
+    )
+    drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="after a client disconnects, keep reading the upstream this long so "
+        "usage and cost are still recorded",
+    )
+    cost_event: bool = Field(
+        default=False, description="end each stream with an SSE event carrying its cost"
+    )
+
+
 class RouterConfig(_Model):
     """Everything the router needs.
 
@@ -182,6 +225,7 @@ class RouterConfig(_Model):
     )
     policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
     limits: Limits = Field(default_factory=Limits)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
 
     @field_validator("prefix")
     @classmethod
@@ -207,6 +251,15 @@ class RouterConfig(_Model):
         if problems:  # each names its own key: _explain splits them on the newlines
             raise ValueError("\n".join(problems))
         return self
+
+    def price_of(self, deployment: Deployment) -> Price | None:
+        """The price of ``deployment``: its own, else that of the same entry listed elsewhere."""
+        if deployment.price is not None:
+            return deployment.price
+        for d in self.all_deployments():
+            if d.key == deployment.key and d.price is not None:
+                return d.price
+        return None
 
     def all_deployments(self) -> list[Deployment]:
         """Every distinct entry, in config order (listed deployments, then chains)."""

@@ -1,0 +1,146 @@
+"""The usage ledger: one record per request the router handles, whatever happened.
+
+A :class:`UsageRecord` is saved when the response is accepted (time to first byte known, status
+``pending``) and saved again, finished, at the end, with tokens, cost, duration and a terminal
+status. A request answered by the router itself (a bad request, all providers exhausted) is saved
+once, already finished. Stores sit behind the small async :class:`LedgerStore` protocol;
+:class:`MemoryLedger` keeps records in a dict (tests, or no persistence), and
+:class:`~waterfall_asgi.ledger_sqlite.SQLiteLedger` is the embedded default.
+
+Statuses:
+
+- ``pending``: accepted, not finished (a record left so by a dead process is marked
+  ``interrupted`` at the next start);
+- ``success``: complete (a stream ended with ``data: [DONE]``);
+- ``client_disconnected``: the client went away before the end;
+- ``stream_incomplete``: the upstream stream ended without ``[DONE]``;
+- ``upstream_error``: the upstream failed after acceptance (an error event, a cut, a timeout), or
+  answered with an error status that was passed back;
+- ``exhausted``: every entry failed or was cooling (503);
+- ``rejected``: the router refused the request itself (bad input, auth, unknown model);
+- ``interrupted``: found ``pending`` at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "LedgerStore",
+    "MemoryLedger",
+    "Status",
+    "UsageRecord",
+]
+
+Status: TypeAlias = Literal[
+    "pending",
+    "success",
+    "client_disconnected",
+    "stream_incomplete",
+    "upstream_error",
+    "exhausted",
+    "rejected",
+    "interrupted",
+]
+"""Where a request ended up (see the module docs)."""
+
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {
+        "success",
+        "client_disconnected",
+        "stream_incomplete",
+        "upstream_error",
+        "exhausted",
+        "rejected",
+        "interrupted",
+    }
+)
+"""Every status but ``pending``."""
+
+
+@dataclass
+class UsageRecord:
+    """One request, as the ledger keeps it. Times are Unix seconds; durations milliseconds;
+    ``cost`` is an integer number of ``cost_unit`` (the deployment's price unit), rounded up once.
+    """
+
+    id: str
+    started_at: float
+    route: str
+    model: str | None = None
+    """What the request asked for (a chain, a model, ``provider/model``)."""
+    provider: str | None = None
+    """The provider that served (``None`` if none did)."""
+    upstream_model: str | None = None
+    """The model name sent to that provider."""
+    stream: bool = False
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Each entry tried or skipped: ``entry``, ``outcome``, ``status``, ``elapsed_ms``,
+    ``cooldown_s``."""
+    status: Status = "pending"
+    http_status: int | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cost: int | None = None
+    cost_unit: str | None = None
+    error: str | None = None
+    """A short reason for any status but ``success`` (never a secret)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-ready) of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageRecord:
+        """The record ``to_dict`` gave (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@runtime_checkable
+class LedgerStore(Protocol):
+    """Where usage records go. Every method may be called from the event loop: a store that
+    does blocking I/O must do it elsewhere (a thread, a writer task)."""
+
+    async def open(self) -> None:
+        """Get ready (create or migrate storage; mark records left ``pending`` as
+        ``interrupted``)."""
+        ...
+
+    async def save(self, record: UsageRecord) -> None:
+        """Insert ``record``, or replace the one with the same ``id``."""
+        ...
+
+    async def close(self) -> None:
+        """Write everything still buffered and release resources."""
+        ...
+
+
+class MemoryLedger:
+    """Records in a dict, in this process: for tests, or when nothing should be persisted."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, UsageRecord] = {}
+        self.opened = self.closed = False
+
+    async def open(self) -> None:
+        """Mark records left ``pending`` (from before a restart) as ``interrupted``."""
+        self.opened = True
+        for record in self.records.values():
+            if record.status == "pending":
+                record.status = "interrupted"
+
+    async def save(self, record: UsageRecord) -> None:
+        """Keep a copy of ``record`` (so later changes to it are not seen until saved again)."""
+        self.records[record.id] = dataclasses.replace(record, attempts=list(record.attempts))
+
+    async def close(self) -> None:
+        """Nothing to flush."""
+        self.closed = True
