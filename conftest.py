@@ -25,3 +25,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 def anyio_backend() -> str:
     """Run ``@pytest.mark.anyio`` tests on asyncio only."""
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path: "os.PathLike[str]", monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in a directory of its own, so files a default config writes (the usage
+    ledger's ``waterfall-usage.db``) never land in the repository."""
+    monkeypatch.chdir(tmp_path)

@@ -45,6 +45,7 @@ def router_config(**extra: Any) -> dict[str, Any]:
             "b": {"base_url": "http://b/v1", "api_key": "key-b"},
         },
         "chains": {"fast": ["a/fake-small", "b/fake-small"]},
+        "ledger": {"path": None},  # usage in memory: these tests are about mounting
         **extra,
     }
 
@@ -533,7 +534,8 @@ async def test_streaming_answer_relays_every_upstream_chunk_as_it_came() -> None
     ex = Exchange("POST", "/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode())
     await ex.run(mw)
     reply = twin_reply(net["b"])
-    assert len(reply.chunks) == 6  # role, 3 words, finish, [DONE]: one chunk each
+    # role, 3 words, finish, the usage chunk the router asked for, [DONE]: one chunk each
+    assert len(reply.chunks) == 7
     h = ex.headers
     assert ex.start["status"] == 200
     assert h[b"content-type"] == b"text/event-stream; charset=utf-8"
@@ -541,7 +543,10 @@ async def test_streaming_answer_relays_every_upstream_chunk_as_it_came() -> None
     assert b"content-length" not in h
     # The fallback is invisible: nothing of a's 429 reached the client.
     assert h[b"x-waterfall-attempts"] == b"a/fake-small 429, b/fake-small 200"
-    assert ex.bodies == [*((c, True) for c in reply.chunks), (b"", False)]
+    # every chunk as it came, but the usage chunk the client did not ask for
+    usage_chunk = reply.chunks[-2]
+    assert b'"choices":[]' in usage_chunk
+    assert ex.bodies == [*((c, True) for c in reply.chunks if c != usage_chunk), (b"", False)]
     assert [r.status for r in net["a"].requests] == [429]
     await mw.shutdown()
 
@@ -607,7 +612,11 @@ async def test_client_gone_mid_stream_stops_reading_the_upstream() -> None:
         {"a": FakeProvider(name="a", reply_words=8, script=["slow_chunks:seconds=0.02"])}
     )
     spy = _Spy(net)
-    cfg = {"providers": {"a": {"base_url": "http://a/v1"}}, "chains": {"fast": ["a/fake-small"]}}
+    cfg = {
+        "providers": {"a": {"base_url": "http://a/v1"}},
+        "chains": {"fast": ["a/fake-small"]},
+        "ledger": {"path": None, "drain_seconds": 0},  # no drain: stop reading at once
+    }
     mw = WaterfallMiddleware(None, cfg, transport=spy)
     ex = Exchange("POST", "/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode())
     gone = False
@@ -621,7 +630,7 @@ async def test_client_gone_mid_stream_stops_reading_the_upstream() -> None:
     ex.on_send = on_send
     await ex.run(mw)
     total = len(twin_reply(net["a"]).chunks)
-    assert total == 11
+    assert total == 12
     (stream,) = spy.streams
     assert stream.closed
     assert stream.pulled < total

@@ -27,14 +27,18 @@ from .cooldown import (
 )
 from .errors import RouterError, error_body, send_error
 from .ledger import TERMINAL_STATUSES, LedgerStore, MemoryLedger, Status, UsageRecord
-from .middleware import WaterfallMiddleware
-from .relay import EventAligner, error_event
+from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
+from .middleware import WaterfallMiddleware, with_usage
+from .relay import EventAligner, RelayOutcome, error_event, relay_stream
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
 from .sse import SSEEvent, SSEParser
+from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
+from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GROUP_KEYS",
     "TERMINAL_STATUSES",
     "Attempt",
     "ConfigError",
@@ -42,31 +46,45 @@ __all__ = [
     "Deployment",
     "EventAligner",
     "Exhausted",
+    "GroupUsage",
     "InMemoryCooldownStore",
+    "LedgerError",
     "LedgerSettings",
     "LedgerStore",
     "Limits",
     "MemoryLedger",
     "Price",
     "Provider",
+    "RelayOutcome",
     "Router",
     "RouterConfig",
     "RouterError",
     "RoutingPolicy",
+    "SQLiteLedger",
     "SSEEvent",
     "SSEParser",
     "Served",
     "Status",
+    "StreamObserver",
     "Timeouts",
     "UsageRecord",
+    "UsageReport",
+    "UsageResult",
     "WaterfallMiddleware",
     "create_app",
     "error_body",
     "error_event",
     "forwarded_headers",
     "load_config",
+    "observe_body",
     "parse_duration",
+    "parse_since",
     "preemptive_hint",
+    "read_records",
+    "read_usage",
+    "relay_stream",
     "retry_hint",
     "send_error",
+    "usage_only_chunk",
+    "with_usage",
 ]

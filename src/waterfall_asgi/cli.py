@@ -1,4 +1,4 @@
-"""The ``waterfall-asgi`` command: ``serve``, ``check-config`` and ``demo``."""
+"""The ``waterfall-asgi`` command: ``serve``, ``check-config``, ``demo`` and ``usage``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 3
 
 
+def _since(text: str) -> float:
+    from .usage_report import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _by(text: str) -> tuple[str, ...]:
+    from .usage_report import GROUP_KEYS
+
+    keys = tuple(k.strip() for k in text.split(","))
+    if not all(k in GROUP_KEYS for k in keys) or len(set(keys)) != len(keys):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give one or more of {', '.join(GROUP_KEYS)}, separated by commas"
+        )
+    return keys
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from .ledger_sqlite import LedgerError
+    from .usage_report import read_usage
+
+    try:
+        report = read_usage(args.db, by=args.by, since=args.since)
+    except LedgerError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(report.to_json() if args.json else report.table())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``waterfall-asgi`` command."""
     parser = argparse.ArgumentParser(
@@ -84,11 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     check.add_argument("file")
     sub.add_parser("demo", help="a tour on embedded defaults: fake providers on loopback")
+    usage = sub.add_parser("usage", help="what the usage ledger recorded, grouped and totalled")
+    usage.add_argument(
+        "--db", default="waterfall-usage.db", help="the ledger file (default: %(default)s)"
+    )
+    usage.add_argument(
+        "--since", type=_since, help="only requests since: a span (30m, 1h, 2d) or an ISO date/time"
+    )
+    usage.add_argument(
+        "--by",
+        type=_by,
+        default=("provider",),
+        help="group by provider, model, upstream_model, route or status; several: provider,model",
+    )
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check(args.file)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "usage":
+        return _usage(args)
     from .demo import run
 
     return run()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 import time
@@ -29,14 +30,15 @@ from typing import Any
 
 import httpx
 
-from .config import RouterConfig, load_config
+from .config import Price, RouterConfig, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .errors import RouterError, send_error
-from .relay import EventAligner, error_event
-from .router import Attempt, Router, Served
-from .sse import SSEParser
+from .ledger import LedgerStore, MemoryLedger, UsageRecord
+from .relay import relay_stream
+from .router import Attempt, Exhausted, Router, Served
+from .usage import UsageResult, observe_body
 
-__all__ = ["WaterfallMiddleware"]
+__all__ = ["WaterfallMiddleware", "with_usage"]
 
 logger = logging.getLogger("waterfall_asgi")
 
@@ -79,10 +81,14 @@ class WaterfallMiddleware:
         cooldowns: CooldownStore | None = None,
         clock: Callable[[], float] = time.time,
         health_path: str | None = "/health",
+        ledger: LedgerStore | None = None,
+        on_complete: Callable[[UsageRecord], Any] | None = None,
     ) -> None:
         self.app = app
         self.config = load_config(config)
         self.health_path = health_path
+        self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
+        self.on_complete = on_complete
         self._transport = transport
         self._own_client = client is None
         self._client = client
@@ -105,11 +111,15 @@ class WaterfallMiddleware:
                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
                     follow_redirects=False,
                 )
+            await self.ledger.open()
             self._router = Router(self.config, self._client, self.cooldowns, clock=self.clock)
 
     async def shutdown(self) -> None:
-        """Close the upstream client if this middleware opened it."""
+        """Flush and close the ledger, and close the upstream client if this middleware opened
+        it."""
         async with self._lock:
+            if self._router is not None:
+                await self.ledger.close()
             if self._own_client and self._client is not None:
                 await self._client.aclose()
                 self._client = None
@@ -220,12 +230,13 @@ class WaterfallMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         request_id = uuid.uuid4().hex
         started = time.monotonic()
-        record: dict[str, Any] = {"id": request_id, "route": path, "method": scope["method"]}
         id_header = ("x-waterfall-request-id", request_id)
+        record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
+        accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
         try:
             router = await self._get_router()
             self._authorize(scope)
-            if path == self.config.prefix + "/models":
+            if not accounted:
                 if scope["method"] != "GET":
                     raise RouterError(
                         405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
@@ -236,7 +247,7 @@ class WaterfallMiddleware:
                     self._models(router),
                     [(b"x-waterfall-request-id", request_id.encode())],
                 )
-                record["status"] = 200
+                record.status, record.http_status = "success", 200
                 return
             if scope["method"] != "POST":
                 raise RouterError(
@@ -267,32 +278,63 @@ class WaterfallMiddleware:
                 raise RouterError(
                     400, "'model' must be a string.", code="invalid_type", param="model"
                 )
+            record.model, record.stream = model, stream
             label, plan = router.plan(model)
-            record.update(model=label, stream=stream)
+            record.model = label
+            upstream_payload, injected = with_usage(payload) if stream else (payload, False)
             served = await self._until_disconnect(
                 receive,
-                router.run(label, plan, endpoint, payload, _client_headers(scope), stream),
+                router.run(label, plan, endpoint, upstream_payload, _client_headers(scope), stream),
             )
             if served is None:
-                record["status"] = 499
+                record.status = "client_disconnected"
+                record.error = "client went away before an upstream answered"
                 return
-            record["attempts"] = [_attempt_log(a) for a in served.attempts]
-            record["status"] = served.response.status_code
-            record["served_by"] = served.deployment.key
-            record["ttfb_ms"] = round((time.monotonic() - started) * 1000, 3)
-            await self._commit(send, receive, served, request_id, stream)
+            record.attempts = [_attempt_log(a) for a in served.attempts]
+            record.provider = served.deployment.provider
+            record.upstream_model = served.deployment.model
+            record.http_status = served.response.status_code
+            record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
+            await self._save(record)  # accepted: the record exists from now on
+            await self._commit(send, receive, served, record, injected)
         except RouterError as exc:
-            record["status"] = exc.status
-            record["error"] = exc.code
-            attempts = getattr(exc, "attempts", None)
-            if attempts is not None:
-                record["attempts"] = [_attempt_log(a) for a in attempts]
+            record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
+            record.http_status = exc.status
+            record.error = exc.code
+            if isinstance(exc, Exhausted):
+                record.attempts = [_attempt_log(a) for a in exc.attempts]
             await send_error(send, exc, [id_header])
         except _Disconnected:
-            record["status"] = 499
+            record.status = "client_disconnected"
+            record.error = "client went away"
+        except asyncio.CancelledError:
+            record.status, record.error = "interrupted", "cancelled (server shutting down?)"
+            raise
         finally:
-            record["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
-            logger.info(json.dumps(record, ensure_ascii=False))
+            record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            if record.status == "pending":  # an unexpected exception: still a terminal status
+                record.status, record.error = "upstream_error", "internal error"
+            if accounted:
+                await self._finish(record)
+            logger.info(json.dumps({"method": scope["method"], **record.to_dict()}))
+
+    async def _save(self, record: UsageRecord) -> None:
+        try:
+            await self.ledger.save(record)
+        except Exception:  # the ledger must never break a request
+            logger.exception("ledger save failed for request %s", record.id)
+
+    async def _finish(self, record: UsageRecord) -> None:
+        await self._save(record)
+        hook = self.on_complete
+        if hook is None:
+            return
+        try:
+            outcome = hook(record)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # the hook's errors never reach the client
+            logger.exception("on_complete hook failed for request %s", record.id)
 
     def _authorize(self, scope: Scope) -> None:
         keys = self.config.client_keys
@@ -382,88 +424,90 @@ class WaterfallMiddleware:
         return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
 
     async def _commit(
-        self, send: Send, receive: Receive, served: Served, request_id: str, stream: bool
+        self, send: Send, receive: Receive, served: Served, record: UsageRecord, injected: bool
     ) -> None:
         response = served.response
         headers = [
             (b"content-type", _header(response.headers.get("content-type", "application/json"))),
-            (b"x-waterfall-request-id", request_id.encode()),
+            (b"x-waterfall-request-id", record.id.encode()),
             (b"x-waterfall-provider", _header(served.deployment.provider)),
             (b"x-waterfall-model", _header(served.deployment.model)),
             (b"x-waterfall-attempts", _header(_trail(served.attempts))),
         ]
+        price = self.config.price_of(served.deployment)
         if served.complete:
             headers.append((b"content-length", str(len(served.prefix)).encode()))
             await send(
                 {"type": "http.response.start", "status": response.status_code, "headers": headers}
             )
             await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
+            _account(record, observe_body(served.prefix), price)
+            if response.status_code < 400:
+                record.status = "success"
+            else:  # a 4xx passed back as it was: the request itself was refused upstream
+                record.status, record.error = "rejected", f"upstream HTTP {response.status_code}"
             return
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
-        aligner = EventAligner()
-        relay = asyncio.current_task()
-        gone = asyncio.Event()
 
-        async def watch() -> None:
-            # Servers drop sends to a client that left without saying so: listen for it, and
-            # stop reading (and paying for) the upstream when it happens.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-            if relay is not None:
-                relay.cancel()
+        def cost_event(usage: UsageResult) -> bytes | None:
+            if not self.config.ledger.cost_event or price is None or not usage.has_usage:
+                return None
+            cost = price.cost(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+            data = {"id": record.id, "cost": cost, "unit": price.unit}
+            return b"event: waterfall.cost\ndata: " + json.dumps(data).encode() + b"\n\n"
 
-        watcher = asyncio.ensure_future(watch())
-        parser = SSEParser()
-        done = False
-        try:
-            for seen in parser.feed(served.prefix):
-                done = done or seen.data == "[DONE]"
-            ready = aligner.feed(served.prefix)
-            if ready:
-                await send({"type": "http.response.body", "body": ready, "more_body": True})
-            async for chunk in served.rest():
-                for seen in parser.feed(chunk):
-                    done = done or seen.data == "[DONE]"
-                ready = aligner.feed(chunk)
-                if ready:
-                    await send({"type": "http.response.body", "body": ready, "more_body": True})
-        except (TimeoutError, httpx.HTTPError) as exc:
-            reason = (
-                "timed out" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "failed"
-            )
-            event = error_event(
-                f"The upstream stream {reason} after it began ({type(exc).__name__}).",
-                "stream_interrupted",
-            )
-            await send(
-                {"type": "http.response.body", "body": aligner.fail(event), "more_body": False}
-            )
-            return
-        except asyncio.CancelledError:
-            if not gone.is_set() or relay is None:
-                raise
-            relay.uncancel()
-        finally:
-            watcher.cancel()
-            try:
-                await served.aclose()
-            except asyncio.CancelledError:  # the client left just as the stream ended
-                if not gone.is_set() or relay is None:
-                    raise
-                relay.uncancel()
-        if gone.is_set():
-            raise _Disconnected
-        if done:
-            tail = aligner.flush()
-        else:  # a clean close without [DONE] is a failure too: say so, never end silently
-            tail = aligner.fail(
-                error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
-            )
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        outcome = await relay_stream(
+            served,
+            send,
+            receive,
+            strip_usage=injected,
+            drain_seconds=self.config.ledger.drain_seconds,
+            request_id=record.id,
+            closing_event=cost_event,
+        )
+        _account(record, outcome.usage, price)
+        record.status, record.error = outcome.status, outcome.error
+
+
+def _account(record: UsageRecord, usage: UsageResult, price: Price | None) -> None:
+    """Copy the tokens a response reported into ``record``, and price them exactly."""
+    record.prompt_tokens = usage.prompt_tokens
+    record.completion_tokens = usage.completion_tokens
+    record.total_tokens = usage.total_tokens
+    if price is not None and usage.has_usage:
+        record.cost = price.cost(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+        record.cost_unit = price.unit
+
+
+def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The payload to send upstream for a stream: ``stream_options.include_usage`` merged in.
+
+    A client's own ``include_usage`` (true or false) is kept, other ``stream_options`` keys are
+    kept, and ``payload`` is never changed. Returns whether the router added it (and so must
+    remove the usage-only chunk from what the client receives).
+
+    >>> with_usage({"stream": True, "stream_options": {"x": 1}})
+    ({'stream': True, 'stream_options': {'x': 1, 'include_usage': True}}, True)
+    >>> with_usage({"stream": True, "stream_options": {"include_usage": False}})[1]
+    False
+    """
+    options = payload.get("stream_options")
+    if isinstance(options, Mapping) and "include_usage" in options:
+        return dict(payload), False
+    merged = {**options} if isinstance(options, Mapping) else {}
+    merged["include_usage"] = True
+    return {**payload, "stream_options": merged}, True
+
+
+def _default_ledger(config: RouterConfig) -> LedgerStore:
+    if config.ledger.path is None:
+        return MemoryLedger()
+    from .ledger_sqlite import SQLiteLedger
+
+    return SQLiteLedger(config.ledger.path)
 
 
 def _route_path(scope: Scope) -> str:

@@ -1,11 +1,20 @@
-"""Relaying an accepted SSE stream so that an error can always be appended cleanly.
+"""Relaying an accepted SSE stream: bytes unchanged, event by event, with a clean end always.
 
-The relay forwards bytes unchanged but only up to the last complete event: the bytes of an event
-still arriving are held back until its blank line comes. When the upstream then fails, the
-unfinished event is dropped and an explicit SSE error event follows, so the client never sees a
-half event glued to the error. An event larger than the cap is passed through as it arrives (memory
-stays bounded); if the upstream fails in the middle of one, the error event is preceded by a blank
-line, the best that can be done.
+The relay forwards upstream bytes unchanged but only in whole events: the bytes of an event still
+arriving are held back until its blank line comes. That is what makes a clean ending possible:
+
+- when the upstream fails, the unfinished event is dropped and an explicit SSE error event follows
+  (``stream_interrupted``), never a half event glued to the error;
+- when it closes without ``data: [DONE]``, an error event says so (``stream_incomplete``);
+- when the router injected ``stream_options.include_usage`` for a client that did not ask, the
+  usage-only chunk (``choices: []``) is removed whole, so the client sees what it would have seen
+  without the router;
+- an event larger than the cap is passed through as it arrives (memory stays bounded); if the
+  upstream fails in the middle of one, the error event is preceded by a blank line.
+
+A :class:`~waterfall_asgi.usage.StreamObserver` taps a copy of every upstream byte. When the
+client goes away, the upstream is drained (not relayed) for up to ``drain_seconds`` so that usage
+and cost are still recorded, then closed.
 
 A blank line is a line terminator right after another; with CR, LF and CRLF terminators every
 such pair contains ``\\n\\n``, ``\\n\\r`` or ``\\r\\r``, and no other byte pair is one.
@@ -13,9 +22,27 @@ such pair contains ``\\n\\n``, ``\\n\\r`` or ``\\r\\r``, and no other byte pair 
 
 from __future__ import annotations
 
-from .errors import error_body
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["EventAligner", "error_event"]
+import httpx
+
+from .errors import error_body
+from .ledger import Status
+from .router import Served
+from .sse import SSEParser
+from .usage import StreamObserver, UsageResult, usage_only_chunk
+
+__all__ = ["EventAligner", "RelayOutcome", "error_event", "relay_stream"]
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+
+_BOUNDARY = re.compile(rb"\n\n|\n\r|\r\r")
 
 
 def error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
@@ -38,32 +65,24 @@ class EventAligner:
         """Bytes held back right now."""
         return len(self._pending)
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Take ``chunk``; return what may be sent now (possibly nothing)."""
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Take ``chunk``; return the complete events it finished, each as its own bytes (and,
+        past the cap, the unfinished one as it is)."""
         pending = self._pending
-        start = max(0, len(pending) - 1)
         pending += chunk
-        end = max(
-            pending.rfind(b"\n\n", start),
-            pending.rfind(b"\n\r", start),
-            pending.rfind(b"\r\r", start),
-        )
-        if end >= 0:
-            ready = bytes(pending[: end + 2])
-            del pending[: end + 2]
+        blocks: list[bytes] = []
+        start = 0
+        for match in _BOUNDARY.finditer(pending):
+            blocks.append(bytes(pending[start : match.end()]))
+            start = match.end()
+        if start:
+            del pending[:start]
             self.misaligned = False
-            if len(pending) > self.cap:
-                return ready + self._pass_through()
-            return ready
         if len(pending) > self.cap:
-            return self._pass_through()
-        return b""
-
-    def _pass_through(self) -> bytes:
-        out = bytes(self._pending)
-        self._pending.clear()
-        self.misaligned = True
-        return out
+            blocks.append(bytes(pending))
+            pending.clear()
+            self.misaligned = True
+        return blocks
 
     def flush(self) -> bytes:
         """The stream ended cleanly: everything held back, unchanged."""
@@ -75,3 +94,118 @@ class EventAligner:
         """The stream failed: drop the unfinished event and return ``event`` to send instead."""
         self._pending.clear()
         return (b"\n\n" + event) if self.misaligned else event
+
+
+def _is_usage_block(block: bytes) -> bool:
+    if b'"choices"' not in block:
+        return False
+    events = SSEParser().feed(block + b"\n\n")
+    return len(events) == 1 and usage_only_chunk(events[0].data)
+
+
+@dataclass
+class RelayOutcome:
+    """How a relayed stream ended, and what it said about usage."""
+
+    status: Status
+    usage: UsageResult
+    error: str | None = None
+    client_gone: bool = False
+
+
+async def relay_stream(
+    served: Served,
+    send: Send,
+    receive: Receive,
+    *,
+    strip_usage: bool = False,
+    drain_seconds: float = 5.0,
+    request_id: str | None = None,
+    closing_event: Callable[[UsageResult], bytes | None] | None = None,
+) -> RelayOutcome:
+    """Relay the rest of ``served`` (its ``prefix`` first) to the client; the response start has
+    been sent already. ``closing_event`` may add one last event after a complete stream."""
+    observer = StreamObserver(request_id=request_id)
+    aligner = EventAligner()
+    relay = asyncio.current_task()
+    gone = asyncio.Event()
+    deadline: list[asyncio.TimerHandle] = []
+
+    def client_left() -> None:
+        # From now on nothing is sent; the upstream is read (for usage) until the drain ends.
+        if gone.is_set() or relay is None:
+            return
+        gone.set()
+        deadline.append(asyncio.get_running_loop().call_later(drain_seconds, relay.cancel))
+
+    async def watch() -> None:
+        # Servers drop sends to a client that left without saying so: listen for it.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        client_left()
+
+    async def forward(chunk: bytes) -> None:
+        observer.feed(chunk)
+        blocks = aligner.feed(chunk)
+        if gone.is_set():
+            return
+        if strip_usage:
+            blocks = [b for b in blocks if not _is_usage_block(b)]
+        if blocks:
+            try:
+                await send(
+                    {"type": "http.response.body", "body": b"".join(blocks), "more_body": True}
+                )
+            except OSError:  # a server that reports the gone client by raising
+                client_left()
+
+    watcher = asyncio.ensure_future(watch())
+    failure: BaseException | None = None
+    try:
+        await forward(served.prefix)
+        async for chunk in served.rest():
+            await forward(chunk)
+    except (TimeoutError, httpx.HTTPError) as exc:
+        failure = exc
+    except asyncio.CancelledError:
+        if not gone.is_set() or relay is None:
+            raise
+        relay.uncancel()  # the drain's deadline, not a cancellation from outside
+    finally:
+        watcher.cancel()
+        for handle in deadline:
+            handle.cancel()
+        await served.aclose()
+    usage = observer.result
+    if gone.is_set():
+        return RelayOutcome("client_disconnected", usage, "client went away", client_gone=True)
+    if failure is not None:
+        kind = type(failure).__name__
+        reason = (
+            "timed out" if isinstance(failure, TimeoutError | httpx.TimeoutException) else "failed"
+        )
+        tail = aligner.fail(
+            error_event(
+                f"The upstream stream {reason} after it began ({kind}).", "stream_interrupted"
+            )
+        )
+        outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
+    elif not usage.complete:
+        tail = aligner.fail(
+            error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
+        )
+        outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
+    else:
+        tail = aligner.flush()
+        extra = closing_event(usage) if closing_event is not None else None
+        tail += extra or b""
+        outcome = RelayOutcome("success", usage)
+    if usage.error is not None:
+        outcome = RelayOutcome("upstream_error", usage, f"error event: {_code(usage.error)}")
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    return outcome
+
+
+def _code(error: dict[str, Any]) -> str:
+    code = error.get("code") or error.get("type") or "unknown"
+    return str(code)[:80]

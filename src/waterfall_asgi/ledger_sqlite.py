@@ -1,0 +1,477 @@
+"""The embedded usage ledger: :class:`SQLiteLedger`, one SQLite file in WAL mode.
+
+Saving never blocks the event loop on SQLite. :meth:`SQLiteLedger.save` snapshots the record
+into an in-memory queue and returns; a writer task takes the queue in batches (up to
+``batch_size`` records, or whatever arrived within ``flush_interval`` seconds of the first) and
+upserts each batch in one transaction. Every SQLite call runs in one thread that the ledger owns
+(a single-worker executor): a :mod:`sqlite3` connection belongs to the thread that made it, so the
+connection is made, used and closed there, and nothing else shares that thread.
+
+The queue is bounded (``max_pending``): when writes cannot keep up, ``save()`` waits for room
+instead of letting memory grow. Saves of one id land in the order they were made, so the
+accept-time and the end-time saves of a request end as one row, finished. A write that fails is
+logged (logger ``waterfall_asgi.ledger``: the first failure of a run of failures, with its
+traceback) and counted in :attr:`SQLiteLedger.failures`; it never raises into the request.
+
+The schema is versioned by ``PRAGMA user_version`` and grows by the steps in
+:attr:`SQLiteLedger.migrations`, applied in order in one transaction; a file written by a newer
+waterfall-asgi (a higher version) is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from .ledger import UsageRecord
+
+__all__ = ["LedgerError", "SQLiteLedger", "read_records"]
+
+logger = logging.getLogger("waterfall_asgi.ledger")
+
+APPLICATION_ID = 0x57464C47  # "WFLG" in the file header: this file is a waterfall-asgi ledger
+TABLE = "usage"
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(UsageRecord))
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the usage table, one row per request, and the indexes of the usage report
+    (
+        f"""CREATE TABLE {TABLE} (
+            id TEXT PRIMARY KEY NOT NULL,
+            started_at REAL NOT NULL,
+            route TEXT NOT NULL,
+            model TEXT,
+            provider TEXT,
+            upstream_model TEXT,
+            stream INTEGER NOT NULL DEFAULT 0,
+            attempts TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL,
+            http_status INTEGER,
+            ttfb_ms REAL,
+            duration_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            total_tokens INTEGER,
+            cost INTEGER,
+            cost_unit TEXT,
+            error TEXT
+        )""",
+        f"CREATE INDEX {TABLE}_started_at ON {TABLE} (started_at)",
+        f"CREATE INDEX {TABLE}_provider ON {TABLE} (provider)",
+        f"CREATE INDEX {TABLE}_status ON {TABLE} (status)",
+    ),
+)
+
+_UPSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
+)
+_INTERRUPT = (
+    f"UPDATE {TABLE} SET status = 'interrupted', "
+    "error = COALESCE(error, 'the process ended before the request finished') "
+    "WHERE status = 'pending'"
+)
+
+_Row = tuple[Any, ...]
+_State = Literal["new", "open", "closing", "closed"]
+
+
+class LedgerError(Exception):
+    """The ledger database cannot be used: unwritable, not a ledger, or a newer schema."""
+
+
+def _to_row(record: UsageRecord) -> _Row:
+    """The record as column values, a snapshot (attempts as JSON text, ``stream`` as 0/1)."""
+    values: list[Any] = []
+    for name in COLUMNS:
+        value = getattr(record, name)
+        if name == "attempts":
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        elif name == "stream":
+            value = int(bool(value))
+        values.append(value)
+    return tuple(values)
+
+
+def _from_row(row: sqlite3.Row) -> UsageRecord:
+    data = {name: row[name] for name in COLUMNS}
+    data["attempts"] = json.loads(data["attempts"])
+    data["stream"] = bool(data["stream"])
+    return UsageRecord.from_dict(data)
+
+
+def _connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection to the ledger at ``path`` (which must exist), schema checked."""
+    file = Path(path)
+    if not file.is_file():
+        raise LedgerError(f"{path}: no such ledger database")
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot open the ledger database: {exc}") from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        known = len(_MIGRATIONS)
+        if version > known:
+            raise LedgerError(
+                f"{path}: ledger schema version {version} is newer than this waterfall-asgi "
+                f"knows ({known}); upgrade waterfall-asgi to read it"
+            )
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+        ).fetchone()
+        if found is None:
+            raise LedgerError(f"{path}: not a waterfall-asgi usage ledger (no {TABLE} table)")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise LedgerError(f"{path}: cannot read the ledger database: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def read_records(path: str | os.PathLike[str], *, since: float | None = None) -> list[UsageRecord]:
+    """Every record of the ledger at ``path`` (read-only; oldest first), or those started at
+    or after ``since`` (Unix seconds). Raises :class:`LedgerError` if it is not a ledger."""
+    conn = _connect_readonly(path)
+    try:
+        query = f"SELECT * FROM {TABLE}"
+        params: tuple[float, ...] = ()
+        if since is not None:
+            query += " WHERE started_at >= ?"
+            params = (since,)
+        rows = conn.execute(query + " ORDER BY started_at, id", params).fetchall()
+        return [_from_row(row) for row in rows]
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot read the ledger database: {exc}") from exc
+    finally:
+        conn.close()
+
+
+class SQLiteLedger:
+    """A :class:`~waterfall_asgi.ledger.LedgerStore` in one SQLite file (WAL mode).
+
+    ``batch_size``: the most records one transaction writes; ``flush_interval``: how long (s)
+    the writer waits after a record arrives for more to fill a batch (0: write at once);
+    ``max_pending``: how many records may wait in memory before ``save()`` waits for room;
+    ``busy_timeout``: how long (s) a write waits for another process's lock.
+
+    Counters (read them from the event loop): :attr:`written` records written, :attr:`failures`
+    records that could not be written, :attr:`transactions` batches committed,
+    :attr:`interrupted` records found ``pending`` by the last :meth:`open`.
+    """
+
+    migrations: ClassVar[tuple[tuple[str, ...], ...]] = _MIGRATIONS
+    """The schema's steps: step ``n`` (counting from 1) takes version ``n - 1`` to ``n``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        batch_size: int = 256,
+        flush_interval: float = 0.25,
+        max_pending: int = 10_000,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if batch_size < 1 or max_pending < 1:
+            raise ValueError("batch_size and max_pending must be at least 1")
+        if flush_interval < 0 or busy_timeout < 0:
+            raise ValueError("flush_interval and busy_timeout must not be negative")
+        self.path = os.fspath(path)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self.busy_timeout = busy_timeout
+        self.written = 0
+        self.failures = 0
+        self.transactions = 0
+        self.interrupted = 0
+        self.writer_thread: threading.Thread | None = None
+        """The thread that owns the SQLite connection (set by :meth:`open`)."""
+        self._state: _State = "new"
+        self._pending: collections.deque[_Row] = collections.deque()
+        self._wake = asyncio.Event()  # records to write (or a full batch), or closing
+        self._room = asyncio.Event()  # the queue has room again
+        self._open_lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only in the executor's thread
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Future[None] | None = None
+        self._failing = False
+
+    @property
+    def schema_version(self) -> int:
+        """The version :meth:`open` brings the file to."""
+        return len(self.migrations)
+
+    @property
+    def pending(self) -> int:
+        """How many saved records wait to be written."""
+        return len(self._pending)
+
+    # -- the event loop's side --------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate the file, mark records left ``pending`` as ``interrupted`` and start
+        the writer. Raises :class:`LedgerError` (with the path and the reason) if the file cannot
+        be written, is not a ledger, or has a newer schema. Opening an open ledger does nothing.
+        """
+        async with self._open_lock:
+            if self._closer is not None:
+                await asyncio.shield(self._closer)
+            elif self._state == "closed" and self._executor is not None:
+                await self.close()  # the writer died with its loop: release the file first
+            if self._state in ("open", "closing"):
+                return
+            loop = asyncio.get_running_loop()
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="waterfall-ledger")
+            try:
+                self.interrupted = await loop.run_in_executor(executor, self._open_sync)
+            except BaseException:
+                executor.submit(self._close_sync)
+                executor.shutdown(wait=False)
+                raise
+            if self.interrupted:
+                logger.info(
+                    "usage ledger %s: %d record(s) left pending by a previous process marked "
+                    "interrupted",
+                    self.path,
+                    self.interrupted,
+                )
+            self._executor = executor
+            self._closer = None
+            self._wake, self._room = asyncio.Event(), asyncio.Event()  # on this loop
+            self._state = "open"
+            self._writer = loop.create_task(self._write_loop(), name="waterfall-ledger-writer")
+
+    async def save(self, record: UsageRecord) -> None:
+        """Queue a snapshot of ``record`` for writing (insert, or replace the row of its id).
+
+        Returns at once unless ``max_pending`` records already wait (then it waits for room).
+        Never raises for a storage problem: that is logged and counted in :attr:`failures`.
+        A ledger not yet opened is opened first; after :meth:`close`, the record is written
+        on its own, in a worker thread.
+        """
+        row = _to_row(record)
+        if self._state == "new":
+            try:
+                await self.open()
+            except Exception as exc:
+                self._failed(1, exc)
+                return
+        while self._state != "closed" and len(self._pending) >= self.max_pending:
+            self._room.clear()
+            await self._room.wait()
+        if self._state == "closed":
+            await self._write_detached(row)
+            return
+        self._pending.append(row)
+        if len(self._pending) == 1 or len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Write every queued record, stop the writer and close the file. Idempotent."""
+        if self._state == "new":
+            self._state = "closed"
+            return
+        if self._closer is None:
+            if self._writer is None and self._executor is None:
+                self._state = "closed"
+                return
+            self._closer = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._closer)
+
+    async def _shutdown(self) -> None:
+        if self._state == "open":
+            self._state = "closing"
+            self._wake.set()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            if not writer.done():  # (a writer that died has counted its losses)
+                await asyncio.wait([writer])
+            if not writer.cancelled() and (exc := writer.exception()) is not None:
+                logger.error("usage ledger %s: the writer failed", self.path, exc_info=exc)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+            finally:
+                executor.shutdown(wait=False)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                if not self._pending:
+                    if self._state == "closing":
+                        self._state = "closed"  # with no await since the check: nothing is lost
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                if (
+                    self._state == "open"
+                    and len(self._pending) < self.batch_size
+                    and self.flush_interval > 0
+                ):
+                    self._wake.clear()  # set again by a full batch or by close()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.flush_interval):
+                            await self._wake.wait()
+                count = min(self.batch_size, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(count)]
+                self._room.set()
+                await self._flush(batch)
+        finally:
+            if self._state != "closed":  # cancelled, or a bug: do not leave save() waiting
+                self._state = "closed"
+                if self._pending:
+                    self._failed(len(self._pending), RuntimeError("the ledger writer stopped"))
+                    self._pending.clear()
+            self._room.set()
+
+    async def _flush(self, batch: list[_Row]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write_sync, batch)
+        except Exception as exc:
+            self._failed(len(batch), exc)
+        else:
+            self._succeeded(len(batch))
+            self.transactions += 1
+
+    async def _write_detached(self, row: _Row) -> None:
+        try:
+            await asyncio.to_thread(self._write_once, row)
+        except Exception as exc:
+            self._failed(1, exc)
+        else:
+            self._succeeded(1)
+
+    def _failed(self, count: int, exc: BaseException) -> None:
+        self.failures += count
+        if self._failing:
+            logger.debug(
+                "usage ledger %s: %d more record(s) not written: %s", self.path, count, exc
+            )
+            return
+        self._failing = True
+        logger.error(
+            "usage ledger %s: %d record(s) not written: %s (further failures are counted, "
+            "not logged, until a write succeeds)",
+            self.path,
+            count,
+            exc,
+            exc_info=exc,
+        )
+
+    def _succeeded(self, count: int) -> None:
+        self.written += count
+        if self._failing:
+            self._failing = False
+            logger.warning(
+                "usage ledger %s: writing again; %d record(s) lost so far",
+                self.path,
+                self.failures,
+            )
+
+    # -- the ledger thread's side ----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_sync(self) -> int:
+        """Connect, migrate and mark ``pending`` rows ``interrupted`` (in the ledger's thread);
+        returns how many were marked."""
+        self.writer_thread = threading.current_thread()
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the usage ledger {self.path!r}: {exc}") from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # takes the write lock: fails here if unwritable
+            self._migrate(conn)
+            interrupted = conn.execute(_INTERRUPT).rowcount
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"cannot open the usage ledger {self.path!r}: {exc}") from exc
+            raise
+        self._conn = conn
+        return interrupted
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID) or (
+            version == 0 and conn.execute("SELECT 1 FROM sqlite_master").fetchone() is not None
+        ):
+            raise LedgerError(
+                f"cannot open the usage ledger {self.path!r}: the file is another "
+                "application's SQLite database"
+            )
+        known = len(self.migrations)
+        if version > known:
+            raise LedgerError(
+                f"cannot open the usage ledger {self.path!r}: its schema version {version} is "
+                f"newer than this waterfall-asgi knows ({known}); upgrade waterfall-asgi or "
+                "use another file"
+            )
+        for step in self.migrations[version:]:
+            for statement in step:
+                conn.execute(statement)
+        if version < known:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {known}")
+
+    def _write_sync(self, batch: Sequence[_Row]) -> None:
+        """Upsert a batch in one transaction (in the ledger's thread)."""
+        conn = self._conn
+        if conn is None:
+            raise LedgerError(f"usage ledger {self.path!r} is not open")
+        # the last save of an id wins; keeping only it writes the same rows with less work
+        rows = list({row[0]: row for row in batch}.values())
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _write_once(self, row: _Row) -> None:
+        """Upsert one row on a connection of its own (after close, in a worker thread)."""
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            conn.execute(_UPSERT, row)
+        finally:
+            conn.close()
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

@@ -1,0 +1,150 @@
+"""The usage observer: what a response said about tokens, finish reasons and errors.
+
+:class:`StreamObserver` taps a stream as it passes (bytes in, nothing out): it parses SSE with the
+bounded :class:`~waterfall_asgi.sse.SSEParser` and, from each ``data:`` JSON, keeps the usage (the
+last one with token counts), the finish reason of every choice, the model and id, and any error
+object. A stream is complete only once ``data: [DONE]`` has arrived. It never raises: a failure
+inside it is counted, logged once, and the bytes it was given are unaffected (it never had them to
+change).
+
+It does not JSON-decode every content delta: an event is decoded only when its text could hold
+what is looked for (a non-null ``usage`` or ``finish_reason``, an ``error``, or the first id).
+:func:`observe_body` reads the same from a whole JSON response.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sse import SSEParser
+
+__all__ = ["StreamObserver", "UsageResult", "observe_body", "usage_only_chunk"]
+
+logger = logging.getLogger("waterfall_asgi.usage")
+
+_INTERESTING = re.compile(r'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*"|error"\s*:)')
+
+
+@dataclass
+class UsageResult:
+    """What a response said: the same whether it was read whole or chunk by chunk."""
+
+    complete: bool = False
+    """A stream: ``data: [DONE]`` arrived. A JSON body: it parsed."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    model: str | None = None
+    id: str | None = None
+    error: dict[str, Any] | None = None
+    events: int = 0
+    oversized: int = 0
+    failures: int = 0
+    """Errors inside the observer (caught; the bytes flowed on)."""
+
+    @property
+    def has_usage(self) -> bool:
+        """Token counts were reported."""
+        return self.prompt_tokens is not None or self.completion_tokens is not None
+
+
+def usage_only_chunk(data: str) -> bool:
+    """Whether an event's data is the usage-only chunk (``choices: []`` and a usage object)."""
+    if '"choices"' not in data or '"usage"' not in data:
+        return False
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+def _take(result: UsageResult, obj: Any) -> None:
+    if not isinstance(obj, dict):
+        return
+    if result.id is None and isinstance(obj.get("id"), str):
+        result.id = obj["id"]
+    if result.model is None and isinstance(obj.get("model"), str):
+        result.model = obj["model"]
+    error = obj.get("error")
+    if isinstance(error, dict):
+        result.error = error
+    elif isinstance(error, str):
+        result.error = {"message": error}
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        counts = {
+            k: usage.get(k)
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+            if isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool)
+        }
+        if counts:
+            result.prompt_tokens = counts.get("prompt_tokens")
+            result.completion_tokens = counts.get("completion_tokens")
+            total = counts.get("total_tokens")
+            if total is None and result.prompt_tokens is not None:
+                total = result.prompt_tokens + (result.completion_tokens or 0)
+            result.total_tokens = total
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for position, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                continue
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                index = choice.get("index", position)
+                result.finish_reasons[index if isinstance(index, int) else position] = reason
+
+
+class StreamObserver:
+    """Feed it the bytes of a stream as they pass; read :attr:`result` at any time."""
+
+    def __init__(self, max_bytes: int = 64 * 1024, *, request_id: str | None = None) -> None:
+        self.result = UsageResult()
+        self._parser = SSEParser(max_bytes)
+        self._request_id = request_id
+        self._logged = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes the parser holds right now (never more than its cap)."""
+        return self._parser.buffered
+
+    def feed(self, chunk: bytes) -> None:
+        """Observe ``chunk``; never raises."""
+        result = self.result
+        try:
+            for event in self._parser.feed(chunk):
+                result.events += 1
+                data = event.data
+                if data == "[DONE]":
+                    result.complete = True
+                elif result.id is None or _INTERESTING.search(data):
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        continue
+                    _take(result, obj)
+            result.oversized = self._parser.oversized
+        except Exception:  # the observer must never break the relay
+            result.failures += 1
+            if not self._logged:
+                self._logged = True
+                logger.exception("usage observer failed (request %s)", self._request_id)
+
+
+def observe_body(body: bytes) -> UsageResult:
+    """The same facts from a whole (non-streaming) JSON response body."""
+    result = UsageResult()
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return result
+    result.complete = isinstance(obj, dict)
+    _take(result, obj)
+    return result

@@ -1,0 +1,331 @@
+"""Every request ends as exactly one ledger record with a terminal status, tokens and exact cost;
+the observer taps streams without changing what the client receives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import anyio
+import pytest
+from asgi_helpers import call, sse_data
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from waterfall_asgi import TERMINAL_STATUSES, MemoryLedger, UsageRecord, WaterfallMiddleware
+from waterfall_asgi.middleware import with_usage
+from waterfall_fakes import FakeNetwork, FakeProvider
+
+pytestmark = pytest.mark.anyio
+
+MESSAGES = [{"role": "user", "content": "count my tokens please"}]  # 3 + 4 prompt tokens
+CHAT = {"model": "fast", "messages": MESSAGES}
+STREAM = {**CHAT, "stream": True}
+PRICES = {
+    "a": {"unit": "msat", "prompt": "0.15", "completion": "0.6", "request": "1"},
+    "b": {"unit": "msat", "prompt": "2.5", "completion": "10"},
+}
+
+
+def make(
+    scripts: dict[str, list[str]] | None = None,
+    *,
+    fakes: dict[str, Any] | None = None,
+    **extra: Any,
+) -> tuple[WaterfallMiddleware, FakeNetwork, MemoryLedger]:
+    scripts = scripts or {}
+    net = FakeNetwork(
+        {h: FakeProvider(name=h, script=scripts.get(h, []), **(fakes or {})) for h in "ab"}
+    )
+    ledger = MemoryLedger()
+    config: dict[str, Any] = {
+        "providers": {
+            h: {"base_url": f"http://{h}/v1", "timeouts": {"first_byte": 0.3, "read": 0.3}}
+            for h in "ab"
+        },
+        "deployments": [
+            {"provider": h, "model": f"fake-{size}", "price": PRICES[h]}
+            for h, size in (("a", "small"), ("b", "medium"))
+        ],
+        "chains": {"fast": ["a/fake-small", "b/fake-medium"]},
+        **extra,
+    }
+    return WaterfallMiddleware(None, config, transport=net, ledger=ledger), net, ledger
+
+
+def only(ledger: MemoryLedger) -> UsageRecord:
+    (record,) = ledger.records.values()
+    return record
+
+
+# -- usage injection --------------------------------------------------------------------------
+def test_with_usage_keeps_the_clients_choice_and_never_mutates() -> None:
+    request = {"stream": True, "stream_options": {"other": 1}}
+    sent, injected = with_usage(request)
+    assert sent["stream_options"] == {"other": 1, "include_usage": True}
+    assert injected
+    assert request == {"stream": True, "stream_options": {"other": 1}}
+    for value in (True, False):
+        chosen = {"stream": True, "stream_options": {"include_usage": value}}
+        assert with_usage(chosen) == (chosen, False)
+
+
+async def test_injected_usage_is_recorded_and_its_chunk_removed_from_the_client() -> None:
+    app, net, ledger = make()
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    upstream = net["a"].calls()[0]
+    assert upstream.json["stream_options"] == {"include_usage": True}
+    # the client sees exactly the stream it would have seen had nobody asked for usage
+    data = sse_data(result.body)
+    assert not any(json.loads(d).get("choices") == [] for d in data[:-1])
+    assert data[-1] == "[DONE]"
+    record = only(ledger)
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == ("success", 7, 12)
+    # 7 x 0.15 + 12 x 0.6 + 1 = 9.25 msat, rounded up once
+    assert (record.cost, record.cost_unit) == (10, "msat")
+
+
+async def test_a_client_that_asked_for_usage_gets_the_usage_chunk() -> None:
+    app, _, ledger = make()
+    asked = {**STREAM, "stream_options": {"include_usage": True}}
+    result = await call(app, "POST", "/v1/chat/completions", asked)
+    usage = json.loads(sse_data(result.body)[-2])
+    assert usage["choices"] == []
+    assert usage["usage"]["total_tokens"] == 19
+    assert only(ledger).total_tokens == 19
+
+
+async def test_a_client_that_refused_usage_is_respected() -> None:
+    app, net, ledger = make()
+    refused = {**STREAM, "stream_options": {"include_usage": False}}
+    await call(app, "POST", "/v1/chat/completions", refused)
+    assert net["a"].calls()[0].json["stream_options"] == {"include_usage": False}
+    record = only(ledger)
+    assert (record.status, record.total_tokens, record.cost) == ("success", None, None)
+
+
+async def test_the_stream_is_relayed_byte_for_byte_apart_from_the_injected_chunk() -> None:
+    behaviour = "chunking:size=7; line_endings:style=crlf; keepalive:every=3; fields"
+    app, _, ledger = make({"a": [behaviour]})
+    asked = {**STREAM, "stream_options": {"include_usage": True}}
+    result = await call(app, "POST", "/v1/chat/completions", asked)
+    reference = FakeProvider(name="a", script=[behaviour]).handle(
+        "POST", "/v1/chat/completions", {}, json.dumps({**asked, "model": "fake-small"}).encode()
+    )
+    assert result.body == reference.body
+    assert only(ledger).status == "success"
+
+
+# -- statuses ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("behaviour", "status", "tokens"),
+    [
+        ("ok", "success", 19),
+        ("no_done", "stream_incomplete", 19),
+        ("truncate:events=5", "stream_incomplete", None),
+        ("cut:bytes=1500", "upstream_error", None),
+        ("error_event:after=3", "upstream_error", None),
+        ("error_event:after=3,done=true", "upstream_error", None),
+        ("no_usage", "success", None),
+        ("slow_chunks:seconds=5", "upstream_error", None),
+    ],
+)
+async def test_stream_statuses(behaviour: str, status: str, tokens: int | None) -> None:
+    app, _, ledger = make({"a": [behaviour]})
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    record = only(ledger)
+    assert (record.status, record.total_tokens) == (status, tokens)
+    assert record.http_status == 200
+    assert (record.provider, record.upstream_model, record.stream) == ("a", "fake-small", True)
+    assert record.ttfb_ms is not None
+    assert record.duration_ms is not None
+    assert record.ttfb_ms <= record.duration_ms
+    assert (record.error is None) == (status == "success")
+    if status != "success":
+        assert any('"error"' in d for d in sse_data(result.body))
+
+
+async def test_json_requests_read_usage_from_the_body() -> None:
+    app, _, ledger = make({"a": ["rate_limit"]})
+    await call(app, "POST", "/v1/chat/completions", CHAT)
+    record = only(ledger)
+    assert (record.status, record.provider, record.total_tokens) == ("success", "b", 19)
+    assert (record.cost, record.cost_unit) == (138, "msat")  # 7 x 2.5 + 12 x 10 = 137.5
+    assert [a["outcome"] for a in record.attempts] == ["status", "served"]
+
+
+@pytest.mark.parametrize(
+    ("scripts", "body", "status", "http"),
+    [
+        ({"a": ["status:code=503"], "b": ["rate_limit"]}, CHAT, "exhausted", 503),
+        ({}, {"model": "nope", "messages": MESSAGES}, "rejected", 404),
+        ({}, {"model": "fast"}, "rejected", 400),
+        ({"a": ["status:code=400"]}, CHAT, "rejected", 400),
+    ],
+)
+async def test_requests_the_router_does_not_serve_are_recorded_too(
+    scripts: dict[str, list[str]], body: dict[str, Any], status: str, http: int
+) -> None:
+    app, _, ledger = make(scripts)
+    await call(app, "POST", "/v1/chat/completions", body)
+    record = only(ledger)
+    assert (record.status, record.http_status) == (status, http)
+    assert record.error
+
+
+async def test_models_and_health_are_not_usage() -> None:
+    app, _, ledger = make()
+    await call(app, "GET", "/v1/models")
+    await call(app, "GET", "/health")
+    assert ledger.records == {}
+
+
+# -- disconnects and drains -------------------------------------------------------------------
+async def test_a_client_that_leaves_mid_stream_is_recorded_with_usage_after_a_drain() -> None:
+    app, _, ledger = make({"a": ["slow_chunks:seconds=0.01"]})
+    gone = asyncio.Event()
+    task = asyncio.ensure_future(call(app, "POST", "/v1/chat/completions", STREAM, disconnect=gone))
+    for _ in range(2000):  # until the first bytes reach the client (bounded)
+        if ledger.records:
+            break
+        await asyncio.sleep(0.001)
+    gone.set()
+    with anyio.fail_after(5):
+        await task
+    record = only(ledger)
+    assert record.status == "client_disconnected"
+    assert record.total_tokens == 19  # drained to the end: usage is still known
+    assert record.cost == 10
+
+
+async def test_the_drain_is_bounded() -> None:
+    app, _, ledger = make({"a": ["slow_chunks:seconds=0.2"]}, ledger={"drain_seconds": 0.05})
+    gone = asyncio.Event()
+    task = asyncio.ensure_future(call(app, "POST", "/v1/chat/completions", STREAM, disconnect=gone))
+    for _ in range(2000):
+        if ledger.records:
+            break
+        await asyncio.sleep(0.001)
+    gone.set()
+    with anyio.fail_after(5):
+        await task
+    record = only(ledger)
+    assert (record.status, record.total_tokens) == ("client_disconnected", None)
+
+
+async def test_a_client_gone_before_any_answer_is_recorded() -> None:
+    app, _, ledger = make({"a": ["hang"]})
+    gone = asyncio.Event()
+    task = asyncio.ensure_future(call(app, "POST", "/v1/chat/completions", CHAT, disconnect=gone))
+    await asyncio.sleep(0.02)
+    gone.set()
+    with anyio.fail_after(5):
+        await task
+    assert only(ledger).status == "client_disconnected"
+
+
+async def test_cancellation_still_leaves_a_terminal_record() -> None:
+    app, _, ledger = make({"a": ["slow_chunks:seconds=1"]})
+    task = asyncio.ensure_future(call(app, "POST", "/v1/chat/completions", STREAM))
+    for _ in range(2000):
+        if ledger.records:
+            break
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert only(ledger).status == "interrupted"
+
+
+# -- hooks and the cost event -----------------------------------------------------------------
+async def test_on_complete_gets_every_finished_record_and_its_errors_stay_inside() -> None:
+    seen: list[UsageRecord] = []
+
+    async def hook(record: UsageRecord) -> None:
+        seen.append(record)
+        raise RuntimeError("user code broke")
+
+    app, _, _ = make()
+    app.on_complete = hook
+    result = await call(app, "POST", "/v1/chat/completions", CHAT)
+    assert result.status == 200
+    assert [r.status for r in seen] == ["success"]
+    app.on_complete = seen.append  # a plain function works too
+    await call(app, "POST", "/v1/chat/completions", {"model": "x", "messages": []})
+    assert [r.status for r in seen] == ["success", "rejected"]
+
+
+async def test_the_optional_cost_event_follows_done_and_is_never_a_second_done() -> None:
+    app, _, _ = make(ledger={"path": None, "cost_event": True})
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    text = result.body.decode()
+    assert text.count("data: [DONE]") == 1
+    tail = text.split("data: [DONE]\n\n", 1)[1]
+    assert tail.startswith("event: waterfall.cost\ndata: ")
+    cost = json.loads(tail.split("data: ", 1)[1])
+    assert (cost["cost"], cost["unit"]) == (10, "msat")
+
+
+# -- the invariant ----------------------------------------------------------------------------
+FAULTS = [
+    "ok",
+    "rate_limit",
+    "status:code=500",
+    "status:code=400",
+    "truncate:events=0",
+    "truncate:events=4",
+    "no_done",
+    "cut:bytes=40",
+    "cut:bytes=1200",
+    "error_event:after=0",
+    "error_event:after=4",
+    "no_usage",
+]
+
+
+@settings(deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from(FAULTS),
+            st.sampled_from(FAULTS),
+            st.booleans(),
+            st.sampled_from(["stay", "leave", "cancel"]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_one_terminal_record_per_request_whatever_happens(
+    requests: list[tuple[str, str, bool, str]],
+) -> None:
+    async def run() -> None:
+        app, _, ledger = make(
+            {"a": [r[0] for r in requests], "b": [r[1] for r in requests]},
+            ledger={"path": None, "drain_seconds": 0},
+        )
+        for _, _, stream, client in requests:
+            body = STREAM if stream else CHAT
+            gone = asyncio.Event()
+            task = asyncio.ensure_future(
+                call(app, "POST", "/v1/chat/completions", body, disconnect=gone)
+            )
+            if client != "stay":
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                if client == "leave":
+                    gone.set()
+                else:
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+        assert len(ledger.records) == len(requests)
+        for record in ledger.records.values():
+            assert record.status in TERMINAL_STATUSES
+            if record.status == "success" and record.stream:
+                assert record.error is None
+        await app.shutdown()
+
+    asyncio.run(run())

@@ -1,0 +1,123 @@
+"""The usage observer: the same result whatever the chunking, bounded memory, never raising."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from waterfall_asgi.usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
+from waterfall_fakes.strategies import chat_completion_streams, chunkings, sse_encodings
+
+
+def feed_all(chunks: list[bytes], max_bytes: int = 64 * 1024) -> StreamObserver:
+    observer = StreamObserver(max_bytes)
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer
+
+
+def oracle(stream: list[dict[str, Any]], done: bool) -> UsageResult:
+    """What the observer must find, computed from the chunk dicts themselves."""
+    expected = UsageResult(complete=done, events=len(stream) + done)
+    for chunk in stream:
+        expected.id = expected.id or chunk.get("id")
+        expected.model = expected.model or chunk.get("model")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            expected.prompt_tokens = usage["prompt_tokens"]
+            expected.completion_tokens = usage["completion_tokens"]
+            expected.total_tokens = usage["total_tokens"]
+        for choice in chunk["choices"]:
+            if choice.get("finish_reason"):
+                expected.finish_reasons[choice["index"]] = choice["finish_reason"]
+    return expected
+
+
+@given(st.data())
+def test_the_result_does_not_depend_on_chunk_boundaries(data: st.DataObject) -> None:
+    stream = data.draw(chat_completion_streams(max_size=4), label="stream")
+    done = data.draw(st.booleans(), label="done")
+    body = data.draw(
+        sse_encodings(stream, done=st.just(done), allow_comments=True, allow_fields=True),
+        label="body",
+    )
+    chunks = data.draw(chunkings(body), label="chunks")
+    whole = feed_all([body]).result
+    assert feed_all(chunks).result == whole
+    assert whole == oracle(stream, done)
+    assert whole.complete is done  # a stream without [DONE] is never complete
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=8),
+    chunk=st.integers(min_value=1, max_value=700),
+)
+def test_memory_stays_bounded_and_only_oversized_events_are_skipped(
+    sizes: list[int], chunk: int
+) -> None:
+    cap = 1024
+    events = [{"choices": [], "usage": None, "pad": "x" * size} for size in sizes]
+    body = (
+        b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    )
+    observer = StreamObserver(cap)
+    for start in range(0, len(body), chunk):
+        observer.feed(body[start : start + chunk])
+        assert observer.buffered <= cap
+    too_big = sum(len(json.dumps(e)) > cap for e in events)
+    assert observer.result.oversized == too_big
+    assert observer.result.events == len(events) - too_big + 1
+    assert observer.result.complete
+
+
+def test_usage_is_the_last_one_with_token_counts_and_errors_are_kept() -> None:
+    events = [
+        {"id": "c1", "model": "m", "usage": None, "choices": [{"index": 0, "finish_reason": None}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}},
+        {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+        {"error": {"message": "boom", "code": "server_error"}},
+    ]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    result = feed_all([body]).result
+    assert (result.prompt_tokens, result.completion_tokens, result.total_tokens) == (4, 2, 6)
+    assert (result.id, result.model, result.complete) == ("c1", "m", False)
+    assert result.error == {"message": "boom", "code": "server_error"}
+
+
+def test_the_observer_never_raises(monkeypatch: Any) -> None:
+    observer = StreamObserver()
+
+    class Broken:
+        oversized = 0
+
+        def feed(self, chunk: bytes) -> list[Any]:
+            raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(observer, "_parser", Broken())
+    observer.feed(b"data: {}\n\n")
+    observer.feed(b"data: {}\n\n")
+    assert observer.result.failures == 2
+
+
+def test_usage_from_a_json_body() -> None:
+    body = json.dumps(
+        {
+            "id": "x",
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+        }
+    ).encode()
+    result = observe_body(body)
+    assert (result.complete, result.total_tokens, result.finish_reasons) == (True, 12, {0: "stop"})
+    assert observe_body(b"not json") == UsageResult()
+
+
+def test_usage_only_chunk() -> None:
+    assert usage_only_chunk('{"choices":[],"usage":{"prompt_tokens":1}}')
+    assert not usage_only_chunk('{"choices":[],"usage":null}')
+    assert not usage_only_chunk('{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}')
+    assert not usage_only_chunk('{"choices": [], "usage": {')
