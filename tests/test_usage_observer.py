@@ -67,7 +67,8 @@ def test_memory_stays_bounded_and_only_oversized_events_are_skipped(
     for start in range(0, len(body), chunk):
         observer.feed(body[start : start + chunk])
         assert observer.buffered <= cap
-    too_big = sum(len(json.dumps(e)) > cap for e in events)
+    # the cap counts whole lines, the ``data: `` field name included
+    too_big = sum(len("data: " + json.dumps(e)) > cap for e in events)
     assert observer.result.oversized == too_big
     assert observer.result.events == len(events) - too_big + 1
     assert observer.result.complete

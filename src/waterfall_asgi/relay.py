@@ -91,9 +91,24 @@ class EventAligner:
         return out
 
     def fail(self, event: bytes) -> bytes:
-        """The stream failed: drop the unfinished event and return ``event`` to send instead."""
+        """The stream failed: drop the unfinished event (blank lines held back are kept: they
+        are whole) and return what to send instead, ``event`` included."""
+        pending = bytes(self._pending)
         self._pending.clear()
-        return (b"\n\n" + event) if self.misaligned else event
+        kept = pending if _only_whole_comments(pending) else b""
+        return kept + ((b"\n\n" + event) if self.misaligned else event)
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _only_whole_comments(pending: bytes) -> bool:
+    """Whether held-back bytes are complete blank or comment lines only: safe to send before an
+    error event, since they add nothing to it (a field line would join the error's event)."""
+    if not pending or pending[-1:] not in (b"\r", b"\n"):
+        return not pending
+    lines = _LINE_END.split(pending)[:-1]
+    return all(not line or line.startswith(b":") for line in lines)
 
 
 def _is_usage_block(block: bytes) -> bool:

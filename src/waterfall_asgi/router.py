@@ -390,4 +390,10 @@ def _is_error(data: str) -> bool:
         obj = json.loads(data)
     except ValueError:
         return False
-    return isinstance(obj, dict) and "error" in obj and "choices" not in obj
+    if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict | str):
+        return False
+    # OpenRouter reports a streamed error with choices, each finishing with "error"
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return True
+    return all(isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices)

@@ -67,9 +67,10 @@ def usage_only_chunk(data: str) -> bool:
 def _take(result: UsageResult, obj: Any) -> None:
     if not isinstance(obj, dict):
         return
-    if result.id is None and isinstance(obj.get("id"), str):
+    # the first non-empty id and model (Azure's first chunk carries empty ones)
+    if not result.id and isinstance(obj.get("id"), str) and obj["id"]:
         result.id = obj["id"]
-    if result.model is None and isinstance(obj.get("model"), str):
+    if not result.model and isinstance(obj.get("model"), str) and obj["model"]:
         result.model = obj["model"]
     error = obj.get("error")
     if isinstance(error, dict):
@@ -124,7 +125,7 @@ class StreamObserver:
                 data = event.data
                 if data == "[DONE]":
                     result.complete = True
-                elif result.id is None or _INTERESTING.search(data):
+                elif not result.id or _INTERESTING.search(data):
                     try:
                         obj = json.loads(data)
                     except ValueError:

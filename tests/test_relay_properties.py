@@ -1,0 +1,119 @@
+"""The relay, property by property: for any valid stream, any SSE encoding of it and any chunking,
+the client receives the upstream bytes unchanged — minus only the usage chunk the router injected,
+plus only an error event for an unfinished stream — and the observer's result is the one of
+reading the whole stream at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from waterfall_asgi.config import Deployment
+from waterfall_asgi.relay import RelayOutcome, relay_stream
+from waterfall_asgi.router import Served
+from waterfall_asgi.sse import SSEParser
+from waterfall_asgi.usage import StreamObserver, usage_only_chunk
+from waterfall_fakes.strategies import chat_completion_streams, chunkings, sse_encodings
+
+
+class Chunks(httpx.AsyncByteStream):
+    """An upstream body that arrives in exactly these chunks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, RelayOutcome]:
+    response = httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks)
+    )
+    served = Served(Deployment(provider="p", model="m"), response, b"", False)
+    sent: list[dict[str, Any]] = []
+    stay = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await stay.wait()  # the client never leaves
+        return {"type": "http.disconnect"}
+
+    outcome = await relay_stream(served, send, receive, strip_usage=strip)  # type: ignore[arg-type]
+    assert not sent[-1]["more_body"]
+    assert all(m["more_body"] for m in sent[:-1])
+    return b"".join(m["body"] for m in sent), outcome
+
+
+def events(body: bytes) -> list[str]:
+    return [e.data for e in SSEParser().feed(body + b"\n\n")]
+
+
+@st.composite
+def upstreams(draw: st.DrawFn) -> tuple[bytes, bool, list[bytes]]:
+    stream = draw(chat_completion_streams(max_size=4), label="stream")
+    done = draw(st.booleans(), label="done")
+    body = draw(
+        sse_encodings(
+            stream,
+            done=st.just(done),
+            allow_comments=True,
+            allow_fields=True,
+            allow_multiline=True,
+        ),
+        label="body",
+    )
+    return body, done, draw(chunkings(body), label="chunks")
+
+
+@given(upstream=upstreams(), strip=st.booleans())
+def test_client_bytes_are_the_upstream_bytes_less_only_the_injected_chunk(
+    upstream: tuple[bytes, bool, list[bytes]], strip: bool
+) -> None:
+    body, done, chunks = upstream
+    client, outcome = asyncio.run(relay(chunks, strip))
+    # the same bytes whatever the chunking
+    assert asyncio.run(relay([body], strip))[0] == client
+    upstream_events = events(body)
+    kept = [e for e in upstream_events if not (strip and usage_only_chunk(e))]
+    if done:
+        assert outcome.status == "success"
+        assert events(client) == kept
+        if not strip or kept == upstream_events:
+            assert client == body  # byte for byte
+    else:
+        assert outcome.status == "stream_incomplete"  # never success without [DONE]
+        *before, last = events(client)
+        assert before == kept
+        assert json.loads(last)["error"]["code"] == "stream_incomplete"
+        if not strip:
+            assert client.startswith(body)
+    # the observer saw every upstream byte, as one whole read would
+    whole = StreamObserver()
+    whole.feed(body)
+    assert outcome.usage == whole.result
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=100_000), min_size=1, max_size=4),
+    cut=st.integers(min_value=512, max_value=16_384),
+)
+def test_huge_events_pass_through_untouched_and_memory_stays_bounded(
+    sizes: list[int], cut: int
+) -> None:
+    lines = [b'data: {"choices":[],"pad":"' + b"x" * size + b'"}' for size in sizes]
+    body = b"".join(line + b"\n\n" for line in lines) + b"data: [DONE]\n\n"
+    chunks = [body[i : i + cut] for i in range(0, len(body), cut)]
+    client, outcome = asyncio.run(relay(chunks, strip=True))
+    assert client == body
+    assert outcome.status == "success"
+    assert outcome.usage.oversized == sum(len(line) > 64 * 1024 for line in lines)
