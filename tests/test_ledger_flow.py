@@ -329,3 +329,18 @@ def test_one_terminal_record_per_request_whatever_happens(
         await app.shutdown()
 
     asyncio.run(run())
+
+
+async def test_no_cost_event_after_a_stream_that_reported_an_error() -> None:
+    app, _, ledger = make(
+        {"a": ["error_event:after=3,done=true"]}, ledger={"path": None, "cost_event": True}
+    )
+    result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert b"waterfall.cost" not in result.body
+    assert only(ledger).status == "upstream_error"
+
+
+def test_an_empty_ledger_path_keeps_usage_in_memory() -> None:
+    config = {"providers": {"a": {"base_url": "http://a/v1"}}, "chains": {"c": ["a/m"]}}
+    app = WaterfallMiddleware(None, {**config, "ledger": {"path": ""}})
+    assert isinstance(app.ledger, MemoryLedger)

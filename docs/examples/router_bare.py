@@ -20,6 +20,7 @@ upstreams = FakeNetwork({"a": FakeProvider(script=["status:code=503"]), "b": Fak
 config = {
     "providers": {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}},
     "chains": {"fast": ["a/fake-small", "b/fake-small"]},
+    "ledger": {"path": None},  # usage in memory here; SQLite by default
     "client_keys": ["my-client-key"],  # clients must send Authorization: Bearer my-client-key
 }
 

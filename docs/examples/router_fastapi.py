@@ -29,6 +29,7 @@ config = {
         "groq": {"base_url": "http://groq/v1", "api_key": "sk-groq"},
     },
     "chains": {"fast": ["openai/fake-small", "groq/fake-medium"]},
+    "ledger": {"path": None},  # usage in memory here; SQLite by default
 }
 # In production, leave out `transport`: the router then talks to the real base URLs.
 app.add_middleware(WaterfallMiddleware, config=config, transport=upstreams)

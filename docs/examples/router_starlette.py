@@ -18,6 +18,7 @@ upstreams = FakeNetwork({"local": FakeProvider()})
 config = {
     "providers": {"local": {"base_url": "http://local/v1"}},
     "chains": {"default": ["local/fake-small"]},
+    "ledger": {"path": None},  # usage in memory here; SQLite by default
     "default_chain": "default",  # requests that name no model use this chain
 }
 app = Starlette(

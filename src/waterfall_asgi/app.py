@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import httpx
 
 from .config import RouterConfig
 from .cooldown import CooldownStore
+from .ledger import LedgerStore, UsageRecord
 from .middleware import WaterfallMiddleware
 
 __all__ = ["create_app"]
@@ -20,6 +21,8 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     cooldowns: CooldownStore | None = None,
+    ledger: LedgerStore | None = None,
+    on_complete: Callable[[UsageRecord], Any] | None = None,
 ) -> WaterfallMiddleware:
     """An ASGI app serving only the router's routes and ``GET /health``.
 
@@ -28,4 +31,11 @@ def create_app(
     >>> app.config.prefix
     '/v1'
     """
-    return WaterfallMiddleware(None, config, transport=transport, cooldowns=cooldowns)
+    return WaterfallMiddleware(
+        None,
+        config,
+        transport=transport,
+        cooldowns=cooldowns,
+        ledger=ledger,
+        on_complete=on_complete,
+    )

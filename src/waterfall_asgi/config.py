@@ -187,7 +187,7 @@ class LedgerSettings(_Model):
 
     path: str | None = Field(
         default="waterfall-usage.db",
-        description="the SQLite file (None: keep records in memory only)",
+        description='the SQLite file (None, or "" in TOML: keep records in memory only)',
     )
     drain_seconds: float = Field(
         default=5.0,
@@ -198,6 +198,11 @@ class LedgerSettings(_Model):
     cost_event: bool = Field(
         default=False, description="end each stream with an SSE event carrying its cost"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
 
 
 class RouterConfig(_Model):

@@ -14,10 +14,10 @@ Statuses:
 - ``success``: complete (a stream ended with ``data: [DONE]``);
 - ``client_disconnected``: the client went away before the end;
 - ``stream_incomplete``: the upstream stream ended without ``[DONE]``;
-- ``upstream_error``: the upstream failed after acceptance (an error event, a cut, a timeout), or
-  answered with an error status that was passed back;
+- ``upstream_error``: the upstream failed after acceptance (an error event, a cut, a timeout);
 - ``exhausted``: every entry failed or was cooling (503);
-- ``rejected``: the router refused the request itself (bad input, auth, unknown model);
+- ``rejected``: the request was refused: by the router (bad input, auth, unknown model), or by
+  the upstream with a 4xx that was passed back as it was;
 - ``interrupted``: found ``pending`` at start-up.
 """
 

@@ -7,8 +7,8 @@ arriving are held back until its blank line comes. That is what makes a clean en
   (``stream_interrupted``), never a half event glued to the error;
 - when it closes without ``data: [DONE]``, an error event says so (``stream_incomplete``);
 - when the router injected ``stream_options.include_usage`` for a client that did not ask, the
-  usage-only chunk (``choices: []``) is removed whole, so the client sees what it would have seen
-  without the router;
+  usage-only chunk (``choices: []``) is removed whole, the one chunk such a client would choke on
+  (the others keep the ``"usage": null`` the provider then adds to them);
 - an event larger than the cap is passed through as it arrives (memory stays bounded); if the
   upstream fails in the middle of one, the error event is preceded by a blank line.
 
@@ -212,8 +212,8 @@ async def relay_stream(
         outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
     else:
         tail = aligner.flush()
-        extra = closing_event(usage) if closing_event is not None else None
-        tail += extra or b""
+        if closing_event is not None and usage.error is None:  # only after a clean stream
+            tail += closing_event(usage) or b""
         outcome = RelayOutcome("success", usage)
     if usage.error is not None:
         outcome = RelayOutcome("upstream_error", usage, f"error event: {_code(usage.error)}")
