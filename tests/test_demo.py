@@ -55,10 +55,10 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.startswith(
         "waterfall-asgi demo: fake providers on 127.0.0.1, no network, no API keys."
     )
-    assert out.rstrip().endswith("being built, and their sections will join this tour.")
+    assert out.rstrip().endswith("being built, and its section will join this tour.")
     tables = parse_tables(out)
     assert list(tables) == [s.title for s in demo.SECTIONS]
-    storm, quota, streams, exact, router = tables.values()
+    storm, quota, streams, exact, router, usage = tables.values()
 
     # One 429 per header dialect, then a normal answer.
     assert [r["status"] for r in storm] == ["429"] * 6 + ["200"]
@@ -137,6 +137,14 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert trails[2] == "all exhausted, Retry-After: 1"
     assert trails[4].startswith("openai/fake-large empty_stream, ")
     assert [r["client saw"] for r in router][1:3] == ["complete", "all_providers_exhausted"]
+
+    # The ledger: one record per router request, exact msat costs from the fakes' sats prices.
+    rows = {(r["provider"], r["status"]): r for r in usage}
+    assert rows[("TOTAL", "")]["requests"] == "5"
+    assert rows[("-", "exhausted")]["requests"] == "1"
+    assert rows[("local", "success")]["cost"] == "4 msat"  # 7 x 0.15 + 4 x 0.6 = 3.45
+    assert rows[("openrouter", "success")]["cost"] == "3069 msat"  # 3 x (7 + 4 x 4 + 1000)
+    assert rows[("TOTAL", "")]["cost"] == "3073 msat"
 
 
 def test_sections_can_be_added() -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import codecs
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
@@ -319,8 +321,14 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     fakes = {name: _serve(stack, name, script=script) for name, script in scripts.items()}
     config = {
         "providers": {name: {"base_url": fake.url} for name, fake in fakes.items()},
+        # prices in msat per token, as the fakes publish them in sats per token (x 1000)
+        "deployments": [
+            {"provider": name, "model": model, "price": _msat_price(fakes[name], model)}
+            for name, model in models.items()
+        ],
         "chains": {"best": [f"{name}/{models[name]}" for name in fakes]},
         "policy": {"default_cooldown": 3},
+        "ledger": {"path": str(_LEDGER.path)},
     }
     router = stack.enter_context(LoopbackServer(create_app(config), lifespan="on"))
     table = Table("#", "request", "status", "served by", "entries tried or skipped", "client saw")
@@ -346,6 +354,46 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
             verdict = seen.outcome() if stream else "json, usage " + seen.usage
         table.add(
             number, ("stream: " if stream else "") + what, seen.status, served, trail, verdict
+        )
+    return table
+
+
+def _msat_price(fake: FakeServer, model: str) -> dict[str, str]:
+    listing = {m.id: m for m in fake.provider.config.models}[model]
+    return {
+        "unit": "msat",
+        "prompt": str(listing.sats_prompt * 1000),
+        "completion": str(listing.sats_completion * 1000),
+        "request": str(listing.sats_request * 1000),
+    }
+
+
+class _DemoLedger:
+    """Where the tour's router keeps its usage ledger: a file in a temporary directory."""
+
+    path: Path = Path("waterfall-usage.db")
+
+
+_LEDGER = _DemoLedger()
+
+
+def _usage(stack: ExitStack, client: httpx.Client) -> Table:
+    """The ledger of the router's requests, grouped as ``waterfall-asgi usage --by
+    provider,status`` does (its time-to-first-byte columns left out: they vary by run)."""
+    from .usage_report import read_usage
+
+    report = read_usage(_LEDGER.path, by=("provider", "status"))
+    table = Table("provider", "status", "requests", "prompt", "completion", "cost")
+    for group in [*report.groups, report.total]:
+        provider, status = (group.key.get("provider"), group.key.get("status"))
+        cost = ", ".join(f"{v} {u}" for u, v in sorted(group.cost.items())) or "-"
+        table.add(
+            "TOTAL" if group is report.total else provider or "-",
+            status or "",
+            group.requests,
+            group.prompt_tokens,
+            group.completion_tokens,
+            cost,
         )
     return table
 
@@ -389,6 +437,12 @@ SECTIONS: list[Section] = [
         "byte is sent.",
         _router_storm,
     ),
+    Section(
+        "The usage ledger (SQLite) of the router's requests, by provider and status",
+        "One record per request, whatever happened; tokens from the streams and bodies, cost\n"
+        "   exact in msat (waterfall-asgi usage --by provider,status prints the same).",
+        _usage,
+    ),
 ]
 """The tour, in order. Later stages append the router's own sections here."""
 
@@ -413,12 +467,16 @@ def run(out: TextIO | None = None, sections: Sequence[Section] | None = None) ->
         print("the demo needs waterfall-fakes: pip install ./fakes", file=sys.stderr)
         return 1
     print("waterfall-asgi demo: fake providers on 127.0.0.1, no network, no API keys.\n", file=out)
-    with httpx.Client(timeout=5.0, trust_env=False) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="waterfall-demo-") as scratch,
+        httpx.Client(timeout=5.0, trust_env=False) as client,
+    ):
+        _LEDGER.path = Path(scratch) / "waterfall-usage.db"
         for line in _lines(SECTIONS if sections is None else sections, client):
             print(line, file=out, flush=True)
     print(
-        "The fakes and the waterfall router are ready; the cost router and the usage ledger are\n"
-        "being built, and their sections will join this tour.",
+        "The fakes, the waterfall router and the usage ledger are ready; the cost router is\n"
+        "being built, and its section will join this tour.",
         file=out,
     )
     return 0
