@@ -117,3 +117,40 @@ def test_huge_events_pass_through_untouched_and_memory_stays_bounded(
     assert client == body
     assert outcome.status == "success"
     assert outcome.usage.oversized == sum(len(line) > 64 * 1024 for line in lines)
+
+
+class Counting(Chunks):
+    """Counts how many chunks the relay has pulled from the upstream."""
+
+    pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.pulled += 1
+            yield chunk
+
+
+def test_a_slow_client_holds_the_upstream_back() -> None:
+    """Backpressure: the relay pulls the next upstream chunk only once the client took the last
+    one, so a slow client never makes the proxy buffer the stream."""
+    chunks = [b'data: {"choices":[],"n":%d}\n\n' % i for i in range(50)] + [b"data: [DONE]\n\n"]
+    upstream = Counting(chunks)
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=upstream)
+    served = Served(Deployment(provider="p", model="m"), response, b"", False)
+    ahead: list[int] = []
+    delivered = 0
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal delivered
+        ahead.append(upstream.pulled - delivered)
+        delivered += 1
+        await asyncio.sleep(0.001)  # a slow client
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    outcome = asyncio.run(relay_stream(served, send, receive))  # type: ignore[arg-type]
+    assert outcome.status == "success"
+    assert delivered == len(chunks) + 1  # every chunk, then the end of the body
+    assert max(ahead) <= 1  # never more than the chunk being sent
