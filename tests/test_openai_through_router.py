@@ -70,6 +70,7 @@ def router_config(servers: dict[str, FakeServer]) -> dict[str, Any]:
         },
         "chains": {"fast": ["a/fake-small", "b/fake-small"]},
         "client_keys": CLIENT_KEYS,
+        "ledger": {"path": None},  # usage in memory: module-scoped servers outlive tmp dirs
     }
 
 

@@ -72,6 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, ENV_KEY: "key-from-env"},
+            cwd=config.parent,  # where its usage ledger (the default SQLite file) goes
         )
         assert proc.stdout is not None
         assert proc.stderr is not None
