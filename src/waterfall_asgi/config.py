@@ -32,11 +32,15 @@ __all__ = [
     "Deployment",
     "LedgerSettings",
     "Limits",
+    "ModelInfo",
     "Price",
     "Provider",
+    "Rate",
+    "Route",
     "RouterConfig",
     "RoutingPolicy",
     "Timeouts",
+    "ceil_units",
     "load_config",
 ]
 
@@ -78,6 +82,12 @@ class Provider(_Model):
         description="extra headers to send (treated as secrets: they often carry credentials)",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    import_prices: Literal["openrouter", "routstr", "auto"] | None = Field(
+        default=None,
+        description="read prices from the provider's GET /models: the OpenRouter style "
+        "(`pricing`, USD per token), the Routstr style (`sats_pricing`, sats per token), or "
+        "whichever each model carries (auto); config prices always win",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -107,24 +117,57 @@ class Provider(_Model):
 
 
 class Price(_Model):
-    """What a deployment costs, exactly: Decimal amounts of ``unit`` per token and per request.
+    """What a deployment costs, exactly: Decimal amounts of ``unit`` per token (or, with
+    ``per = "million"``, per million tokens) and per request.
 
     ``cost`` multiplies exactly and rounds up once, to a whole number of ``unit``; choose a unit
     small enough for that (``msat``, ``usd_micro``, ...).
 
     >>> Price(unit="msat", prompt="0.15", completion="0.6", request=1).cost(1000, 10)
     157
+    >>> Price(unit="usd_micro", prompt="150", completion="600", per="million").cost(1000, 10)
+    1
     """
 
     unit: str = "msat"
-    prompt: Decimal = Field(default=Decimal(0), ge=0, description="per prompt token")
-    completion: Decimal = Field(default=Decimal(0), ge=0, description="per completion token")
+    prompt: Decimal = Field(default=Decimal(0), ge=0, description="per prompt token (or million)")
+    completion: Decimal = Field(
+        default=Decimal(0), ge=0, description="per completion token (or million)"
+    )
     request: Decimal = Field(default=Decimal(0), ge=0, description="per request")
+    per: Literal["token", "million"] = "token"
+
+    def exact(self, prompt_tokens: int | Decimal, completion_tokens: int | Decimal) -> Decimal:
+        """The exact cost, in ``unit``, before any rounding."""
+        tokens = prompt_tokens * self.prompt + completion_tokens * self.completion
+        if self.per == "million":
+            tokens /= Decimal(1_000_000)
+        return tokens + self.request
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
         """The cost of one request, rounded up once to a whole ``unit``."""
-        exact = prompt_tokens * self.prompt + completion_tokens * self.completion + self.request
-        return int(exact.to_integral_value(rounding=ROUND_CEILING))
+        return ceil_units(self.exact(prompt_tokens, completion_tokens))
+
+
+def ceil_units(amount: Decimal) -> int:
+    """``amount`` rounded up to a whole unit (the one rounding a cost ever gets)."""
+    return int(amount.to_integral_value(rounding=ROUND_CEILING))
+
+
+class Rate(_Model):
+    """An explicit exchange rate: one ``source`` unit is worth ``rate`` ``target`` units."""
+
+    source: str
+    target: str
+    rate: Decimal = Field(gt=0)
+
+
+class ModelInfo(_Model):
+    """What a model can do: its quality score and capabilities, for cost routing."""
+
+    quality: Decimal = Field(default=Decimal(0), description="higher is better")
+    context_window: int | None = Field(default=None, ge=1, description="tokens, prompt + reply")
+    capabilities: frozenset[Literal["tools", "vision", "json_schema"]] = frozenset()
 
 
 class Deployment(_Model):
@@ -182,6 +225,33 @@ class Limits(_Model):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
 
 
+class Route(_Model):
+    """A cost route: a request naming it is served by the cheapest fitting deployment that
+    meets ``min_quality``, then the next cheapest, and so on down the waterfall."""
+
+    min_quality: Decimal = Decimal(0)
+    unit: str | None = Field(
+        default=None, description="the unit costs are compared in (default: the first price's)"
+    )
+    deployments: tuple[Deployment, ...] = Field(
+        default=(), description="the candidates (default: every deployment with a price)"
+    )
+    budget: int | None = Field(
+        default=None, ge=0, description="the most a request may cost at worst, in ``unit``"
+    )
+    reference: Deployment | None = Field(
+        default=None,
+        description="what savings are measured against (default: the dearest fitting candidate)",
+    )
+    quality_bounds: tuple[Decimal, Decimal] | None = Field(
+        default=None,
+        description="the range the x-waterfall-min-quality header may set (None: no override)",
+    )
+    default_completion_tokens: int = Field(
+        default=256, ge=0, description="expected reply length when max_tokens is not given"
+    )
+
+
 class LedgerSettings(_Model):
     """Where usage records go and how streams are accounted for."""
 
@@ -231,6 +301,14 @@ class RouterConfig(_Model):
     policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
     limits: Limits = Field(default_factory=Limits)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    models: dict[str, ModelInfo] = Field(
+        default_factory=dict, description="quality and capabilities, by model name"
+    )
+    routes: dict[str, Route] = Field(default_factory=dict, description="cost routes, by name")
+    rates: tuple[Rate, ...] = Field(default=(), description="exchange rates between units")
+    price_refresh: float | None = Field(
+        default=None, gt=0, description="seconds between price imports (None: at start only)"
+    )
 
     @field_validator("prefix")
     @classmethod
@@ -251,6 +329,14 @@ class RouterConfig(_Model):
         for i, d in enumerate(self.deployments):
             if d.provider not in self.providers:
                 problems.append(f"deployments.{i}: unknown provider {d.provider!r}")
+        for name, route in self.routes.items():
+            if name in self.chains:
+                problems.append(f"routes.{name}: a chain has that name too")
+            for i, d in enumerate(route.deployments):
+                if d.provider not in self.providers:
+                    problems.append(
+                        f"routes.{name}.deployments.{i}: unknown provider {d.provider!r}"
+                    )
         if self.default_chain is not None and self.default_chain not in self.chains:
             problems.append(f"default_chain: no chain named {self.default_chain!r}")
         if problems:  # each names its own key: _explain splits them on the newlines
