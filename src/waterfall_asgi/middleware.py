@@ -25,13 +25,16 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .config import Price, RouterConfig, load_config
+from .config import Deployment, Price, RouterConfig, ceil_units, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
+from .cost import Ranking, convert, rank
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord
 from .relay import relay_stream
@@ -89,6 +92,8 @@ class WaterfallMiddleware:
         self.health_path = health_path
         self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
         self.on_complete = on_complete
+        self.prices: dict[str, Price] = {}
+        """Prices imported from providers (``provider/model`` -> price); config prices win."""
         self._transport = transport
         self._own_client = client is None
         self._client = client
@@ -279,7 +284,12 @@ class WaterfallMiddleware:
                     400, "'model' must be a string.", code="invalid_type", param="model"
                 )
             record.model, record.stream = model, stream
-            label, plan = router.plan(model)
+            ranking = None
+            if model is not None and model in self.config.routes:
+                ranking = self._rank(model, payload, scope)
+                label, plan = model, ranking.plan
+            else:
+                label, plan = router.plan(model)
             record.model = label
             upstream_payload, injected = with_usage(payload) if stream else (payload, False)
             served = await self._until_disconnect(
@@ -296,7 +306,7 @@ class WaterfallMiddleware:
             record.http_status = served.response.status_code
             record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
             await self._save(record)  # accepted: the record exists from now on
-            await self._commit(send, receive, served, record, injected)
+            await self._commit(send, receive, served, record, injected, ranking)
         except RouterError as exc:
             record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
             record.http_status = exc.status
@@ -408,7 +418,24 @@ class WaterfallMiddleware:
                 task.cancel()
 
     def _models(self, router: Router) -> bytes:
-        data = []
+        data: list[dict[str, Any]] = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "waterfall-asgi",
+                "waterfall": {
+                    "kind": "route",
+                    "min_quality": str(route.min_quality),
+                    "entries": [
+                        d.key
+                        for d in (route.deployments or self.config.all_deployments())
+                        if self._price(d) is not None
+                    ],
+                },
+            }
+            for name, route in self.config.routes.items()
+        ]
         for name in router.models():
             label, plan = router.plan(name)
             kind = "chain" if name in self.config.chains else "model"
@@ -423,8 +450,60 @@ class WaterfallMiddleware:
             )
         return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
 
+    def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
+        """Rank the route's candidates, with the request's own quality bar and budget."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        settings = self.config.routes[route]
+        min_quality = None
+        asked = headers.get("x-waterfall-min-quality")
+        if asked is not None:
+            bounds = settings.quality_bounds
+            try:
+                min_quality = Decimal(asked.strip())
+            except ArithmeticError:
+                min_quality = None
+            if (
+                min_quality is None
+                or not min_quality.is_finite()
+                or bounds is None
+                or not bounds[0] <= min_quality <= bounds[1]
+            ):
+                allowed = f"from {bounds[0]} to {bounds[1]}" if bounds else "not allowed"
+                raise RouterError(
+                    400,
+                    f"x-waterfall-min-quality {asked!r}: route {route!r} accepts {allowed}.",
+                    code="invalid_value",
+                )
+        budget = settings.budget
+        given = headers.get("x-waterfall-budget")
+        if given is not None:
+            if not given.strip().isdigit():
+                raise RouterError(
+                    400,
+                    f"x-waterfall-budget {given!r}: a whole number of {route!r}'s unit.",
+                    code="invalid_value",
+                )
+            budget = int(given) if budget is None else min(budget, int(given))
+        return rank(
+            self.config,
+            route,
+            payload,
+            prices=self.prices,
+            min_quality=min_quality,
+            budget=budget,
+        )
+
+    def _price(self, deployment: Deployment) -> Price | None:
+        return self.config.price_of(deployment) or self.prices.get(deployment.key)
+
     async def _commit(
-        self, send: Send, receive: Receive, served: Served, record: UsageRecord, injected: bool
+        self,
+        send: Send,
+        receive: Receive,
+        served: Served,
+        record: UsageRecord,
+        injected: bool,
+        ranking: Ranking | None = None,
     ) -> None:
         response = served.response
         headers = [
@@ -434,14 +513,21 @@ class WaterfallMiddleware:
             (b"x-waterfall-model", _header(served.deployment.model)),
             (b"x-waterfall-attempts", _header(_trail(served.attempts))),
         ]
-        price = self.config.price_of(served.deployment)
+        price = self._price(served.deployment)
+        charge = _Charge(self.config, price)
+        if ranking is not None:
+            chosen = next(c for c in ranking.ranked if c.deployment.key == served.deployment.key)
+            estimate = ceil_units(chosen.estimate or Decimal(0))
+            headers.append((b"x-waterfall-estimated-cost", _header(f"{estimate} {ranking.unit}")))
+            reference = ranking.reference.price if ranking.reference else None
+            charge = _Charge(self.config, price, ranking.unit, reference)
         if served.complete:
             headers.append((b"content-length", str(len(served.prefix)).encode()))
             await send(
                 {"type": "http.response.start", "status": response.status_code, "headers": headers}
             )
             await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
-            _account(record, observe_body(served.prefix), price)
+            charge.apply(record, observe_body(served.prefix))
             if response.status_code < 400:
                 record.status = "success"
             else:  # a 4xx passed back as it was: the request itself was refused upstream
@@ -468,18 +554,34 @@ class WaterfallMiddleware:
             request_id=record.id,
             closing_event=cost_event,
         )
-        _account(record, outcome.usage, price)
+        charge.apply(record, outcome.usage)
         record.status, record.error = outcome.status, outcome.error
 
 
-def _account(record: UsageRecord, usage: UsageResult, price: Price | None) -> None:
-    """Copy the tokens a response reported into ``record``, and price them exactly."""
-    record.prompt_tokens = usage.prompt_tokens
-    record.completion_tokens = usage.completion_tokens
-    record.total_tokens = usage.total_tokens
-    if price is not None and usage.has_usage:
-        record.cost = price.cost(usage.prompt_tokens or 0, usage.completion_tokens or 0)
-        record.cost_unit = price.unit
+@dataclass(frozen=True)
+class _Charge:
+    """How a request's tokens are priced: the deployment that served, the unit to record the
+    cost in (a route's, or the price's own), and what the route's reference would have cost."""
+
+    config: RouterConfig
+    price: Price | None
+    unit: str | None = None
+    reference: Price | None = None
+
+    def apply(self, record: UsageRecord, usage: UsageResult) -> None:
+        """Copy the tokens a response reported into ``record``, and price them exactly."""
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+        record.total_tokens = usage.total_tokens
+        if self.price is None or not usage.has_usage:
+            return
+        tokens = (usage.prompt_tokens or 0, usage.completion_tokens or 0)
+        unit = self.unit or self.price.unit
+        record.cost = self._in(unit, self.price, *tokens)
+        record.cost_unit = unit
+
+    def _in(self, unit: str, price: Price, prompt: int, completion: int) -> int:
+        return ceil_units(convert(price.exact(prompt, completion), price.unit, unit, self.config))
 
 
 def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
