@@ -69,6 +69,8 @@ async def test_the_cheapest_deployment_meeting_the_bar_serves() -> None:
     # charged with the provider's own count (5 prompt tokens): 5 x 1 + 10 x 4 + 1000 msat
     assert result.headers["x-waterfall-estimated-cost"] == "1046 msat"
     assert (record.cost, record.cost_unit) == (1045, "msat")
+    # the reference (the dearest fitting: large) for the same tokens: 5 x 5 + 10 x 15 + 2000
+    assert record.reference_cost == 2175
     assert [r.path for r in net["cheap"].requests] == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sqlite3
@@ -48,6 +49,7 @@ FULL = UsageRecord(
     total_tokens=1010,
     cost=157,
     cost_unit="msat",
+    reference_cost=420,
     error=None,
 )
 
@@ -120,13 +122,14 @@ async def test_schema_covers_every_field_with_the_right_types(db: Path) -> None:
         assert {k: columns[k] for k in ("started_at", "ttfb_ms", "duration_ms")} == dict.fromkeys(
             ("started_at", "ttfb_ms", "duration_ms"), "REAL"
         )
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "http_status"):
+        integers = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "reference_cost")
+        for name in (*integers, "http_status"):
             assert columns[name] == "INTEGER", name
         assert (columns["attempts"], columns["cost_unit"]) == ("TEXT", "TEXT")
         indexed = {row[0] for row in raw(db, "SELECT tbl_name || '.' || name FROM sqlite_master")}
         assert {"usage.usage_started_at", "usage.usage_provider", "usage.usage_status"} <= indexed
         assert raw(db, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db, "PRAGMA user_version") == [(1,)] == [(ledger.schema_version,)]
+        assert raw(db, "PRAGMA user_version") == [(2,)] == [(ledger.schema_version,)]
         assert raw(db, "PRAGMA application_id") == [(APPLICATION_ID,)]
     finally:
         await ledger.close()
@@ -419,15 +422,71 @@ class _LaterLedger(SQLiteLedger):
 async def test_an_older_database_is_migrated_in_order(db: Path) -> None:
     async with _opened(SQLiteLedger(db)) as old:
         await old.save(FULL)
-    assert raw(db, "PRAGMA user_version") == [(1,)]
-    async with _opened(_LaterLedger(db)) as new:
-        assert new.schema_version == 2
-        await new.save(record(1))
     assert raw(db, "PRAGMA user_version") == [(2,)]
+    async with _opened(_LaterLedger(db)) as new:
+        assert new.schema_version == 3
+        await new.save(record(1))
+    assert raw(db, "PRAGMA user_version") == [(3,)]
     assert raw(db, "SELECT id, region FROM usage ORDER BY id") == [("r1", None), ("req-1", "eu")]
     async with _opened(_LaterLedger(db)):  # up to date: no step runs again
         pass
     assert raw(db, "SELECT count(*) FROM usage WHERE region = 'eu'") == [(1,)]
+
+
+V1_COLUMNS = (
+    "id, started_at, route, model, provider, upstream_model, stream, attempts, status, "
+    "http_status, ttfb_ms, duration_ms, prompt_tokens, completion_tokens, total_tokens, cost, "
+    "cost_unit, error"
+)
+
+
+def version_1(db: Path, records: list[UsageRecord]) -> None:
+    """A ledger as waterfall-asgi wrote it at schema version 1 (no ``reference_cost``)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for statement in SQLiteLedger.migrations[0]:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        names = V1_COLUMNS.split(", ")
+        for r in records:
+            values = {**r.to_dict(), "attempts": json.dumps(r.attempts), "stream": int(r.stream)}
+            conn.execute(
+                f"INSERT INTO usage ({V1_COLUMNS}) VALUES ({', '.join('?' * len(names))})",
+                [values[name] for name in names],
+            )
+    finally:
+        conn.close()
+
+
+async def test_a_version_1_database_is_migrated_in_place_and_keeps_its_rows(db: Path) -> None:
+    old_full = dataclasses.replace(FULL, reference_cost=None)
+    version_1(db, [old_full, record(1, status="pending")])
+    assert [row[1] for row in raw(db, "PRAGMA table_info(usage)")] == V1_COLUMNS.split(", ")
+    rowids = raw(db, "SELECT rowid, id FROM usage ORDER BY rowid")
+    # read-only, a reader takes the old file as it is and leaves it at version 1
+    assert read_records(db) == [old_full, record(1, status="pending")]
+    assert raw(db, "PRAGMA user_version") == [(1,)]
+
+    async with _opened(SQLiteLedger(db)) as ledger:
+        assert ledger.interrupted == 1
+        await ledger.save(record(2, cost=5, cost_unit="msat", reference_cost=9))
+    assert (ledger.written, ledger.failures) == (1, 0)
+    assert raw(db, "PRAGMA user_version") == [(2,)]
+    columns = {name: kind for _, name, kind, *_ in raw(db, "PRAGMA table_info(usage)")}
+    assert columns["reference_cost"] == "INTEGER"
+    assert set(columns) == {f.name for f in dataclasses.fields(UsageRecord)}
+    assert raw(db, "SELECT rowid, id FROM usage WHERE id != 'r2' ORDER BY rowid") == rowids
+    interrupted = record(
+        1, status="interrupted", error="the process ended before the request finished"
+    )
+    assert read_records(db) == [
+        old_full,
+        interrupted,
+        record(2, cost=5, cost_unit="msat", reference_cost=9),
+    ]
+    indexed = {row[0] for row in raw(db, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"usage_started_at", "usage_provider", "usage_status"} <= indexed
 
 
 async def test_an_empty_sqlite_file_is_migrated_from_version_zero(db: Path) -> None:
@@ -444,8 +503,8 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(db: Path) -> None:
     with pytest.raises(LedgerError) as info:
         await SQLiteLedger(db).open()
     assert str(info.value) == (
-        f"cannot open the usage ledger {str(db)!r}: its schema version 2 is newer than this "
-        "waterfall-asgi knows (1); upgrade waterfall-asgi or use another file"
+        f"cannot open the usage ledger {str(db)!r}: its schema version 3 is newer than this "
+        "waterfall-asgi knows (2); upgrade waterfall-asgi or use another file"
     )
     with pytest.raises(LedgerError, match="newer than this waterfall-asgi knows"):
         read_records(db)

@@ -31,6 +31,7 @@ def rec(
     route: str = CHAT,
     tokens: tuple[int, int] | None = None,
     cost: tuple[int, str] | None = None,
+    reference: int | None = None,
     ttfb: float | None = None,
 ) -> UsageRecord:
     """A record started ``ago`` seconds before NOW."""
@@ -48,6 +49,7 @@ def rec(
             "total_tokens": sum(tokens) if tokens else None,
             "cost": cost[0] if cost else None,
             "cost_unit": cost[1] if cost else None,
+            "reference_cost": reference,
             "ttfb_ms": ttfb,
         }
     )
@@ -157,6 +159,8 @@ def test_json_by_provider_and_model_since_an_iso_time(
         "completion_tokens": 50,
         "total_tokens": 350,
         "cost": {"msat": 457},
+        "reference_cost": {},
+        "saved": {},
         "ttfb_ms_p50": 200.0,
         "ttfb_ms_p95": 300.0,
     }
@@ -172,6 +176,8 @@ def test_json_by_provider_and_model_since_an_iso_time(
         "completion_tokens": 55,
         "total_tokens": 365,
         "cost": {"msat": 457, "usd_micro": 7},
+        "reference_cost": {},
+        "saved": {},
         "ttfb_ms_p50": 100.0,
         "ttfb_ms_p95": 300.0,
     }
@@ -256,7 +262,7 @@ def test_a_newer_ledger_is_refused(db: Path, capsys: pytest.CaptureFixture[str])
     conn.close()
     code, _, err = run(capsys, "--db", str(db))
     assert code == 1
-    assert "ledger schema version 9 is newer than this waterfall-asgi knows (1)" in err
+    assert "ledger schema version 9 is newer than this waterfall-asgi knows (2)" in err
 
 
 @pytest.mark.parametrize(
@@ -294,3 +300,103 @@ def test_reports_from_records_match_the_database(db: Path) -> None:
         read_usage(db, by=["cost"])
     with pytest.raises(LedgerError, match="no such ledger database"):
         read_usage(db.with_name("nope.db"))
+
+
+ROUTED = [
+    # cost-routed: the cheapest served (saved 60), a fallback dearer than the reference (-20),
+    # another unit (saved 5); a chain request has no reference; a request no one served
+    rec("c1", 60, "a", tokens=(100, 10), cost=(40, "msat"), reference=100, ttfb=10.0),
+    rec("c2", 50, "b", tokens=(100, 10), cost=(120, "msat"), reference=100, ttfb=20.0),
+    rec("c3", 40, "a", tokens=(10, 5), cost=(3, "usd_micro"), reference=8, ttfb=30.0),
+    rec("c4", 30, "a", tokens=(50, 5), cost=(25, "msat"), ttfb=40.0),
+    rec("x1", 20, None, "exhausted"),
+]
+
+
+def test_the_reference_cost_and_the_saving_per_unit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "usage.db"
+    fill(path, ROUTED)
+    code, out, err = run(capsys, "--db", str(path))
+    assert (code, err) == (0, "")
+    assert out == (
+        "usage (all time), by provider\n"
+        "provider  requests  errors  error %  prompt  completion  total                   cost              reference                 saved  ttfb p50 ms  ttfb p95 ms\n"  # noqa: E501
+        "--------  --------  ------  -------  ------  ----------  -----  ---------------------  ---------------------  --------------------  -----------  -----------\n"  # noqa: E501
+        "a                3       0     0.0%     160          20    180   65 msat, 3 usd_micro  100 msat, 8 usd_micro  60 msat, 5 usd_micro         30.0         40.0\n"  # noqa: E501
+        "b                1       0     0.0%     100          10    110               120 msat               100 msat              -20 msat         20.0         20.0\n"  # noqa: E501
+        "-                1       1   100.0%       0           0      0                      -                      -                     -            -            -\n"  # noqa: E501
+        "--------  --------  ------  -------  ------  ----------  -----  ---------------------  ---------------------  --------------------  -----------  -----------\n"  # noqa: E501
+        "TOTAL            5       1    20.0%     260          30    290  185 msat, 3 usd_micro  200 msat, 8 usd_micro  40 msat, 5 usd_micro         20.0         40.0\n"  # noqa: E501
+    )
+    code, out, _ = run(capsys, "--db", str(path), "--json")
+    data = json.loads(out)
+    assert [(g["provider"], g["reference_cost"], g["saved"]) for g in data["groups"]] == [
+        ("a", {"msat": 100, "usd_micro": 8}, {"msat": 60, "usd_micro": 5}),
+        ("b", {"msat": 100}, {"msat": -20}),
+        (None, {}, {}),
+    ]
+    total = data["total"]
+    assert (total["cost"], total["reference_cost"], total["saved"]) == (
+        {"msat": 185, "usd_micro": 3},
+        {"msat": 200, "usd_micro": 8},
+        {"msat": 40, "usd_micro": 5},
+    )
+    assert read_usage(path).to_dict() == UsageReport.from_records(ROUTED, by=["provider"]).to_dict()
+
+
+def test_a_reference_cost_without_a_cost_is_summed_but_saves_nothing() -> None:
+    report = UsageReport.from_records(
+        [
+            UsageRecord(
+                "r1", 1.0, CHAT, status="upstream_error", cost_unit="msat", reference_cost=50
+            ),
+            UsageRecord("r2", 2.0, CHAT, cost=7, cost_unit="msat", reference_cost=10),
+            UsageRecord("r3", 3.0, CHAT, reference_cost=4),  # no unit at all
+        ],
+        by=["status"],
+    )
+    total = report.total.to_dict()
+    assert (total["cost"], total["reference_cost"], total["saved"]) == (
+        {"msat": 7},
+        {"msat": 60, "unknown": 4},
+        {"msat": 3},
+    )
+    assert report.table().splitlines()[1].split()[8:11] == ["cost", "reference", "saved"]
+
+
+def test_a_version_1_ledger_is_read_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in SQLiteLedger.migrations[0]:  # the schema before reference_cost
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO usage (id, started_at, route, provider, status, cost, cost_unit) "
+        "VALUES ('old', 1.5, '/v1/chat/completions', 'a', 'success', 12, 'msat')"
+    )
+    conn.close()
+    code, out, err = run(capsys, "--db", str(path), "--json")
+    assert (code, err) == (0, "")
+    total = json.loads(out)["total"]
+    assert (total["requests"], total["cost"], total["reference_cost"], total["saved"]) == (
+        1,
+        {"msat": 12},
+        {},
+        {},
+    )
+    code, out, _ = run(capsys, "--db", str(path))
+    assert "reference" not in out
+    assert raw_version(path) == 1  # the reader did not migrate it
+
+
+def raw_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        return version
+    finally:
+        conn.close()

@@ -90,6 +90,9 @@ class UsageRecord:
     total_tokens: int | None = None
     cost: int | None = None
     cost_unit: str | None = None
+    reference_cost: int | None = None
+    """What the route's reference deployment would have cost for the same tokens, in
+    ``cost_unit``; cost-routed requests only."""
     error: str | None = None
     """A short reason for any status but ``success`` (never a secret)."""
 

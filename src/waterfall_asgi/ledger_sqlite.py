@@ -15,7 +15,9 @@ traceback) and counted in :attr:`SQLiteLedger.failures`; it never raises into th
 
 The schema is versioned by ``PRAGMA user_version`` and grows by the steps in
 :attr:`SQLiteLedger.migrations`, applied in order in one transaction; a file written by a newer
-waterfall-asgi (a higher version) is refused.
+waterfall-asgi (a higher version) is refused. Readers (:func:`read_records`, the usage report)
+take an older file as it is, read-only, without migrating it: the columns it lacks read as
+``NULL``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE INDEX {TABLE}_provider ON {TABLE} (provider)",
         f"CREATE INDEX {TABLE}_status ON {TABLE} (status)",
     ),
+    # 2: what the route's reference deployment would have cost (cost routing); NULL in old rows
+    (f"ALTER TABLE {TABLE} ADD COLUMN reference_cost INTEGER",),
 )
 
 _UPSERT = (
@@ -111,6 +115,14 @@ def _from_row(row: sqlite3.Row) -> UsageRecord:
     return UsageRecord.from_dict(data)
 
 
+def _select_list(conn: sqlite3.Connection, names: Sequence[str]) -> str:
+    """``names`` as the select list of a query of the usage table, with ``NULL AS name`` for a
+    column that the file's schema does not have yet (an older ledger, read without migrating
+    it: a read-only reader never changes the file)."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+    return ", ".join(name if name in present else f"NULL AS {name}" for name in names)
+
+
 def _connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """A read-only connection to the ledger at ``path`` (which must exist), schema checked."""
     file = Path(path)
@@ -148,7 +160,7 @@ def read_records(path: str | os.PathLike[str], *, since: float | None = None) ->
     or after ``since`` (Unix seconds). Raises :class:`LedgerError` if it is not a ledger."""
     conn = _connect_readonly(path)
     try:
-        query = f"SELECT * FROM {TABLE}"
+        query = f"SELECT {_select_list(conn, COLUMNS)} FROM {TABLE}"
         params: tuple[float, ...] = ()
         if since is not None:
             query += " WHERE started_at >= ?"

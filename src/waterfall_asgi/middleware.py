@@ -579,6 +579,8 @@ class _Charge:
         unit = self.unit or self.price.unit
         record.cost = self._in(unit, self.price, *tokens)
         record.cost_unit = unit
+        if self.reference is not None:
+            record.reference_cost = self._in(unit, self.reference, *tokens)
 
     def _in(self, unit: str, price: Price, prompt: int, completion: int) -> int:
         return ceil_units(convert(price.exact(prompt, completion), price.unit, unit, self.config))

@@ -3,9 +3,14 @@
 Per group (any of ``provider``, ``model`` — the label the request asked for —,
 ``upstream_model``, ``route`` and ``status``) and in total: requests; errors (finished with any
 status but ``success``; ``pending`` ones are in flight, counted apart) and their rate; prompt,
-completion and total tokens; cost summed per ``cost_unit`` (units are never mixed); and the
-50th and 95th percentile of the time to first byte, by nearest rank (always one of the recorded
-values, exact on small data). The ledger is read through a read-only connection.
+completion and total tokens; cost summed per ``cost_unit`` (units are never mixed); for
+cost-routed requests, what the route's reference deployment would have cost
+(``reference_cost``, summed per unit) and the saving, ``reference_cost - cost`` summed per unit
+over the records that have both (negative when the route paid more than its reference would
+have); and the 50th and 95th percentile of the time to first byte, by nearest rank (always one
+of the recorded values, exact on small data). The table shows the reference and saving columns
+only when some record of the report has a reference cost; the JSON always has them. The ledger
+is read through a read-only connection.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .ledger import UsageRecord
-from .ledger_sqlite import TABLE, LedgerError, _connect_readonly
+from .ledger_sqlite import TABLE, LedgerError, _connect_readonly, _select_list
 
 __all__ = ["GROUP_KEYS", "GroupUsage", "UsageReport", "parse_since", "read_usage"]
 
@@ -36,6 +41,7 @@ _FIELDS = (
     "total_tokens",
     "cost",
     "cost_unit",
+    "reference_cost",
     "ttfb_ms",
 )
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -99,12 +105,18 @@ class GroupUsage:
     total_tokens: int = 0
     cost: dict[str, int] = field(default_factory=dict)
     """The sum of ``cost`` per ``cost_unit``."""
+    reference_cost: dict[str, int] = field(default_factory=dict)
+    """The sum of ``reference_cost`` per ``cost_unit``: what the routes' reference deployments
+    would have cost (cost-routed requests only)."""
+    saved: dict[str, int] = field(default_factory=dict)
+    """The sum of ``reference_cost - cost`` per ``cost_unit``, over the records that have both
+    (negative: the route paid more than its reference would have)."""
     ttfb_ms: list[float] = field(default_factory=list, repr=False)
     """Every recorded time to first byte (ms)."""
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Count one record (a mapping with ``status``, the token counts, ``cost``,
-        ``cost_unit`` and ``ttfb_ms``)."""
+        ``cost_unit``, ``reference_cost`` and ``ttfb_ms``)."""
         self.requests += 1
         if row["status"] == "pending":
             self.pending += 1
@@ -116,6 +128,12 @@ class GroupUsage:
         if row["cost"] is not None:
             unit = row["cost_unit"] or "unknown"
             self.cost[unit] = self.cost.get(unit, 0) + row["cost"]
+        reference = row["reference_cost"]
+        if reference is not None:
+            unit = row["cost_unit"] or "unknown"
+            self.reference_cost[unit] = self.reference_cost.get(unit, 0) + reference
+            if row["cost"] is not None:
+                self.saved[unit] = self.saved.get(unit, 0) + reference - row["cost"]
         if row["ttfb_ms"] is not None:
             self.ttfb_ms.append(float(row["ttfb_ms"]))
 
@@ -146,6 +164,8 @@ class GroupUsage:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "cost": dict(sorted(self.cost.items())),
+            "reference_cost": dict(sorted(self.reference_cost.items())),
+            "saved": dict(sorted(self.saved.items())),
             "ttfb_ms_p50": self.ttfb_p50,
             "ttfb_ms_p95": self.ttfb_p95,
         }
@@ -220,7 +240,9 @@ class UsageReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
-        """A fixed-width text table: a title, one line per group, and the total.
+        """A fixed-width text table: a title, one line per group, and the total. The
+        ``reference`` and ``saved`` columns (after ``cost``) are there only when some record
+        has a reference cost.
 
         >>> report = UsageReport.from_rows([], by=["provider"])
         >>> print(report.table())
@@ -231,9 +253,13 @@ class UsageReport:
         TOTAL            0       0     0.0%       0           0      0     -            -            -
         """  # noqa: E501
         head = [*self.by, "requests", "errors", "error %", "prompt", "completion", "total"]
-        head += ["cost", "ttfb p50 ms", "ttfb p95 ms"]
-        body = [self._cells(g, [_text(v) for v in g.key.values()]) for g in self.groups]
-        total = self._cells(self.total, ["TOTAL"] + [""] * (len(self.by) - 1))
+        head += ["cost"]
+        savings = bool(self.total.reference_cost)
+        if savings:
+            head += ["reference", "saved"]
+        head += ["ttfb p50 ms", "ttfb p95 ms"]
+        body = [self._cells(g, [_text(v) for v in g.key.values()], savings) for g in self.groups]
+        total = self._cells(self.total, ["TOTAL"] + [""] * (len(self.by) - 1), savings)
         widths = [max(len(row[i]) for row in (head, *body, total)) for i in range(len(head))]
         keys = len(self.by)
 
@@ -250,8 +276,8 @@ class UsageReport:
         return "\n".join([title, line(head), rule, *map(line, body), rule, line(total)])
 
     @staticmethod
-    def _cells(group: GroupUsage, keys: list[str]) -> list[str]:
-        cost = ", ".join(f"{v} {u}" for u, v in sorted(group.cost.items())) or "-"
+    def _cells(group: GroupUsage, keys: list[str], savings: bool) -> list[str]:
+        amounts = [group.cost, group.reference_cost, group.saved] if savings else [group.cost]
         return [
             *keys,
             str(group.requests),
@@ -260,10 +286,14 @@ class UsageReport:
             str(group.prompt_tokens),
             str(group.completion_tokens),
             str(group.total_tokens),
-            cost,
+            *map(_amounts, amounts),
             _ms(group.ttfb_p50),
             _ms(group.ttfb_p95),
         ]
+
+
+def _amounts(per_unit: Mapping[str, int]) -> str:
+    return ", ".join(f"{v} {u}" for u, v in sorted(per_unit.items())) or "-"
 
 
 def _text(value: str | None) -> str:
@@ -290,7 +320,7 @@ def read_usage(
     keys = _check_by(by)
     conn = _connect_readonly(path)
     try:
-        query = f"SELECT {', '.join(dict.fromkeys((*keys, *_FIELDS)))} FROM {TABLE}"
+        query = f"SELECT {_select_list(conn, list(dict.fromkeys((*keys, *_FIELDS))))} FROM {TABLE}"
         params: tuple[float, ...] = ()
         if since is not None:
             query += " WHERE started_at >= ?"
