@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from asgi_helpers import call, sse_data
 
-from waterfall_asgi import MemoryLedger, WaterfallMiddleware
+from waterfall_asgi import ConfigError, MemoryLedger, WaterfallMiddleware
 from waterfall_fakes import DEFAULT_MODELS, FakeNetwork, FakeProvider
 
 pytestmark = pytest.mark.anyio
@@ -145,3 +145,46 @@ async def test_ledger_totals_match_the_fakes_usage_to_the_last_msat() -> None:
     assert len(records) == len(requests)
     assert {r.cost_unit for r in records} == {"msat"}
     assert sum(r.cost or 0 for r in records) == expected
+
+
+async def test_prices_imported_at_startup_route_requests() -> None:
+    net = FakeNetwork({h: FakeProvider(name=h) for h in HOSTS})
+    config = {
+        "providers": {h: {"base_url": f"http://{h}/v1", "import_prices": "routstr"} for h in HOSTS},
+        "deployments": [f"{h}/{m}" for h, m in HOSTS.items()],
+        "rates": [{"source": "sat", "target": "msat", "rate": "1000"}],
+        "routes": {"auto": {"unit": "msat"}},
+    }
+    ledger = MemoryLedger()
+    app = WaterfallMiddleware(None, config, transport=net, ledger=ledger)
+    await app.startup()
+    try:
+        assert app.prices["mid/fake-medium"].prompt == CATALOG["fake-medium"].sats_prompt
+        result = await call(app, "POST", "/v1/chat/completions", ask(max_tokens=10))
+        assert result.headers["x-waterfall-provider"] == "cheap"  # no quality bar: cheapest
+        (record,) = ledger.records.values()
+        # 5 x 0.15 + 10 x 0.6 msat = 6.75, in the route's unit through the sat -> msat rate
+        assert (record.cost, record.cost_unit) == (7, "msat")
+        assert net["cheap"].requests[0].path == "/v1/models"
+    finally:
+        await app.shutdown()
+
+
+async def test_a_candidate_without_any_price_is_a_config_error() -> None:
+    base = {
+        "providers": {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}},
+        "routes": {"auto": {"deployments": ["a/fake-small"]}},
+    }
+    with pytest.raises(ConfigError, match="no price for a/fake-small"):
+        WaterfallMiddleware(None, base)
+    importing = {
+        **base,
+        "providers": {"a": {"base_url": "http://a/v1", "import_prices": "openrouter"}},
+        "routes": {"auto": {"deployments": ["a/not-listed"]}},
+    }
+    app = WaterfallMiddleware(
+        None, importing, transport=FakeNetwork({"a": FakeProvider()}), ledger=MemoryLedger()
+    )
+    with pytest.raises(ConfigError, match="no price for a/not-listed"):
+        await app.startup()
+    await app.shutdown()

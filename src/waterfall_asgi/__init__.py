@@ -43,6 +43,15 @@ from .errors import RouterError, error_body, send_error
 from .ledger import TERMINAL_STATUSES, LedgerStore, MemoryLedger, Status, UsageRecord
 from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
 from .middleware import WaterfallMiddleware, with_usage
+from .pricing import (
+    DEFAULT_MAX_BYTES,
+    ImportStyle,
+    PriceBook,
+    PriceImportError,
+    missing_prices,
+    models_url,
+    parse_models,
+)
 from .relay import EventAligner, RelayOutcome, error_event, relay_stream
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
 from .sse import SSEEvent, SSEParser
@@ -52,6 +61,7 @@ from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "GROUP_KEYS",
     "TERMINAL_STATUSES",
     "Attempt",
@@ -62,6 +72,7 @@ __all__ = [
     "EventAligner",
     "Exhausted",
     "GroupUsage",
+    "ImportStyle",
     "InMemoryCooldownStore",
     "LedgerError",
     "LedgerSettings",
@@ -71,6 +82,8 @@ __all__ = [
     "ModelInfo",
     "NoFittingDeployment",
     "Price",
+    "PriceBook",
+    "PriceImportError",
     "PromptEstimator",
     "Provider",
     "Ranking",
@@ -100,8 +113,11 @@ __all__ = [
     "estimate_prompt_tokens",
     "forwarded_headers",
     "load_config",
+    "missing_prices",
+    "models_url",
     "observe_body",
     "parse_duration",
+    "parse_models",
     "parse_since",
     "preemptive_hint",
     "rank",

@@ -18,6 +18,7 @@ Where this deliberately differs from the obvious implementation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import inspect
 import json
@@ -32,11 +33,12 @@ from typing import Any
 
 import httpx
 
-from .config import Deployment, Price, RouterConfig, ceil_units, load_config
+from .config import ConfigError, Deployment, Price, RouterConfig, ceil_units, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .cost import Ranking, convert, rank
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord
+from .pricing import PriceBook, missing_prices
 from .relay import relay_stream
 from .router import Attempt, Exhausted, Router, Served
 from .usage import UsageResult, observe_body
@@ -92,8 +94,18 @@ class WaterfallMiddleware:
         self.health_path = health_path
         self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
         self.on_complete = on_complete
-        self.prices: dict[str, Price] = {}
+        self.price_book = PriceBook(self.config)
+        self.prices: Mapping[str, Price] = self.price_book.prices
         """Prices imported from providers (``provider/model`` -> price); config prices win."""
+        self._refresher: asyncio.Task[None] | None = None
+        importing = {n for n, p in self.config.providers.items() if p.import_prices}
+        static = [
+            key
+            for key in missing_prices(self.config, self.price_book)
+            if key.partition("/")[0] not in importing
+        ]
+        if static:  # no import can ever price these: the config is wrong
+            raise ConfigError(f"routes: no price for {', '.join(static)}")
         self._transport = transport
         self._own_client = client is None
         self._client = client
@@ -116,6 +128,12 @@ class WaterfallMiddleware:
                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
                     follow_redirects=False,
                 )
+            if self.price_book.styles:
+                await self.price_book.refresh(self._client)
+                gaps = missing_prices(self.config, self.price_book)
+                if gaps:
+                    raise ConfigError(f"routes: no price for {', '.join(gaps)} (not imported)")
+                self._refresher = asyncio.ensure_future(self.price_book.run(self._client))
             await self.ledger.open()
             self._router = Router(self.config, self._client, self.cooldowns, clock=self.clock)
 
@@ -123,6 +141,11 @@ class WaterfallMiddleware:
         """Flush and close the ledger, and close the upstream client if this middleware opened
         it."""
         async with self._lock:
+            if self._refresher is not None:
+                self._refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._refresher
+                self._refresher = None
             if self._router is not None:
                 await self.ledger.close()
             if self._own_client and self._client is not None:
