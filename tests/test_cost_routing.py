@@ -188,3 +188,11 @@ async def test_a_candidate_without_any_price_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="no price for a/not-listed"):
         await app.startup()
     await app.shutdown()
+
+
+async def test_the_prompt_estimator_is_pluggable() -> None:
+    app, _, _ = make()
+    app.prompt_estimator = lambda payload: 100_000  # far beyond every context window
+    result = await call(app, "POST", "/v1/chat/completions", ask(max_tokens=10))
+    assert result.status == 400
+    assert "context window" in result.json()["error"]["message"]

@@ -35,7 +35,7 @@ import httpx
 
 from .config import ConfigError, Deployment, Price, RouterConfig, ceil_units, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
-from .cost import Ranking, convert, rank
+from .cost import PromptEstimator, Ranking, convert, estimate_prompt_tokens, rank
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord
 from .pricing import PriceBook, missing_prices
@@ -73,7 +73,10 @@ class WaterfallMiddleware:
 
     ``config`` is a :class:`~waterfall_asgi.config.RouterConfig`, a mapping, or a config file path.
     ``transport`` (or a whole ``client``) replaces the upstream HTTP transport, which is how the
-    fakes plug in without patching; ``cooldowns`` replaces the in-memory cooldown store.
+    fakes plug in without patching; ``cooldowns`` replaces the in-memory cooldown store;
+    ``ledger`` the usage store (default: SQLite at ``config.ledger.path``), opened and closed with
+    the middleware; ``on_complete`` receives each finished record; ``prompt_estimator`` estimates
+    a request's prompt tokens for cost routes.
     """
 
     def __init__(
@@ -88,12 +91,14 @@ class WaterfallMiddleware:
         health_path: str | None = "/health",
         ledger: LedgerStore | None = None,
         on_complete: Callable[[UsageRecord], Any] | None = None,
+        prompt_estimator: PromptEstimator = estimate_prompt_tokens,
     ) -> None:
         self.app = app
         self.config = load_config(config)
         self.health_path = health_path
         self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
         self.on_complete = on_complete
+        self.prompt_estimator = prompt_estimator
         self.price_book = PriceBook(self.config)
         self.prices: Mapping[str, Price] = self.price_book.prices
         """Prices imported from providers (``provider/model`` -> price); config prices win."""
@@ -514,6 +519,7 @@ class WaterfallMiddleware:
             prices=self.prices,
             min_quality=min_quality,
             budget=budget,
+            estimator=self.prompt_estimator,
         )
 
     def _price(self, deployment: Deployment) -> Price | None:
