@@ -192,7 +192,7 @@ async def test_a_candidate_without_any_price_is_a_config_error() -> None:
 
 async def test_the_prompt_estimator_is_pluggable() -> None:
     app, _, _ = make()
-    app.prompt_estimator = lambda payload: 100_000  # far beyond every context window
+    app.prompt_estimator = lambda payload: 200_000  # far beyond every context window
     result = await call(app, "POST", "/v1/chat/completions", ask(max_tokens=10))
     assert result.status == 400
     assert "context window" in result.json()["error"]["message"]
