@@ -55,10 +55,10 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.startswith(
         "waterfall-asgi demo: fake providers on 127.0.0.1, no network, no API keys."
     )
-    assert out.rstrip().endswith("being built, and its section will join this tour.")
+    assert out.rstrip().endswith("on a router's ledger for the same table any day.")
     tables = parse_tables(out)
     assert list(tables) == [s.title for s in demo.SECTIONS]
-    storm, quota, streams, exact, router, usage = tables.values()
+    storm, quota, streams, exact, router, cost, usage = tables.values()
 
     # One 429 per header dialect, then a normal answer.
     assert [r["status"] for r in storm] == ["429"] * 6 + ["200"]
@@ -138,13 +138,30 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert trails[4].startswith("openai/fake-large empty_stream, ")
     assert [r["client saw"] for r in router][1:3] == ["complete", "all_providers_exhausted"]
 
+    # Cost routing: the cheapest fitting deployment, down the list on a 429, and the saving.
+    assert [r["served by"] for r in cost[:5]] == [
+        "cheap/fake-small 200",
+        "mid/fake-medium 200",  # the cheap model cannot do tools
+        "cheap/fake-small 429, mid/fake-medium 200",
+        "dear/fake-large 200",  # only the large one sees images
+        "mid/fake-medium 200",  # quality 60 asked for by header
+    ]
+    # The question is 5 words + 3 = 8 prompt tokens, the reply 12: small 8 x 0.15 + 12 x 0.6 =
+    # 8.4 -> 9 msat; medium 8 x 1 + 12 x 4 + 1000 = 1056; the image-only request is 3 prompt
+    # tokens on large: 3 x 5 + 12 x 15 + 2000 = 2195; the reference (large) for 8 + 12 is 2220.
+    assert [r["reference"] for r in cost[:3]] == ["2220 msat"] * 3
+    charged = [r["charged"] for r in cost[:5]]
+    assert charged == ["9 msat", "1056 msat", "1056 msat", "2195 msat", "1056 msat"]
+    assert cost[5]["charged"] == "5372 msat"
+    assert cost[5]["saved"] == "5703 msat (51.5%)"
+
     # The ledger: one record per router request, exact msat costs from the fakes' sats prices.
     rows = {(r["provider"], r["status"]): r for r in usage}
-    assert rows[("TOTAL", "")]["requests"] == "5"
+    assert rows[("TOTAL", "")]["requests"] == "10"
     assert rows[("-", "exhausted")]["requests"] == "1"
     assert rows[("local", "success")]["cost"] == "4 msat"  # 7 x 0.15 + 4 x 0.6 = 3.45
     assert rows[("openrouter", "success")]["cost"] == "3069 msat"  # 3 x (7 + 4 x 4 + 1000)
-    assert rows[("TOTAL", "")]["cost"] == "3073 msat"
+    assert rows[("TOTAL", "")]["cost"] == "8445 msat"  # 3073 + the cost routing's 5372
 
 
 def test_sections_can_be_added() -> None:

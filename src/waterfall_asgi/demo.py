@@ -398,6 +398,100 @@ def _usage(stack: ExitStack, client: httpx.Client) -> Table:
     return table
 
 
+_QUALITY = {"fake-small": 40, "fake-medium": 70, "fake-large": 90}
+_CAN = {"fake-small": [], "fake-medium": ["tools"], "fake-large": ["tools", "vision"]}
+
+
+def _cost_routing(stack: ExitStack, client: httpx.Client) -> Table:
+    """Route 'auto': the cheapest fitting deployment, down the price list under 429s."""
+    import asyncio
+
+    from waterfall_fakes import DEFAULT_MODELS, FakeNetwork, FakeProvider
+
+    from .middleware import WaterfallMiddleware
+
+    hosts = {"cheap": "fake-small", "mid": "fake-medium", "dear": "fake-large"}
+    catalog = {m.id: m for m in DEFAULT_MODELS}
+    net = FakeNetwork(
+        {
+            "cheap": FakeProvider(name="cheap", script=["ok", "rate_limit"]),
+            "mid": FakeProvider(name="mid"),
+            "dear": FakeProvider(name="dear"),
+        }
+    )
+    config = {
+        "providers": {h: {"base_url": f"http://{h}/v1"} for h in hosts},
+        "deployments": [
+            {
+                "provider": h,
+                "model": m,
+                "price": {
+                    "unit": "msat",
+                    "prompt": str(catalog[m].sats_prompt * 1000),
+                    "completion": str(catalog[m].sats_completion * 1000),
+                    "request": str(catalog[m].sats_request * 1000),
+                },
+            }
+            for h, m in hosts.items()
+        ],
+        "models": {
+            m: {
+                "quality": _QUALITY[m],
+                "context_window": catalog[m].context_length,
+                "capabilities": _CAN[m],
+            }
+            for m in hosts.values()
+        },
+        "routes": {"auto": {"min_quality": 30, "quality_bounds": [30, 95]}},
+        "ledger": {"path": str(_LEDGER.path)},
+    }
+    question = [{"role": "user", "content": "What does a waterfall cost?"}]
+    tool = {"type": "function", "function": {"name": "quote", "parameters": {}}}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    asks: list[tuple[str, dict[str, Any], dict[str, str]]] = [
+        ("a plain question", {}, {}),
+        ("needs tools", {"tools": [tool]}, {}),
+        ("cheapest says 429", {}, {}),
+        ("needs vision", {"messages": [{"role": "user", "content": [image]}]}, {}),
+        ("quality >= 60 (header)", {}, {"x-waterfall-min-quality": "60"}),
+    ]
+    table = Table("#", "request", "served by", "estimated", "charged", "reference", "saved")
+    totals = [0, 0]
+
+    async def play() -> None:
+        app = WaterfallMiddleware(None, config, transport=net)
+        await app.startup()
+        seen: list[Any] = []
+        app.on_complete = seen.append
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as router:
+            for number, (what, extra, headers) in enumerate(asks, 1):
+                body = {"model": "auto", "messages": question, "max_tokens": 20, **extra}
+                reply = await router.post("/v1/chat/completions", json=body, headers=headers)
+                record = seen[-1]
+                saved = (record.reference_cost or 0) - (record.cost or 0)
+                totals[0] += record.cost or 0
+                totals[1] += record.reference_cost or 0
+                table.add(
+                    number,
+                    what,
+                    reply.headers.get("x-waterfall-attempts", "-"),
+                    reply.headers.get("x-waterfall-estimated-cost", "-"),
+                    f"{record.cost} msat",
+                    f"{record.reference_cost} msat",
+                    f"{saved} msat",
+                )
+        await app.shutdown()
+
+    asyncio.run(play())
+    saved = totals[1] - totals[0]
+    share = f"{100 * saved / totals[1]:.1f}%" if totals[1] else "-"
+    table.add(
+        "", "TOTAL", "", "", f"{totals[0]} msat", f"{totals[1]} msat", f"{saved} msat ({share})"
+    )
+    return table
+
+
 def _ask_router(client: httpx.Client, url: str, stream: bool) -> Exchange:
     body: dict[str, Any] = {"model": "best", "messages": PROMPT, "max_tokens": 4}
     if stream:
@@ -438,6 +532,12 @@ SECTIONS: list[Section] = [
         _router_storm,
     ),
     Section(
+        "Cost routing: route 'auto' picks the cheapest deployment that fits (quality >= 30)",
+        "Priced exactly in msat from the fakes' published prices; the reference is the dearest\n"
+        "   fitting deployment: what always using it would have cost for the same tokens.",
+        _cost_routing,
+    ),
+    Section(
         "The usage ledger (SQLite) of the router's requests, by provider and status",
         "One record per request, whatever happened; tokens from the streams and bodies, cost\n"
         "   exact in msat (waterfall-asgi usage --by provider,status prints the same).",
@@ -475,8 +575,8 @@ def run(out: TextIO | None = None, sections: Sequence[Section] | None = None) ->
         for line in _lines(SECTIONS if sections is None else sections, client):
             print(line, file=out, flush=True)
     print(
-        "The fakes, the waterfall router and the usage ledger are ready; the cost router is\n"
-        "being built, and its section will join this tour.",
+        "Every part is on show: the fakes, the waterfall router, the usage ledger and the cost\n"
+        "router. Run `waterfall-asgi usage` on a router's ledger for the same table any day.",
         file=out,
     )
     return 0
