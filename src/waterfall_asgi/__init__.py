@@ -37,6 +37,7 @@ from .cost import (
     convert,
     estimate_prompt_tokens,
     rank,
+    request_limits,
     required_capabilities,
 )
 from .errors import RouterError, error_body, send_error
@@ -124,6 +125,7 @@ __all__ = [
     "read_records",
     "read_usage",
     "relay_stream",
+    "request_limits",
     "required_capabilities",
     "retry_hint",
     "send_error",

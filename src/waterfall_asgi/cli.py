@@ -1,14 +1,22 @@
-"""The ``waterfall-asgi`` command: ``serve``, ``check-config``, ``demo`` and ``usage``."""
+"""The ``waterfall-asgi`` command: ``serve``, ``check-config``, ``demo``, ``usage`` and
+``explain``."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .cost import Candidate, Ranking
 
 __all__ = ["main"]
 
@@ -103,6 +111,97 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_request(source: str) -> dict[str, Any]:
+    """The JSON object in file ``source`` (``-``: stdin); ValueError says what is wrong."""
+    name = "<stdin>" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name}: not UTF-8 text (at byte {exc.start})") from None
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{name}: a request must be a JSON object")
+    return payload
+
+
+def _number(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _candidate(c: Candidate) -> dict[str, Any]:
+    price = c.price
+    return {
+        "deployment": c.deployment.key,
+        "provider": c.deployment.provider,
+        "model": c.deployment.model,
+        "quality": _number(c.quality),
+        "estimate": _number(c.estimate),
+        "worst_case": _number(c.worst_case),
+        "price": None
+        if price is None
+        else {
+            "unit": price.unit,
+            "per": price.per,
+            "prompt": _number(price.prompt),
+            "completion": _number(price.completion),
+            "request": _number(price.request),
+        },
+    }
+
+
+def _ranking_json(ranking: Ranking, error: dict[str, Any] | None) -> str:
+    data = {
+        "route": ranking.route,
+        "unit": ranking.unit,
+        "prompt_tokens": ranking.prompt_tokens,
+        "completion_tokens": ranking.completion_tokens,
+        "min_quality": _number(ranking.min_quality),
+        "budget": ranking.budget,
+        "needs": sorted(ranking.needs),
+        "ranked": [_candidate(c) for c in ranking.ranked],
+        "excluded": [{**_candidate(c), "reason": c.excluded} for c in ranking.excluded],
+        "reference": None if ranking.reference is None else _candidate(ranking.reference),
+        "error": error,
+    }
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .cost import NoFittingDeployment, rank, request_limits
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _report(args.config, exc)
+        return 1
+    try:
+        payload = _read_request(args.request)
+        route = payload.get("model")
+        if not isinstance(route, str) or route not in config.routes:
+            routes = ", ".join(config.routes) or "none"
+            raise ValueError(f"model {route!r} names no cost route (routes: {routes})")
+        min_quality, budget = request_limits(
+            config, route, args.min_quality, args.budget, names=("--min-quality", "--budget")
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        ranking = rank(config, route, payload, min_quality=min_quality, budget=budget)
+    except NoFittingDeployment as exc:
+        error = {"status": exc.status, "type": exc.type, "code": exc.code, "message": exc.message}
+        print(_ranking_json(exc.ranking, error) if args.json else exc.ranking.explain())
+        print(exc.message, file=sys.stderr)
+        return 1
+    print(_ranking_json(ranking, None) if args.json else ranking.explain())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``waterfall-asgi`` command."""
     parser = argparse.ArgumentParser(
@@ -131,7 +230,23 @@ def main(argv: list[str] | None = None) -> int:
         help="group by provider, model, upstream_model, route or status; several: provider,model",
     )
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    explain = sub.add_parser(
+        "explain",
+        help="how a cost route ranks a request: estimates, and why each deployment is excluded",
+        description="Rank the candidates of the cost route a request's model names, as the "
+        "router would (config prices only: none are imported from providers). Exit 1 if "
+        "nothing fits, with the explanation all the same.",
+    )
+    explain.add_argument("--config", required=True, help="a config file (.toml, .yaml, .json)")
+    explain.add_argument("request", help="the request's JSON body: a file, or - for stdin")
+    explain.add_argument(
+        "--min-quality", help="as the x-waterfall-min-quality header (within quality_bounds)"
+    )
+    explain.add_argument("--budget", help="as the x-waterfall-budget header (whole units)")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "check-config":
         return _check(args.file)
     if args.command == "serve":

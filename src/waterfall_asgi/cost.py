@@ -16,6 +16,7 @@ list is what the waterfall walks, so a 429 falls to the next-cheapest.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "convert",
     "estimate_prompt_tokens",
     "rank",
+    "request_limits",
     "required_capabilities",
 ]
 
@@ -47,14 +49,30 @@ def _texts(value: Any) -> Iterable[str]:
         for item in value:
             yield from _texts(item)
     elif isinstance(value, dict):
-        for key in ("content", "text", "input", "prompt", "arguments", "name"):
+        for key in _TEXT_KEYS:
             if key in value:
                 yield from _texts(value[key])
 
 
+# Where a message keeps text a model reads: its content (and the parts' text), its name, and the
+# calls an assistant made (``tool_calls[].function`` and the legacy ``function_call``).
+_TEXT_KEYS = (
+    "content",
+    "text",
+    "input",
+    "prompt",
+    "arguments",
+    "name",
+    "tool_calls",
+    "function",
+    "function_call",
+)
+
+
 def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     """A fast estimate needing no download: one token per 4 bytes of UTF-8 text (rounded up),
-    plus 4 per message, plus the tool definitions' JSON at the same rate.
+    plus 4 per message, plus the tool (or legacy function) definitions' JSON at the same rate.
+    The text is the messages' content, names and tool calls, and a ``prompt`` or ``input``.
 
     >>> estimate_prompt_tokens({"messages": [{"role": "user", "content": "Hello there!"}]})
     7
@@ -64,9 +82,9 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     size = sum(len(t.encode()) for t in _texts(messages if messages is not None else []))
     size += sum(len(t.encode()) for t in _texts(payload.get("prompt")))
     size += sum(len(t.encode()) for t in _texts(payload.get("input")))
-    tools = payload.get("tools")
-    if tools:
-        size += len(repr(tools).encode())
+    for definitions in (payload.get("tools"), payload.get("functions")):
+        if definitions:
+            size += len(json.dumps(definitions, ensure_ascii=False, default=str).encode())
     return count + math.ceil(size / 4)
 
 
@@ -91,6 +109,41 @@ def required_capabilities(payload: Mapping[str, Any]) -> frozenset[str]:
     ):
         needs.add("json_schema")
     return frozenset(needs)
+
+
+def request_limits(
+    config: RouterConfig,
+    route: str,
+    min_quality: str | None,
+    budget: str | None,
+    *,
+    names: tuple[str, str] = ("x-waterfall-min-quality", "x-waterfall-budget"),
+) -> tuple[Decimal | None, int | None]:
+    """The quality bar and budget a request asks for (header text, ``None`` if absent), by the
+    rules: a bar only within the route's ``quality_bounds``; a budget that can only lower the
+    route's own. Raises :class:`ValueError` naming the offending header (``names``)."""
+    settings = config.routes[route]
+    bar = None
+    if min_quality is not None:
+        bounds = settings.quality_bounds
+        try:
+            bar = Decimal(min_quality.strip())
+        except ArithmeticError:
+            bar = None
+        if (
+            bar is None
+            or not bar.is_finite()
+            or bounds is None
+            or not bounds[0] <= bar <= bounds[1]
+        ):
+            allowed = f"accepts from {bounds[0]} to {bounds[1]}" if bounds else "allows no override"
+            raise ValueError(f"{names[0]} {min_quality!r}: route {route!r} {allowed}.")
+    limit = settings.budget
+    if budget is not None:
+        if not budget.strip().isdigit():
+            raise ValueError(f"{names[1]} {budget!r}: a whole number of {route!r}'s unit.")
+        limit = int(budget) if limit is None else min(limit, int(budget))
+    return bar, limit
 
 
 def convert(amount: Decimal, source: str, target: str, config: RouterConfig) -> Decimal:
@@ -161,7 +214,8 @@ class Ranking:
             lines.append(f"  -  {c.deployment.key}  excluded: {c.excluded}")
         if self.reference is not None and self.reference not in self.ranked:
             lines.append(
-                f"reference: {self.reference.deployment.key} ~{_fmt(self.reference.estimate)}"
+                f"reference: {self.reference.deployment.key}"
+                f"  ~{_fmt(self.reference.estimate)} {self.unit}"
             )
         return "\n".join(lines)
 
@@ -203,20 +257,21 @@ def rank(
     quality_bar = route.min_quality if min_quality is None else min_quality
     budget = route.budget if budget is None else budget
     prompt = estimator(payload)
-    limit = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    limit = payload.get("max_completion_tokens")
+    if limit is None:  # absent or null: the older name
+        limit = payload.get("max_tokens")
     limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
     expected = limit if limit is not None else route.default_completion_tokens
     needs = required_capabilities(payload)
     first = next((p for d in candidates if (p := _price(config, d, prices)) is not None), None)
     unit = route.unit or (first.unit if first else "unit")
-    seen: list[Candidate] = []
-    for order, d in enumerate(candidates):
+
+    def evaluate(d: Deployment, order: int) -> Candidate:
         info = config.models.get(d.model)
         quality = info.quality if info else Decimal(0)
         price = _price(config, d, prices)
         if price is None:
-            seen.append(Candidate(d, order, quality, None, excluded="no price"))
-            continue
+            return Candidate(d, order, quality, None, excluded="no price")
         window = info.context_window if info else None
         most = limit if limit is not None else (window - prompt if window is not None else None)
         try:
@@ -227,8 +282,7 @@ def rank(
                 else None
             )
         except LookupError as exc:
-            seen.append(Candidate(d, order, quality, price, excluded=str(exc)))
-            continue
+            return Candidate(d, order, quality, price, excluded=str(exc))
         reason = None
         missing = needs - (info.capabilities if info else frozenset())
         if quality < quality_bar:
@@ -243,7 +297,9 @@ def rank(
                 if worst is not None
                 else "no bound on its cost (no max_tokens, no context window) for the budget"
             )
-        seen.append(Candidate(d, order, quality, price, estimate, worst, reason))
+        return Candidate(d, order, quality, price, estimate, worst, reason)
+
+    seen = [evaluate(d, order) for order, d in enumerate(candidates)]
     fitting = sorted(
         (c for c in seen if c.excluded is None),
         key=lambda c: (c.estimate, -c.quality, c.order),
@@ -251,7 +307,10 @@ def rank(
     excluded = tuple(c for c in seen if c.excluded is not None)
     reference = None
     if route.reference is not None:
-        reference = next((c for c in seen if c.deployment.key == route.reference.key), None)
+        key = route.reference.key
+        reference = next((c for c in seen if c.deployment.key == key), None)
+        if reference is None:  # not a candidate: still what savings are measured against
+            reference = evaluate(route.reference, len(candidates))
     elif fitting:
         reference = max(fitting, key=lambda c: (c.estimate, c.quality, -c.order))
     ranking = Ranking(

@@ -35,7 +35,14 @@ import httpx
 
 from .config import ConfigError, Deployment, Price, RouterConfig, ceil_units, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
-from .cost import PromptEstimator, Ranking, convert, estimate_prompt_tokens, rank
+from .cost import (
+    PromptEstimator,
+    Ranking,
+    convert,
+    estimate_prompt_tokens,
+    rank,
+    request_limits,
+)
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord
 from .pricing import PriceBook, missing_prices
@@ -481,37 +488,15 @@ class WaterfallMiddleware:
     def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
         """Rank the route's candidates, with the request's own quality bar and budget."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        settings = self.config.routes[route]
-        min_quality = None
-        asked = headers.get("x-waterfall-min-quality")
-        if asked is not None:
-            bounds = settings.quality_bounds
-            try:
-                min_quality = Decimal(asked.strip())
-            except ArithmeticError:
-                min_quality = None
-            if (
-                min_quality is None
-                or not min_quality.is_finite()
-                or bounds is None
-                or not bounds[0] <= min_quality <= bounds[1]
-            ):
-                allowed = f"from {bounds[0]} to {bounds[1]}" if bounds else "not allowed"
-                raise RouterError(
-                    400,
-                    f"x-waterfall-min-quality {asked!r}: route {route!r} accepts {allowed}.",
-                    code="invalid_value",
-                )
-        budget = settings.budget
-        given = headers.get("x-waterfall-budget")
-        if given is not None:
-            if not given.strip().isdigit():
-                raise RouterError(
-                    400,
-                    f"x-waterfall-budget {given!r}: a whole number of {route!r}'s unit.",
-                    code="invalid_value",
-                )
-            budget = int(given) if budget is None else min(budget, int(given))
+        try:
+            min_quality, budget = request_limits(
+                self.config,
+                route,
+                headers.get("x-waterfall-min-quality"),
+                headers.get("x-waterfall-budget"),
+            )
+        except ValueError as exc:
+            raise RouterError(400, str(exc), code="invalid_value") from None
         return rank(
             self.config,
             route,
