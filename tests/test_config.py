@@ -625,3 +625,13 @@ def test_extra_header_values_are_secrets_too() -> None:
     for text in (repr(config), str(config), config.model_dump_json()):
         assert "hdr-secret-42" not in text
     assert config.providers["az"].headers["api-key"].get_secret_value() == "hdr-secret-42"
+
+
+def test_a_route_lists_each_deployment_once() -> None:
+    with pytest.raises(ConfigError, match=r"routes\.auto\.deployments: 'a/m' is listed twice"):
+        load_config(
+            {
+                "providers": {"a": {"base_url": "http://a/v1"}},
+                "routes": {"auto": {"deployments": ["a/m", "a/n", "a/m"]}},
+            }
+        )

@@ -332,6 +332,9 @@ class RouterConfig(_Model):
         for name, route in self.routes.items():
             if name in self.chains:
                 problems.append(f"routes.{name}: a chain has that name too")
+            keys = [d.key for d in route.deployments]
+            for key in sorted({k for k in keys if keys.count(k) > 1}):
+                problems.append(f"routes.{name}.deployments: {key!r} is listed twice")
             for i, d in enumerate(route.deployments):
                 if d.provider not in self.providers:
                     problems.append(
