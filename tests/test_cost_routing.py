@@ -33,7 +33,7 @@ def msat_price(model: str) -> dict[str, str]:
 
 
 def make(
-    scripts: dict[str, list[str]] | None = None, **route: Any
+    scripts: dict[str, list[str]] | None = None, *, cost_event: bool = False, **route: Any
 ) -> tuple[WaterfallMiddleware, FakeNetwork, MemoryLedger]:
     scripts = scripts or {}
     net = FakeNetwork({h: FakeProvider(name=h, script=scripts.get(h, [])) for h in HOSTS})
@@ -52,6 +52,7 @@ def make(
             for m in HOSTS.values()
         },
         "routes": {"auto": {"min_quality": 50, "quality_bounds": [30, 95], **route}},
+        "ledger": {"path": None, "cost_event": cost_event},
     }
     return WaterfallMiddleware(None, config, transport=net, ledger=ledger), net, ledger
 
@@ -152,18 +153,18 @@ async def test_prices_imported_at_startup_route_requests() -> None:
     config = {
         "providers": {h: {"base_url": f"http://{h}/v1", "import_prices": "routstr"} for h in HOSTS},
         "deployments": [f"{h}/{m}" for h, m in HOSTS.items()],
-        "rates": [{"source": "sat", "target": "msat", "rate": "1000"}],
         "routes": {"auto": {"unit": "msat"}},
     }
     ledger = MemoryLedger()
     app = WaterfallMiddleware(None, config, transport=net, ledger=ledger)
     await app.startup()
     try:
-        assert app.prices["mid/fake-medium"].prompt == CATALOG["fake-medium"].sats_prompt
+        # published in sats, imported in msat, exactly
+        assert app.prices["mid/fake-medium"].prompt == CATALOG["fake-medium"].sats_prompt * 1000
         result = await call(app, "POST", "/v1/chat/completions", ask(max_tokens=10))
         assert result.headers["x-waterfall-provider"] == "cheap"  # no quality bar: cheapest
         (record,) = ledger.records.values()
-        # 5 x 0.15 + 10 x 0.6 msat = 6.75, in the route's unit through the sat -> msat rate
+        # 5 x 0.15 + 10 x 0.6 msat = 6.75, rounded up once
         assert (record.cost, record.cost_unit) == (7, "msat")
         assert net["cheap"].requests[0].path == "/v1/models"
     finally:
@@ -196,3 +197,31 @@ async def test_the_prompt_estimator_is_pluggable() -> None:
     result = await call(app, "POST", "/v1/chat/completions", ask(max_tokens=10))
     assert result.status == 400
     assert "context window" in result.json()["error"]["message"]
+
+
+def test_a_reference_that_cannot_be_converted_is_a_config_error() -> None:
+    config = {
+        "providers": {"a": {"base_url": "http://a/v1"}},
+        "deployments": [
+            {"provider": "a", "model": "m", "price": {"unit": "msat", "prompt": "1"}},
+            {"provider": "a", "model": "r", "price": {"unit": "usd", "prompt": "1"}},
+        ],
+        "routes": {"auto": {"unit": "msat", "deployments": ["a/m"], "reference": "a/r"}},
+    }
+    with pytest.raises(ConfigError, match=r"routes\.auto\.reference: no rate from 'usd' to"):
+        WaterfallMiddleware(None, config)
+
+
+async def test_the_cost_event_says_what_the_ledger_records() -> None:
+    app, _, ledger = make(cost_event=True)
+    result = await call(app, "POST", "/v1/chat/completions", ask(max_tokens=10, stream=True))
+    event = json.loads(result.body.decode().split("event: waterfall.cost\ndata: ", 1)[1])
+    (record,) = ledger.records.values()
+    assert (event["cost"], event["unit"]) == (record.cost, record.cost_unit)
+
+
+async def test_a_budget_in_other_digits_is_refused_cleanly() -> None:
+    app, _, _ = make()
+    result = await call(app, "POST", "/v1/chat/completions", ask(), {"x-waterfall-budget": "²"})
+    assert (result.status, result.json()["error"]["code"]) == (400, "invalid_value")
+    assert "whole number" in result.json()["error"]["message"]

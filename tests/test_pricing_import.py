@@ -47,6 +47,16 @@ MODELS = (*DEFAULT_MODELS, PRECISE)
 CHAT = {"model": "cheap", "messages": [{"role": "user", "content": "Hello"}]}
 
 
+def usd_price(**amounts: Any) -> Price:
+    """An imported OpenRouter-style price: published in dollars, kept in usd_micro exactly."""
+    return Price(unit="usd_micro", **{k: Decimal(str(v)) * 10**6 for k, v in amounts.items()})
+
+
+def sat_price(**amounts: Any) -> Price:
+    """An imported Routstr-style price: published in sats, kept in msat exactly."""
+    return Price(unit="msat", **{k: Decimal(str(v)) * 1000 for k, v in amounts.items()})
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -67,15 +77,11 @@ def make_config(_rest: dict[str, Any] | None = None, **providers: dict[str, Any]
 
 
 def usd(m: FakeModel) -> Price:
-    return Price(
-        unit="usd", prompt=m.usd_prompt, completion=m.usd_completion, request=m.usd_request
-    )
+    return usd_price(prompt=m.usd_prompt, completion=m.usd_completion, request=m.usd_request)
 
 
 def sats(m: FakeModel) -> Price:
-    return Price(
-        unit="sat", prompt=m.sats_prompt, completion=m.sats_completion, request=m.sats_request
-    )
+    return sat_price(prompt=m.sats_prompt, completion=m.sats_completion, request=m.sats_request)
 
 
 def listings(fake: FakeProvider) -> int:
@@ -114,7 +120,7 @@ def test_openrouter_style_round_trips_exactly() -> None:
     body = FakeProvider(models=MODELS).handle("GET", "/v1/models", {}, b"").body
     prices = parse_models(body, "openrouter")
     assert prices == {m.id: usd(m) for m in MODELS}
-    assert prices["fake-precise"].prompt == FINE
+    assert prices["fake-precise"].prompt == FINE * 10**6  # in usd_micro, exactly
     assert Decimal(repr(float(FINE))) != FINE  # the test would catch a trip through float
 
 
@@ -123,7 +129,7 @@ def test_routstr_style_round_trips_exactly() -> None:
     assert b'"prompt":0.0001234567890123456789' in body  # a bare JSON number with every digit
     prices = parse_models(body, "routstr")
     assert prices == {m.id: sats(m) for m in MODELS}
-    assert prices["fake-precise"].request == FINE_FEE
+    assert prices["fake-precise"].request == FINE_FEE * 1000  # in msat, exactly
     assert Decimal(repr(float(FINE_SATS))) != FINE_SATS
 
 
@@ -140,14 +146,13 @@ def test_auto_prefers_sats_pricing_and_falls_back_to_pricing() -> None:
     )
     warnings: list[str] = []
     assert parse_models(body, "auto", warnings=warnings) == {
-        "both": Price(unit="sat", prompt=3, completion=Decimal("4.5"), request=6),
-        "usd-only": Price(
-            unit="usd",
+        "both": sat_price(prompt=3, completion=Decimal("4.5"), request=6),
+        "usd-only": usd_price(
             prompt=Decimal("0.000001"),
             completion=Decimal("0.000002"),
             request=Decimal("0.01"),
         ),
-        "sats-only": Price(unit="sat", prompt=Decimal("0.001"), completion=Decimal("0.002")),
+        "sats-only": sat_price(prompt=Decimal("0.001"), completion=Decimal("0.002")),
     }
     assert warnings == ["model 'neither': skipped: has neither `sats_pricing` nor `pricing`"]
 
@@ -173,7 +178,7 @@ def test_a_model_with_an_unusable_price_is_skipped_with_the_reason() -> None:
     )
     warnings: list[str] = []
     prices = parse_models(body, "openrouter", warnings=warnings)
-    assert prices == {"good": Price(unit="usd")}
+    assert prices == {"good": usd_price()}
     assert str(prices["good"].completion) == "0"  # -0 is read as 0
     assert warnings == [
         "model 'openrouter/auto': skipped: `pricing.prompt`: '-1' is negative; "
@@ -202,7 +207,7 @@ def test_routstr_style_reads_numbers_and_numeric_strings() -> None:
     )
     warnings: list[str] = []
     assert parse_models(body, "routstr", warnings=warnings) == {
-        "a": Price(unit="sat", prompt=Decimal("1E-21"), completion=Decimal("12.5"), request=7)
+        "a": sat_price(prompt=Decimal("1E-21"), completion=Decimal("12.5"), request=7)
     }
     assert warnings == ["model 'b': skipped: `sats_pricing.prompt`: Decimal('-0.5') is negative"]
 
@@ -272,8 +277,8 @@ async def test_refresh_imports_each_provider_in_its_style_with_its_key_and_heade
         **{f"or/{m.id}": usd(m) for m in MODELS},
         **{f"rs/{m.id}": sats(m) for m in MODELS},
     }
-    assert book.prices["or/fake-precise"].prompt == FINE
-    assert book.prices["rs/fake-precise"].prompt == FINE_SATS
+    assert book.prices["or/fake-precise"].prompt == FINE * 10**6
+    assert book.prices["rs/fake-precise"].prompt == FINE_SATS * 1000
     assert dict(book.models("rs")) == {m.id: sats(m) for m in MODELS}
     assert book.models("plain") == {}
     assert book.errors == {}
@@ -409,7 +414,7 @@ async def test_skipped_models_are_logged_once_and_kept_as_warnings(
     async with httpx.AsyncClient(transport=faults) as client:
         for _ in range(3):
             assert await book.refresh(client) == {}
-    assert dict(book.prices) == {"a/ok": Price(unit="usd", prompt=1, completion=2)}
+    assert dict(book.prices) == {"a/ok": usd_price(prompt=1, completion=2)}
     note = "model 'free?': skipped: `pricing.prompt`: '-1' is negative"
     assert book.warnings == {"a": (note,)}
     assert [r.getMessage() for r in caplog.records] == [f"price import from a: {note}"]
@@ -530,7 +535,6 @@ async def test_missing_lists_route_candidates_without_any_price() -> None:
                         "imp/not-listed",
                         {"provider": "cfg", "model": "m", "price": {"prompt": 1}},
                         "cfg/no-price",
-                        "imp/not-listed",
                     ]
                 },
                 "everything": {},
@@ -567,7 +571,7 @@ async def test_cost_routing_ranks_on_imported_prices_and_config_prices_win() -> 
                         {
                             "provider": "a",
                             "model": "fake-medium",
-                            "price": {"unit": "usd", "prompt": "0", "completion": "0"},
+                            "price": {"unit": "usd_micro", "prompt": "0", "completion": "0"},
                         },
                     ]
                 }
@@ -582,7 +586,7 @@ async def test_cost_routing_ranks_on_imported_prices_and_config_prices_win() -> 
     assert [d.key for d in ranking.plan] == ["a/fake-medium", "a/fake-small", "a/fake-large"]
     small = ranking.ranked[1]
     assert small.price == usd(DEFAULT_MODELS[0])
-    expected = ranking.prompt_tokens * Decimal("0.00000015") + 256 * Decimal("0.0000006")
+    expected = ranking.prompt_tokens * Decimal("0.15") + 256 * Decimal("0.6")  # usd_micro
     assert small.estimate == expected
 
 
@@ -625,10 +629,10 @@ def test_any_exact_price_is_imported_exactly_in_both_styles(
     assert asyncio.run(refresh()) == {}
     got_usd, got_sats = book.prices["or/m"], book.prices["rs/m"]
     assert (got_usd.unit, got_usd.prompt, got_usd.completion, got_usd.request) == (
-        "usd",
-        *usd_prices,
+        "usd_micro",
+        *(p * 10**6 for p in usd_prices),
     )
     assert (got_sats.unit, got_sats.prompt, got_sats.completion, got_sats.request) == (
-        "sat",
-        *sats_prices,
+        "msat",
+        *(p * 1000 for p in sats_prices),
     )

@@ -140,9 +140,10 @@ def request_limits(
             raise ValueError(f"{names[0]} {min_quality!r}: route {route!r} {allowed}.")
     limit = settings.budget
     if budget is not None:
-        if not budget.strip().isdigit():
+        digits = budget.strip()
+        if not (digits.isascii() and digits.isdecimal()):
             raise ValueError(f"{names[1]} {budget!r}: a whole number of {route!r}'s unit.")
-        limit = int(budget) if limit is None else min(limit, int(budget))
+        limit = int(digits) if limit is None else min(limit, int(digits))
     return bar, limit
 
 

@@ -118,6 +118,13 @@ class WaterfallMiddleware:
         ]
         if static:  # no import can ever price these: the config is wrong
             raise ConfigError(f"routes: no price for {', '.join(static)}")
+        for name, route in self.config.routes.items():
+            reference = self.config.price_of(route.reference) if route.reference else None
+            if reference is not None and route.unit is not None:
+                try:
+                    convert(Decimal(1), reference.unit, route.unit, self.config)
+                except LookupError as exc:
+                    raise ConfigError(f"routes.{name}.reference: {exc}") from None
         self._transport = transport
         self._own_client = client is None
         self._client = client
@@ -553,10 +560,10 @@ class WaterfallMiddleware:
         )
 
         def cost_event(usage: UsageResult) -> bytes | None:
-            if not self.config.ledger.cost_event or price is None or not usage.has_usage:
+            costs = charge.costs(usage) if self.config.ledger.cost_event else None
+            if costs is None:
                 return None
-            cost = price.cost(usage.prompt_tokens or 0, usage.completion_tokens or 0)
-            data = {"id": record.id, "cost": cost, "unit": price.unit}
+            data = {"id": record.id, "cost": costs[0], "unit": costs[1]}  # what the ledger says
             return b"event: waterfall.cost\ndata: " + json.dumps(data).encode() + b"\n\n"
 
         outcome = await relay_stream(
@@ -587,17 +594,29 @@ class _Charge:
         record.prompt_tokens = usage.prompt_tokens
         record.completion_tokens = usage.completion_tokens
         record.total_tokens = usage.total_tokens
+        costs = self.costs(usage)
+        if costs is not None:
+            record.cost, record.cost_unit, record.reference_cost = costs
+
+    def costs(self, usage: UsageResult) -> tuple[int, str, int | None] | None:
+        """``(cost, unit, reference cost)`` of the reported tokens (``None``: no price or no
+        usage). A reference that cannot be converted into the unit has no cost (``None``)."""
         if self.price is None or not usage.has_usage:
-            return
+            return None
         tokens = (usage.prompt_tokens or 0, usage.completion_tokens or 0)
         unit = self.unit or self.price.unit
-        record.cost = self._in(unit, self.price, *tokens)
-        record.cost_unit = unit
-        if self.reference is not None:
-            record.reference_cost = self._in(unit, self.reference, *tokens)
+        cost = self._in(unit, self.price, *tokens)
+        if cost is None:  # pragma: no cover - a ranked candidate always converts
+            return None
+        reference = self._in(unit, self.reference, *tokens) if self.reference else None
+        return cost, unit, reference
 
-    def _in(self, unit: str, price: Price, prompt: int, completion: int) -> int:
-        return ceil_units(convert(price.exact(prompt, completion), price.unit, unit, self.config))
+    def _in(self, unit: str, price: Price, prompt: int, completion: int) -> int | None:
+        try:
+            exact = convert(price.exact(prompt, completion), price.unit, unit, self.config)
+        except LookupError:
+            return None
+        return ceil_units(exact)
 
 
 def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:

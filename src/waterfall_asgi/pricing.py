@@ -4,9 +4,12 @@ A provider whose config sets ``import_prices`` publishes its prices next to each
 
 - ``"openrouter"``: the OpenRouter style, ``pricing.prompt``, ``pricing.completion`` and
   ``pricing.request`` in US dollars per token (and per request), written as strings. They become a
-  :class:`~waterfall_asgi.config.Price` in unit ``"usd"``.
+  :class:`~waterfall_asgi.config.Price` in unit ``"usd_micro"`` (millionths of a dollar: the
+  amounts times 10**6, exactly), so that a request's cost, rounded up once to a whole unit, is
+  not rounded up to a whole dollar.
 - ``"routstr"``: the Routstr style, ``sats_pricing.prompt``, ``.completion`` and ``.request`` in
-  sats per token, written as JSON numbers. They become a price in unit ``"sat"``.
+  sats per token, written as JSON numbers. They become a price in unit ``"msat"`` (the amounts
+  times 1000, exactly).
 - ``"auto"``: each model by what it carries: ``sats_pricing`` when the model has one (it is the
   more specific of the two: a provider that bothers to publish sats charges in sats), else
   ``pricing``. A model with neither is skipped. A model whose ``sats_pricing`` is unusable is
@@ -70,9 +73,11 @@ DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 """The largest ``GET /models`` answer read (OpenRouter's full listing is a few megabytes)."""
 
 _STYLES: dict[str, tuple[str, str]] = {
-    "openrouter": ("pricing", "usd"),
-    "routstr": ("sats_pricing", "sat"),
+    "openrouter": ("pricing", "usd_micro"),
+    "routstr": ("sats_pricing", "msat"),
 }
+_SCALE = {"usd_micro": Decimal(10**6), "msat": Decimal(1000)}
+"""Published amounts are in dollars and sats; kept in their exact fine units."""
 _FIELDS = ("prompt", "completion", "request")
 _REQUIRED = frozenset({"prompt", "completion"})
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -140,7 +145,7 @@ def _price(entry: Mapping[str, Any], style: str) -> Price | str:
         if isinstance(amount, str):
             problems.append(f"`{name}.{part}`: {amount}")
         else:
-            amounts[part] = amount
+            amounts[part] = (amount * _SCALE[unit]).normalize()
     if problems:
         return "; ".join(problems)
     try:
@@ -162,7 +167,7 @@ def parse_models(
     >>> body = b'{"data": [{"id": "m", "pricing": {"prompt": "0.0000001", "completion": "2e-7"}}]}'
     >>> price = parse_models(body, "openrouter")["m"]
     >>> price.unit, price.prompt, price.completion, price.request
-    ('usd', Decimal('1E-7'), Decimal('2E-7'), Decimal('0'))
+    ('usd_micro', Decimal('0.1'), Decimal('0.2'), Decimal('0'))
     """
     if style not in get_args(ImportStyle):
         raise ValueError(f"unknown price style {style!r}")
@@ -375,7 +380,7 @@ def missing_prices(
     ...     "providers": {"a": {"base_url": "http://a/v1"}},
     ...     "routes": {"cheap": {"deployments": ["a/m1", "a/m2"]}},
     ... })
-    >>> missing_prices(cfg, {"a/m1": Price(unit="usd", prompt="0.000001")})
+    >>> missing_prices(cfg, {"a/m1": Price(unit="usd_micro", prompt="1")})
     ['a/m2']
     """
     prices = book.prices if isinstance(book, PriceBook) else (book or {})
