@@ -7,7 +7,6 @@ from __future__ import annotations
 import doctest
 import json
 import re
-import runpy
 import typing
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from docs_helpers import DOCS, EXAMPLES, ROOT, code, rows, run_example, section, without_ttfb
 
 from waterfall_asgi import (
     ImportStyle,
@@ -34,40 +34,8 @@ from waterfall_asgi.cli import main
 from waterfall_asgi.cost import NoFittingDeployment
 from waterfall_fakes import FakeNetwork, FakeProvider
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-EXAMPLES = DOCS / "examples"
 PAGE = DOCS / "router" / "cost.md"
 TEXT = PAGE.read_text(encoding="utf-8")
-
-
-def run_example(name: str, capsys: pytest.CaptureFixture[str]) -> str:
-    """Run ``docs/examples/NAME`` as a script (its asserts included); return what it printed."""
-    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
-    return capsys.readouterr().out
-
-
-def section(heading: str, page: str = TEXT) -> str:
-    """The text under ``heading`` up to the next heading."""
-    return page.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
-
-
-def rows(heading: str, page: str = TEXT) -> list[list[str]]:
-    """The cells of the table rows (not the header) under ``heading`` whose first cell is code."""
-    lines = section(heading, page).splitlines()
-    found = [
-        line
-        for line, after in zip(lines, [*lines[1:], ""], strict=True)
-        if line.startswith("| ") and not after.startswith("|---") and not line.startswith("|---")
-    ]
-    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in found]
-
-
-def code(cell: str) -> str:
-    """The first code span of a table cell."""
-    match = re.search(r"`([^`]+)`", cell)
-    assert match, cell
-    return match.group(1)
 
 
 # -- the examples ------------------------------------------------------------------------------
@@ -90,23 +58,6 @@ def test_the_page_includes_every_cost_example_and_is_in_the_nav() -> None:
     assert "      - Cost routing: router/cost.md\n" in nav
 
 
-TTFB = re.compile(r"(?:\d+\.\d|-) {2,}(?:\d+\.\d|-)$")
-TTFB_COLUMNS = len("  ttfb p50 ms  ttfb p95 ms")
-
-
-def without_ttfb(text: str) -> list[str]:
-    """The lines of ``text`` with the usage table's times to first byte, which differ from run
-    to run, as ``<ms>`` (they are right-aligned in the last two columns, as wide as their
-    headers; a ``-``, no value, is kept)."""
-    lines = []
-    for line in text.splitlines():
-        if TTFB.search(line):
-            values = re.sub(r"\d+\.\d", "<ms>", line[-TTFB_COLUMNS:]).split()
-            line = " ".join([line[:-TTFB_COLUMNS], *values])
-        lines.append(line)
-    return lines
-
-
 def test_the_route_example_prints_what_the_page_shows(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -125,7 +76,7 @@ def test_the_route_example_prints_what_the_page_shows(
 
 
 def test_the_route_walkthrough_matches_the_example() -> None:
-    walkthrough = section("## A first route")
+    walkthrough = section(TEXT, "## A first route")
     shown = (EXAMPLES / "cost_route.txt").read_text(encoding="utf-8")
     assert "`mid` serves" in walkthrough
     assert "1. no header: 200, attempts mid/" in shown
@@ -187,7 +138,7 @@ def test_the_transcript_says_what_the_page_says(
     assert "13 prompt tokens (estimated), 10 completion tokens expected, costs in msat" in shown
     assert "  1. mid/fake-medium  ~1053 msat  (worst 1053)  quality 70\n" in shown
     estimate = "13 × 1 + 10 × 4 + 1000 = **1053 msat**"
-    assert estimate in section("## The estimate and the worst case")
+    assert estimate in section(TEXT, "## The estimate and the worst case")
     # no max_tokens: 256 expected, the worst case is the whole context window
     config = load_config(EXAMPLES / "cost_route.toml")
     tools = json.loads((EXAMPLES / "cost_request_tools.json").read_text(encoding="utf-8"))
@@ -202,7 +153,7 @@ def test_the_transcript_says_what_the_page_says(
     capsys.readouterr()
     assert main(["explain", *EXPLAIN[0], "--json"]) == 0
     data: dict[str, Any] = json.loads(capsys.readouterr().out)
-    (option,) = [r for r in rows("## `waterfall-asgi explain`") if code(r[0]) == "--json"]
+    (option,) = [r for r in rows(TEXT, "## `waterfall-asgi explain`") if code(r[0]) == "--json"]
     listed = re.findall(r"`(\w+)`", option[1])
     assert [key for key in listed if key != "reason"] == list(data)
     assert "reason" in data["excluded"][0]
@@ -217,7 +168,7 @@ def test_the_explain_table_lists_every_option(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["explain", "--help"])
     options = set(re.findall(r"(--[a-z][a-z-]+)", capsys.readouterr().out)) - {"--help"}
-    assert {code(r[0]) for r in rows("## `waterfall-asgi explain`")} == options
+    assert {code(r[0]) for r in rows(TEXT, "## `waterfall-asgi explain`")} == options
 
 
 def test_explain_sees_config_prices_only(
@@ -236,7 +187,7 @@ def test_explain_sees_config_prices_only(
     assert main(["explain", "--config", str(config), request]) == 0
     out = capsys.readouterr().out
     assert "  -  cheap/fake-small  excluded: no price" in out
-    text = " ".join(section("## `waterfall-asgi explain`").split())
+    text = " ".join(section(TEXT, "## `waterfall-asgi explain`").split())
     assert "a route that lists its `deployments` shows them as `no price`" in text
 
 
@@ -267,7 +218,7 @@ def test_the_byte_count_of_the_worked_example() -> None:
 
 # -- the tables --------------------------------------------------------------------------------
 def test_the_settings_table_lists_every_route_setting_with_its_default() -> None:
-    table = {code(r[0]): r[1] for r in rows("## Settings")}
+    table = {code(r[0]): r[1] for r in rows(TEXT, "## Settings")}
     assert list(table) == list(Route.model_fields)
     defaults = Route()
     assert table["min_quality"] == str(defaults.min_quality)
@@ -281,7 +232,7 @@ def test_the_settings_table_lists_every_route_setting_with_its_default() -> None
 
 def test_the_configuration_page_lists_every_cost_key() -> None:
     page = (DOCS / "router" / "configuration.md").read_text(encoding="utf-8")
-    table = {code(r[0]): r for r in rows("## Keys", page)}
+    table = {code(r[0]): r for r in rows(page, "## Keys")}
     keys = {key: row[2] for key, row in table.items()}
     assert {k for k in keys if k.startswith("routes.")} == {
         f"routes.NAME.{name}" for name in Route.model_fields
@@ -302,7 +253,7 @@ def test_the_configuration_page_lists_every_cost_key() -> None:
 
 
 def test_the_import_table_lists_every_style_and_its_unit() -> None:
-    table = {code(r[0]): r for r in rows("### Prices imported from the providers")}
+    table = {code(r[0]): r for r in rows(TEXT, "### Prices imported from the providers")}
     assert list(table) == list(typing.get_args(ImportStyle))
     listing = {
         "data": [
@@ -327,7 +278,7 @@ def test_the_import_table_lists_every_style_and_its_unit() -> None:
 
 
 def test_the_capabilities_table_is_what_requests_are_checked_for() -> None:
-    table = {code(r[0]): r[1] for r in rows("## Quality and capabilities")}
+    table = {code(r[0]): r[1] for r in rows(TEXT, "## Quality and capabilities")}
     literal = typing.get_args(ModelInfo.model_fields["capabilities"].annotation)[0]
     assert list(table) == list(typing.get_args(literal))
     user = {"role": "user", "content": "hi"}
@@ -362,13 +313,13 @@ def test_the_headers_table_lists_the_headers_of_cost_routing() -> None:
         for name in ("middleware.py", "cost.py")
     )
     used = set(re.findall(r"x-waterfall-(?:min-quality|budget|estimated-cost)", source))
-    assert {code(r[0]) for r in rows("### Headers")} == used
+    assert {code(r[0]) for r in rows(TEXT, "### Headers")} == used
     assert len(used) == 3
 
 
 def _reason_patterns() -> list[re.Pattern[str]]:
     patterns = []
-    for row in rows("## Which deployment serves"):
+    for row in rows(TEXT, "## Which deployment serves"):
         template = re.escape(code(row[1]))
         template = re.sub(r"[A-Z]+(?:\\ [A-Z]+)*", ".+", template)
         patterns.append(re.compile(template))
@@ -428,7 +379,9 @@ def test_every_exclusion_reason_is_in_the_table_in_order() -> None:
     for reason, pattern in zip(reasons, patterns, strict=True):
         assert pattern.fullmatch(reason), (reason, pattern.pattern)
     assert reasons[1] == "no rate from 'usd' to 'msat' in the config's rates"
-    assert f"`{reasons[1]}`" in section("### Units are converted through the configured rates only")
+    assert f"`{reasons[1]}`" in section(
+        TEXT, "### Units are converted through the configured rates only"
+    )
 
 
 def test_units_convert_through_a_configured_rate_only() -> None:
@@ -449,7 +402,9 @@ def test_units_convert_through_a_configured_rate_only() -> None:
         convert(Decimal(1), "sat", "msat", config(("sat", "usd", "0.001"), ("usd", "msat", "1e6")))
     with pytest.raises(LookupError, match="no rate from 'usd' to 'usd_micro'"):  # no built-in
         convert(Decimal(1), "usd", "usd_micro", config())
-    text = " ".join(section("### Units are converted through the configured rates only").split())
+    text = " ".join(
+        section(TEXT, "### Units are converted through the configured rates only").split()
+    )
     assert "no built-in exchange rates, no inverse of a rate, no chain of two rates" in text
 
 
@@ -498,11 +453,6 @@ def test_the_error_on_the_page_is_the_one_the_router_sends(
     assert (error["code"], error["type"]) == ("no_fitting_deployment", "invalid_request_error")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_a_route_is_listed_and_exhausted_like_a_chain() -> None:
     config = load_config(EXAMPLES / "cost_route.toml")
@@ -525,7 +475,7 @@ async def test_a_route_is_listed_and_exhausted_like_a_chain() -> None:
     }
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "all_providers_exhausted"
-    text = " ".join(section("## Which deployment serves").split())
+    text = " ".join(section(TEXT, "## Which deployment serves").split())
     assert "when all of them fail, the answer is 503 `all_providers_exhausted`" in text
     assert '`GET /v1/models` lists each route with `"kind": "route"`, its `min_quality`' in text
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-import runpy
 import tomllib
 import typing
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from docs_helpers import DOCS, EXAMPLES, ROOT, code, run_example, table, without_ttfb
 
 from waterfall_asgi import (
     EventAligner,
@@ -29,42 +29,9 @@ from waterfall_asgi import (
 from waterfall_asgi.cli import main
 from waterfall_fakes import FakeNetwork, FakeProvider
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-EXAMPLES = DOCS / "examples"
 USAGE = DOCS / "router" / "usage.md"
 LEDGER = DOCS / "router" / "ledger.md"
 USAGE_EXAMPLES = sorted(EXAMPLES.glob("usage_*.py"))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def run_example(name: str, capsys: pytest.CaptureFixture[str]) -> str:
-    """Run ``docs/examples/NAME`` as a script (its asserts included); return what it printed."""
-    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
-    return capsys.readouterr().out
-
-
-def table(page: Path, heading: str) -> list[list[str]]:
-    """The cells of the rows (not the header) under ``heading`` whose first cell is code."""
-    text = page.read_text(encoding="utf-8")
-    lines = text.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0].splitlines()
-    rows = [
-        line
-        for line, after in zip(lines, [*lines[1:], ""], strict=True)
-        if line.startswith("| `") and not after.startswith("|---")
-    ]
-    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
-
-
-def code(cell: str) -> str:
-    """The first code span of a table cell."""
-    match = re.search(r"`([^`]+)`", cell)
-    assert match, cell
-    return match.group(1)
 
 
 # -- the examples ------------------------------------------------------------------------------
@@ -91,23 +58,6 @@ def test_the_example_prints_what_the_page_shows(
 ) -> None:
     shown = (EXAMPLES / f"{name}.txt").read_text(encoding="utf-8")
     assert run_example(f"{name}.py", capsys) == shown
-
-
-TTFB = re.compile(r"(?:\d+\.\d|-) {2,}(?:\d+\.\d|-)$")
-TTFB_COLUMNS = len("  ttfb p50 ms  ttfb p95 ms")
-
-
-def without_ttfb(text: str) -> list[str]:
-    """The lines of a usage table with its time-to-first-byte values, which differ from run to
-    run, as ``<ms>`` (a ``-``, no value, is kept): they are right-aligned in the last two columns,
-    as wide as their headers."""
-    lines = []
-    for line in text.splitlines():
-        if TTFB.search(line):
-            values = re.sub(r"\d+\.\d", "<ms>", line[-TTFB_COLUMNS:]).split()
-            line = " ".join([line[:-TTFB_COLUMNS], *values])
-        lines.append(line)
-    return lines
 
 
 def test_the_usage_command_prints_what_the_ledger_page_shows(
