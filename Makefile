@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs docs-serve clean
+.PHONY: demo test lint typecheck pytest docs docs-serve bench clean
 
 # Bootstrap: a virtual environment with pinned tools and both packages installed editable.
 $(STAMP): pyproject.toml fakes/pyproject.toml requirements-dev.txt
@@ -33,6 +33,11 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
+
+bench: $(STAMP)  ## the benchmark suite (never part of test); BENCH_ARGS=--quick for a smoke run
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/micro.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

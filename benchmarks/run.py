@@ -1,0 +1,649 @@
+"""What the router costs per request, against the smallest Python proxies (``make bench``).
+
+One fast upstream (raw asyncio, precomputed bytes) and four proxies in front of it, each on
+uvicorn in its own process on 127.0.0.1:
+
+* ``aiohttp``: a raw-ASGI passthrough using aiohttp's client (the baseline of every ratio);
+* ``httpx``: the same passthrough using httpx (the router's client);
+* ``router``: ``create_app`` with a one-entry chain, the ledger in memory;
+* ``router+sqlite``: the same with the SQLite ledger in a temporary directory.
+
+A load generator (aiohttp, in this process) sends a fixed number of requests per round, with
+concurrency 1 and 32, for a JSON chat completion and for a 20-event SSE stream, interleaving the
+proxies round by round. The server's CPU time is read per process (psutil if installed, else
+``/proc/<pid>/stat``) before and after each round; its peak RSS is read from ``/proc``.
+
+Run ``python benchmarks/run.py`` (about 2-3 minutes) or ``--quick`` (about 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
+
+PATH = "/v1/chat/completions"
+FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
+STREAM_EVENTS = 20  # data events in the stream, [DONE] included
+PROXIES = ("aiohttp", "httpx", "router", "router+sqlite")
+WORKLOADS = ("json", "stream")
+CONCURRENCY = (1, 32)
+POOL = 100  # upstream connections each proxy may keep (the router's httpx default)
+
+
+# -- the upstream -------------------------------------------------------------------------------
+
+
+def upstream_payloads() -> tuple[bytes, bytes]:
+    """The upstream's two HTTP/1.1 responses, whole: a chat completion and an SSE stream of
+    :data:`STREAM_EVENTS` events ending with ``[DONE]``, captured once from the fakes."""
+    from waterfall_fakes import FakeProvider
+
+    provider = FakeProvider(reply_words=STREAM_EVENTS - 4)  # role, words, finish, usage, DONE
+    messages = [{"role": "user", "content": "Say something short."}]
+    replies = []
+    for stream in (False, True):
+        request = {"model": FAKE_MODEL, "messages": messages, "stream": stream}
+        if stream:
+            request["stream_options"] = {"include_usage": True}
+        reply = provider.handle(
+            "POST", PATH, {"content-type": "application/json"}, json.dumps(request).encode()
+        )
+        if reply.status != 200:
+            raise RuntimeError(f"the fake answered {reply.status}: {reply.body!r}")
+        replies.append(reply)
+    plain, streamed = replies
+    if streamed.body.count(b"data: ") != STREAM_EVENTS or not streamed.body.endswith(
+        b"data: [DONE]\n\n"
+    ):
+        raise RuntimeError("the fake's stream does not have the expected shape")
+
+    head = "HTTP/1.1 200 OK\r\ncontent-type: {}\r\n{}\r\n"
+    json_response = (
+        head.format("application/json", f"content-length: {len(plain.body)}\r\n").encode()
+        + plain.body
+    )
+    # Chunked, one chunk per event, written at once: the upstream costs next to nothing.
+    events = [block + b"\n\n" for block in streamed.body.split(b"\n\n") if block]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    stream_response = (
+        head.format(
+            "text/event-stream; charset=utf-8",
+            "cache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
+        ).encode()
+        + chunked
+    )
+    return json_response, stream_response
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive server: every request gets a precomputed response, the
+    stream if its JSON body says ``"stream": true``."""
+
+    def __init__(self, json_response: bytes, stream_response: bytes) -> None:
+        self.json_response = json_response
+        self.stream_response = stream_response
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Answer every complete request in the buffer."""
+        buffer = self.buffer
+        buffer += data
+        while (end := buffer.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            total = end + 4 + length
+            if len(buffer) < total:
+                return
+            body = bytes(buffer[end + 4 : total])
+            del buffer[:total]
+            try:
+                stream = json.loads(body).get("stream") is True
+            except (ValueError, AttributeError):
+                stream = False
+            assert self.transport is not None
+            self.transport.write(self.stream_response if stream else self.json_response)
+
+
+def serve_upstream(conn: Connection) -> None:
+    """Child process: run the upstream on a free loopback port; send the port up ``conn``."""
+    json_response, stream_response = upstream_payloads()
+
+    async def main() -> None:
+        sock = _bind()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: UpstreamProtocol(json_response, stream_response), sock=sock
+        )
+        conn.send(sock.getsockname()[1])
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- the proxies --------------------------------------------------------------------------------
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
+def _lifespan(
+    startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]]
+) -> Callable[[Receive, Send], Awaitable[None]]:
+    async def run(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await startup()
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return run
+
+
+def aiohttp_passthrough(upstream: str) -> ASGIApp:
+    """The smallest proxy on aiohttp's client: body in, status + content type + bytes out."""
+    import aiohttp
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def startup() -> None:
+        state["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=POOL), auto_decompress=False
+        )
+
+    async def shutdown() -> None:
+        await state["session"].close()
+
+    lifespan = _lifespan(startup, shutdown)
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        body = await _read_body(receive)
+        async with state["session"].request(
+            scope["method"],
+            upstream + scope["path"],
+            data=body,
+            headers={"content-type": "application/json"},
+        ) as response:
+            content_type = response.headers.get("content-type", "").encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [(b"content-type", content_type)],
+                }
+            )
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return None
+
+    return app
+
+
+def httpx_passthrough(upstream: str) -> ASGIApp:
+    """The same passthrough on httpx (the router's client), with the router's pool limits."""
+    import httpx
+
+    state: dict[str, httpx.AsyncClient] = {}
+
+    async def startup() -> None:
+        state["client"] = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=POOL)
+        )
+
+    async def shutdown() -> None:
+        await state["client"].aclose()
+
+    lifespan = _lifespan(startup, shutdown)
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        body = await _read_body(receive)
+        client = state["client"]
+        request = client.build_request(
+            scope["method"],
+            upstream + scope["path"],
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        response = await client.send(request, stream=True)
+        try:
+            content_type = response.headers.get("content-type", "").encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [(b"content-type", content_type)],
+                }
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await response.aclose()
+        await send({"type": "http.response.body", "body": b""})
+        return None
+
+    return app
+
+
+def router_app(upstream: str, ledger_path: str | None) -> ASGIApp:
+    """The router standalone: one provider, a one-entry chain ``bench``."""
+    from waterfall_asgi import create_app
+
+    config = {
+        "providers": {"up": {"base_url": upstream + "/v1"}},
+        "chains": {"bench": [f"up/{FAKE_MODEL}"]},
+        "ledger": {"path": ledger_path},
+    }
+    app: ASGIApp = create_app(config)
+    return app
+
+
+def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> None:
+    """Child process: run proxy ``kind`` on uvicorn on a free loopback port (sent up ``conn``)."""
+    import uvicorn
+
+    if kind == "aiohttp":
+        app = aiohttp_passthrough(upstream)
+    elif kind == "httpx":
+        app = httpx_passthrough(upstream)
+    elif kind == "router":
+        app = router_app(upstream, None)
+    elif kind == "router+sqlite":
+        app = router_app(upstream, str(Path(ledger_dir) / "usage.db"))
+    else:
+        raise ValueError(kind)
+    sock = _bind()
+    conn.send(sock.getsockname()[1])
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind() -> socket.socket:
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then (with proto 0,
+    # Nagle plus delayed ACKs add ~40 ms to every response written in two pieces).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server process this script started, and where it listens."""
+
+    name: str
+    process: multiprocessing.process.BaseProcess
+    port: int
+
+    @property
+    def pid(self) -> int:
+        """The process id (always set once started)."""
+        assert self.process.pid is not None
+        return self.process.pid
+
+
+def start(name: str, target: Callable[..., None], *args: Any) -> Server:
+    """Start ``target`` in a fresh (spawned) process and wait for the port it listens on."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=(*args, child), name=name, daemon=True)
+    process.start()
+    child.close()
+    if not parent.poll(30):
+        stop(Server(name, process, 0))
+        raise RuntimeError(f"{name} did not start")
+    port = parent.recv()
+    parent.close()
+    return Server(name, process, port)
+
+
+def stop(server: Server) -> None:
+    """Stop a process this script started: SIGTERM (uvicorn shuts down cleanly), then SIGKILL."""
+    process = server.process
+    if process.is_alive():
+        process.terminate()
+        process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
+
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil is optional
+    psutil = None
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    if psutil is not None:
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident set size of ``pid`` (VmHWM), in MiB, where ``/proc`` has it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if psutil is not None:
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    return None
+
+
+# -- the load generator -------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """Everything measured for one proxy, workload and concurrency, over all rounds."""
+
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    ttfbs: list[float] = field(default_factory=list)
+
+
+def request_body(stream: bool) -> bytes:
+    """The client's request: a chat completion for the chain ``bench``."""
+    payload = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": "Say something short."}],
+        "stream": stream,
+    }
+    return json.dumps(payload).encode()
+
+
+async def one_round(
+    server: Server, stream: bool, concurrency: int, requests: int, seconds: float, cell: Cell
+) -> None:
+    """``requests`` requests (or as many as ``seconds`` allow) with ``concurrency`` in flight."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{server.port}{PATH}"
+    body = request_body(stream)
+    headers = {"content-type": "application/json"}
+    issued = 0
+    measuring = False
+    deadline = 0.0
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        started = time.perf_counter()
+        first = None
+        ok = False
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                if stream:
+                    tail = b""
+                    async for chunk in response.content.iter_any():
+                        if first is None:
+                            first = time.perf_counter()
+                        tail = (tail + chunk)[-32:]
+                    ok = response.status == 200 and tail.endswith(b"data: [DONE]\n\n")
+                else:
+                    data = await response.read()
+                    ok = response.status == 200 and data.startswith(b'{"id":"chatcmpl-')
+        except aiohttp.ClientError:
+            ok = False
+        if not measuring:
+            return
+        ended = time.perf_counter()
+        if not ok:
+            cell.errors += 1
+        cell.latencies.append(ended - started)
+        if first is not None:
+            cell.ttfbs.append(first - started)
+
+    async def worker(session: aiohttp.ClientSession, limit: int) -> None:
+        nonlocal issued
+        while issued < limit and time.perf_counter() < deadline:
+            issued += 1
+            await one(session)
+
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        # Warm-up: open every connection and let the proxy warm its pool; not measured.
+        deadline = time.perf_counter() + seconds
+        warm = 3 * concurrency
+        await asyncio.gather(*(worker(session, warm) for _ in range(concurrency)))
+        issued = 0
+        measuring = True
+        cpu_before = cpu_seconds(server.pid)
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(worker(session, requests) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(server.pid)
+    cell.requests += issued
+    cell.seconds += elapsed
+    cell.cpu += cpu_after - cpu_before
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def version(name: str) -> str:
+    """The installed version of distribution ``name`` (or ``-``)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def describe_machine() -> str:
+    """Cores, Python and the versions of everything measured."""
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    names = ("waterfall-asgi", "httpx", "aiohttp", "uvicorn", "h11", "httptools", "uvloop")
+    versions = ", ".join(f"{n} {version(n)}" for n in names)
+    return (
+        f"machine: {platform.machine()}, {cores} cores ({usable} usable), "
+        f"{platform.system()} {platform.release()}\n"
+        f"python {platform.python_version()} ({platform.python_implementation()}); {versions}; "
+        f"cpu measured with {'psutil' if psutil is not None else '/proc/<pid>/stat'}"
+    )
+
+
+def table(cells: dict[tuple[str, str, int], Cell], rss: dict[str, float | None]) -> str:
+    """The one table: a row per proxy, workload and concurrency."""
+    header = (
+        "proxy",
+        "workload",
+        "conc",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "TTFB p50 ms",
+        "CPU ms/req",
+        "peak RSS MiB",
+        "CPU/req ×",
+        "req/s ×",
+    )
+    rows = []
+    for workload in WORKLOADS:
+        for concurrency in CONCURRENCY:
+            base = cells.get(("aiohttp", workload, concurrency))
+            for proxy in PROXIES:
+                cell = cells.get((proxy, workload, concurrency))
+                if cell is None or not cell.requests:
+                    continue
+                rate = cell.requests / cell.seconds
+                cpu = 1000 * cell.cpu / cell.requests
+                base_rate = base.requests / base.seconds if base and base.requests else None
+                base_cpu = 1000 * base.cpu / base.requests if base and base.requests else None
+                memory = rss.get(proxy)
+                rows.append(
+                    (
+                        proxy,
+                        workload,
+                        str(concurrency),
+                        str(cell.requests),
+                        str(cell.errors),
+                        f"{rate:.0f}",
+                        f"{1000 * percentile(cell.latencies, 0.5):.2f}",
+                        f"{1000 * percentile(cell.latencies, 0.99):.2f}",
+                        f"{1000 * percentile(cell.ttfbs, 0.5):.2f}" if cell.ttfbs else "-",
+                        f"{cpu:.2f}",
+                        f"{memory:.1f}" if memory is not None else "-",
+                        f"{cpu / base_cpu:.2f}" if base_cpu else "-",
+                        f"{rate / base_rate:.2f}" if base_rate else "-",
+                    )
+                )
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure."""
+
+    rounds: int
+    requests: dict[int, int]  # per concurrency, per round
+    round_seconds: float  # the most one round of one cell may take
+    total_seconds: float  # no new round starts past this
+
+
+FULL = Plan(rounds=3, requests={1: 400, 32: 1500}, round_seconds=2.5, total_seconds=170)
+QUICK = Plan(rounds=1, requests={1: 100, 32: 300}, round_seconds=0.8, total_seconds=25)
+
+
+async def measure(plan: Plan, proxies: dict[str, Server]) -> dict[tuple[str, str, int], Cell]:
+    """Run the rounds, interleaving the proxies; stop starting rounds past the time budget."""
+    cells: dict[tuple[str, str, int], Cell] = {}
+    began = time.monotonic()
+    for number in range(plan.rounds):
+        if number and time.monotonic() - began > plan.total_seconds:
+            print(f"time budget reached: {number} of {plan.rounds} rounds", file=sys.stderr)
+            break
+        for workload in WORKLOADS:
+            for concurrency in CONCURRENCY:
+                for name, server in proxies.items():
+                    cell = cells.setdefault((name, workload, concurrency), Cell())
+                    await one_round(
+                        server,
+                        workload == "stream",
+                        concurrency,
+                        plan.requests[concurrency],
+                        plan.round_seconds,
+                        cell,
+                    )
+        print(f"round {number + 1}/{plan.rounds} done", file=sys.stderr)
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the servers, measure, print the table, stop every server started."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan = Plan(args.rounds, plan.requests, plan.round_seconds, plan.total_seconds)
+
+    print(describe_machine())
+    print(
+        f"plan: {plan.rounds} round(s); per round and cell {plan.requests[1]} requests at "
+        f"concurrency 1, {plan.requests[32]} at 32, at most {plan.round_seconds} s; "
+        f"stream = {STREAM_EVENTS} SSE events"
+    )
+    started: list[Server] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="waterfall-bench-") as ledger_dir:
+            upstream = start("upstream", serve_upstream)
+            started.append(upstream)
+            base = f"http://127.0.0.1:{upstream.port}"
+            proxies = {}
+            for name in PROXIES:
+                proxies[name] = start(name, serve_proxy, name, base, ledger_dir)
+                started.append(proxies[name])
+            cells = asyncio.run(measure(plan, proxies))
+            rss = {name: peak_rss_mb(server.pid) for name, server in proxies.items()}
+            for server in reversed(started):
+                stop(server)
+    finally:
+        for server in reversed(started):
+            stop(server)
+    print(table(cells, rss))
+    errors = sum(c.errors for c in cells.values())
+    if errors:
+        print(f"{errors} request(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
