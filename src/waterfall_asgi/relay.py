@@ -111,8 +111,11 @@ def _only_whole_comments(pending: bytes) -> bool:
     return all(not line or line.startswith(b":") for line in lines)
 
 
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
 def _is_usage_block(block: bytes) -> bool:
-    if b'"choices"' not in block:
+    if not _EMPTY_CHOICES.search(block):  # cheap: most blocks have choices, so no parse
         return False
     events = SSEParser().feed(block + b"\n\n")
     return len(events) == 1 and usage_only_chunk(events[0].data)

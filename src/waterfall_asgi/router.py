@@ -120,7 +120,9 @@ class Served:
         chunks = self.raw()
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(chunks), self.read_timeout)
+                # a timeout scope, not wait_for: no task is made for each chunk
+                async with asyncio.timeout(self.read_timeout):
+                    chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
             yield chunk
