@@ -38,11 +38,6 @@ CONFIG = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def network(**scripts: list[str]) -> FakeNetwork:
     return FakeNetwork(
         {

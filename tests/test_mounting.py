@@ -31,11 +31,6 @@ Message = MutableMapping[str, Any]
 CHAT = {"model": "fast", "messages": [{"role": "user", "content": "Hello there"}]}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # -- helpers ------------------------------------------------------------------------------------
 def router_config(**extra: Any) -> dict[str, Any]:
     """Two providers, ``a`` then ``b``, both serving ``fake-small``, chained as ``fast``."""

@@ -57,11 +57,6 @@ def sat_price(**amounts: Any) -> Price:
     return Price(unit="msat", **{k: Decimal(str(v)) * 1000 for k, v in amounts.items()})
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def make_config(_rest: dict[str, Any] | None = None, **providers: dict[str, Any]) -> RouterConfig:
     """A config with one provider per keyword, at ``http://NAME/v1`` unless it says otherwise,
     and the other settings in ``_rest``."""

@@ -29,11 +29,6 @@ CHAT = {"model": "fast", "messages": [{"role": "user", "content": "Tell me somet
 STREAM = {**CHAT, "stream": True}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @contextmanager
 def upstreams(**providers: FakeProvider) -> Iterator[dict[str, FakeServer]]:
     """Start one loopback fake per provider; stop them all at the end."""

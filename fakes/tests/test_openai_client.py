@@ -34,11 +34,6 @@ def clock() -> float:
     return NOW
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeServer]:
     with FakeServer(FakeProvider(clock=clock)) as running:

@@ -42,11 +42,6 @@ def text(fake: FakeProvider, number: int = 0) -> str:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def fake() -> FakeProvider:
     return FakeProvider(reply_words=4)
 

@@ -29,11 +29,6 @@ BODY = {"model": "fake-small", "messages": [{"role": "user", "content": "hello"}
 STREAM = {**BODY, "stream": True}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def shared_server() -> Iterator[FakeServer]:
     with FakeServer(FakeProvider()) as running:

@@ -20,11 +20,6 @@ STREAM = {
 SHORT = httpx.Timeout(5.0, read=0.05)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def expected(spec: str, body: dict[str, Any] = STREAM) -> Reply:
     """What a twin fake answers to the same first request."""
     return FakeProvider().handle("POST", CHAT, {BEHAVIOUR_HEADER: spec}, json.dumps(body).encode())

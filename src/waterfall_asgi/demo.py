@@ -148,12 +148,20 @@ class Exchange:
 
 
 def exchange(
-    client: httpx.Client, url: str, *, stream: bool = False, max_tokens: int = 4
+    client: httpx.Client,
+    url: str,
+    *,
+    stream: bool = False,
+    max_tokens: int = 4,
+    model: str = "fake-small",
+    include_usage: bool = True,
 ) -> Exchange:
     """POST one chat completion to ``url`` and record every raw chunk that arrives."""
-    body: dict[str, Any] = {"model": "fake-small", "messages": PROMPT, "max_tokens": max_tokens}
+    body: dict[str, Any] = {"model": model, "messages": PROMPT, "max_tokens": max_tokens}
     if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        body["stream"] = True
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
     seen = Exchange()
     try:
         with client.stream("POST", url + "/chat/completions", json=body) as response:
@@ -342,7 +350,8 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     retry_after = 0.0
     for number, (what, stream, wait) in enumerate(steps, 1):
         time.sleep(retry_after if wait < 0 else wait)
-        seen = _ask_router(client, router.url, stream)
+        # the client does not ask for usage: the router does, and keeps it from the client
+        seen = exchange(client, router.url, stream=stream, model="best", include_usage=False)
         retry_after = float(seen.headers.get("retry-after", 0))
         served = seen.headers.get("x-waterfall-provider", "-")
         trail = seen.headers.get("x-waterfall-attempts", "-")
@@ -490,17 +499,6 @@ def _cost_routing(stack: ExitStack, client: httpx.Client) -> Table:
         "", "TOTAL", "", "", f"{totals[0]} msat", f"{totals[1]} msat", f"{saved} msat ({share})"
     )
     return table
-
-
-def _ask_router(client: httpx.Client, url: str, stream: bool) -> Exchange:
-    body: dict[str, Any] = {"model": "best", "messages": PROMPT, "max_tokens": 4}
-    if stream:
-        body["stream"] = True
-    seen = Exchange()
-    with client.stream("POST", url + "/chat/completions", json=body) as response:
-        seen.status, seen.headers = response.status_code, response.headers
-        seen.chunks.extend(response.iter_raw())
-    return seen
 
 
 SECTIONS: list[Section] = [

@@ -60,11 +60,6 @@ class EventAligner:
         self._pending = bytearray()
         self.misaligned = False
 
-    @property
-    def pending(self) -> int:
-        """Bytes held back right now."""
-        return len(self._pending)
-
     def feed(self, chunk: bytes) -> list[bytes]:
         """Take ``chunk``; return the complete events it finished, each as its own bytes (and,
         past the cap, the unfinished one as it is)."""
