@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from waterfall_asgi.app import create_app
 from waterfall_asgi.middleware import WaterfallMiddleware
+from waterfall_asgi.upstream import HttpxUpstream
 from waterfall_fakes import FakeNetwork, FakeProvider
 
 Message = dict[str, Any]
@@ -48,8 +49,12 @@ def network(**scripts: list[str]) -> FakeNetwork:
 
 
 def owned(mw: WaterfallMiddleware) -> httpx.AsyncClient | None:
-    """The middleware's upstream client right now (``None``: not open)."""
-    return mw._client
+    """The middleware's upstream httpx client right now (``None``: not open)."""
+    upstream = mw._upstream
+    if upstream is None:
+        return None
+    assert isinstance(upstream, HttpxUpstream)
+    return upstream.client
 
 
 class Lifespan:

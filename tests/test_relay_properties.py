@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,21 +20,29 @@ from waterfall_asgi.usage import StreamObserver, usage_only_chunk
 from waterfall_fakes.strategies import chat_completion_streams, chunkings, sse_encodings
 
 
-class Chunks(httpx.AsyncByteStream):
-    """An upstream body that arrives in exactly these chunks."""
+class Chunks:
+    """An upstream response (an ``UpstreamResponse``) whose body arrives in exactly these
+    chunks; ``pulled`` counts the chunks the relay has read."""
+
+    status, reason = 200, "OK"
 
     def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
+        self.chunks = [c for c in chunks if c]
+        self.headers = {"content-type": "text/event-stream"}
+        self.pulled = 0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
+    async def read_chunk(self) -> bytes:
+        if self.pulled == len(self.chunks):
+            return b""
+        self.pulled += 1
+        return self.chunks[self.pulled - 1]
+
+    async def aclose(self) -> None:
+        pass
 
 
 async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, RelayOutcome]:
-    response = httpx.Response(
-        200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks)
-    )
+    response = Chunks(chunks)
     served = Served(Deployment(provider="p", model="m"), response, b"", False)
     sent: list[dict[str, Any]] = []
     stay = asyncio.Event()
@@ -119,24 +125,12 @@ def test_huge_events_pass_through_untouched_and_memory_stays_bounded(
     assert outcome.usage.oversized == sum(len(line) > 64 * 1024 for line in lines)
 
 
-class Counting(Chunks):
-    """Counts how many chunks the relay has pulled from the upstream."""
-
-    pulled = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            self.pulled += 1
-            yield chunk
-
-
 def test_a_slow_client_holds_the_upstream_back() -> None:
     """Backpressure: the relay pulls the next upstream chunk only once the client took the last
     one, so a slow client never makes the proxy buffer the stream."""
     chunks = [b'data: {"choices":[],"n":%d}\n\n' % i for i in range(50)] + [b"data: [DONE]\n\n"]
-    upstream = Counting(chunks)
-    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=upstream)
-    served = Served(Deployment(provider="p", model="m"), response, b"", False)
+    upstream = Chunks(chunks)
+    served = Served(Deployment(provider="p", model="m"), upstream, b"", False)
     ahead: list[int] = []
     delivered = 0
 

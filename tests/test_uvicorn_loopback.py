@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from waterfall_asgi.app import create_app
 from waterfall_asgi.middleware import WaterfallMiddleware
+from waterfall_asgi.upstream import AiohttpUpstream
 from waterfall_fakes import FakeProvider, FakeServer, LoopbackServer, Reply
 
 pytestmark = pytest.mark.loopback
@@ -105,11 +106,13 @@ async def test_standalone_non_streaming() -> None:
                     headers={"authorization": "Bearer client-secret", "x-trace": "t-1"},
                 )
                 other = await client.get("/v1/files")
-            opened = app._client
-            assert opened is not None
+            opened = app._upstream
+            assert isinstance(opened, AiohttpUpstream)  # the default client
+            session = opened.session
+            assert session is not None
         # uvicorn's lifespan shutdown closed the client the router opened at startup.
-        assert opened.is_closed is True
-        assert app._client is None
+        assert session.closed is True
+        assert app._upstream is None
     assert r.status_code == 200
     assert r.content == twin_reply(ups["a"].provider).body
     assert r.headers["x-waterfall-attempts"] == "a/fake-small 200"
@@ -243,8 +246,8 @@ async def test_mounted_in_front_of_starlette_on_uvicorn() -> None:
         mw = WaterfallMiddleware(app, config_for(ups))
         with LoopbackServer(mw, lifespan="on") as server:
             assert events == ["app startup"]
-            opened = mw._client
-            assert opened is not None
+            opened = mw._upstream
+            assert isinstance(opened, AiohttpUpstream)
             async with client_for(server) as client:
                 own = await client.get("/orders")
                 missing = await client.get("/v1/files")
@@ -258,7 +261,7 @@ async def test_mounted_in_front_of_starlette_on_uvicorn() -> None:
                     "/v1/embeddings", json={"model": "fast", "input": "hello world"}
                 )
     assert events == ["app startup", "app shutdown"]
-    assert opened.is_closed is True
+    assert opened.session is None  # closed at shutdown
     assert own.json() == {"orders": [1, 2]}
     assert (missing.status_code, missing.text) == (404, "Not Found")
     assert chat.status_code == 200

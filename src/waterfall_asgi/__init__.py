@@ -19,6 +19,7 @@ from .config import (
     RouterConfig,
     RoutingPolicy,
     Timeouts,
+    UpstreamSettings,
     ceil_units,
     load_config,
 )
@@ -56,6 +57,17 @@ from .pricing import (
 from .relay import EventAligner, RelayOutcome, error_event, relay_stream
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
 from .sse import SSEEvent, SSEParser
+from .upstream import (
+    AiohttpUpstream,
+    HttpxUpstream,
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamTransportError,
+    as_upstream,
+)
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
 
@@ -65,6 +77,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GROUP_KEYS",
     "TERMINAL_STATUSES",
+    "AiohttpUpstream",
     "Attempt",
     "Candidate",
     "ConfigError",
@@ -73,6 +86,7 @@ __all__ = [
     "EventAligner",
     "Exhausted",
     "GroupUsage",
+    "HttpxUpstream",
     "ImportStyle",
     "InMemoryCooldownStore",
     "LedgerError",
@@ -102,10 +116,18 @@ __all__ = [
     "Status",
     "StreamObserver",
     "Timeouts",
+    "Upstream",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamResponse",
+    "UpstreamSettings",
+    "UpstreamTimeout",
+    "UpstreamTransportError",
     "UsageRecord",
     "UsageReport",
     "UsageResult",
     "WaterfallMiddleware",
+    "as_upstream",
     "ceil_units",
     "convert",
     "create_app",

@@ -12,6 +12,7 @@ from .config import RouterConfig
 from .cooldown import CooldownStore
 from .ledger import LedgerStore, UsageRecord
 from .middleware import WaterfallMiddleware
+from .upstream import Upstream
 
 __all__ = ["create_app"]
 
@@ -20,6 +21,7 @@ def create_app(
     config: RouterConfig | Mapping[str, Any] | str | Path,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    upstream: Upstream | None = None,
     cooldowns: CooldownStore | None = None,
     ledger: LedgerStore | None = None,
     on_complete: Callable[[UsageRecord], Any] | None = None,
@@ -35,6 +37,7 @@ def create_app(
         None,
         config,
         transport=transport,
+        upstream=upstream,
         cooldowns=cooldowns,
         ledger=ledger,
         on_complete=on_complete,

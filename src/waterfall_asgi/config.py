@@ -40,6 +40,7 @@ __all__ = [
     "RouterConfig",
     "RoutingPolicy",
     "Timeouts",
+    "UpstreamSettings",
     "ceil_units",
     "load_config",
 ]
@@ -225,6 +226,19 @@ class Limits(_Model):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
 
 
+class UpstreamSettings(_Model):
+    """The HTTP client the router calls providers with, and its connection pool."""
+
+    client: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="aiohttp (fast, the default) or httpx (what the test seams plug into)",
+    )
+    max_connections: int = Field(default=1000, ge=1, description="open connections, in all")
+    max_keepalive: int = Field(
+        default=100, ge=0, description="idle connections kept for reuse (httpx only)"
+    )
+
+
 class Route(_Model):
     """A cost route: a request naming it is served by the cheapest fitting deployment that
     meets ``min_quality``, then the next cheapest, and so on down the waterfall."""
@@ -300,6 +314,7 @@ class RouterConfig(_Model):
     )
     policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
     limits: Limits = Field(default_factory=Limits)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     models: dict[str, ModelInfo] = Field(
         default_factory=dict, description="quality and capabilities, by model name"

@@ -2,8 +2,9 @@
 
 It answers ``POST {prefix}/chat/completions``, ``{prefix}/completions`` and ``{prefix}/embeddings``,
 ``GET {prefix}/models`` and ``GET {health_path}``, and hands every other request, websocket and
-lifespan message to the wrapped app untouched. It owns one shared upstream ``httpx.AsyncClient``
-through lifespan when the server speaks it, and opens it on first use when it does not.
+lifespan message to the wrapped app untouched. It owns one shared upstream client (an
+:class:`~waterfall_asgi.upstream.Upstream`) through lifespan when the server speaks it, and opens
+it on first use when it does not.
 
 Where this deliberately differs from the obvious implementation:
 
@@ -48,6 +49,7 @@ from .ledger import LedgerStore, MemoryLedger, UsageRecord
 from .pricing import PriceBook, missing_prices
 from .relay import relay_stream
 from .router import Attempt, Exhausted, Router, Served
+from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
 
 __all__ = ["WaterfallMiddleware", "with_usage"]
@@ -79,11 +81,13 @@ class WaterfallMiddleware:
     """Mount the waterfall router in front of ``app`` (``None``: answer 404 for everything else).
 
     ``config`` is a :class:`~waterfall_asgi.config.RouterConfig`, a mapping, or a config file path.
-    ``transport`` (or a whole ``client``) replaces the upstream HTTP transport, which is how the
-    fakes plug in without patching; ``cooldowns`` replaces the in-memory cooldown store;
-    ``ledger`` the usage store (default: SQLite at ``config.ledger.path``), opened and closed with
-    the middleware; ``on_complete`` receives each finished record; ``prompt_estimator`` estimates
-    a request's prompt tokens for cost routes.
+    Providers are called with aiohttp by default (``config.upstream``); an httpx ``transport`` (or
+    a whole httpx ``client``) makes the router use httpx over it instead, which is how the fakes
+    plug in without patching, and ``upstream`` replaces the client altogether (neither a given
+    ``client`` nor a given ``upstream`` is closed by the middleware); ``cooldowns`` replaces the
+    in-memory cooldown store; ``ledger`` the usage store (default: SQLite at
+    ``config.ledger.path``), opened and closed with the middleware; ``on_complete`` receives each
+    finished record; ``prompt_estimator`` estimates a request's prompt tokens for cost routes.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class WaterfallMiddleware:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         client: httpx.AsyncClient | None = None,
+        upstream: Upstream | None = None,
         cooldowns: CooldownStore | None = None,
         clock: Callable[[], float] = time.time,
         health_path: str | None = "/health",
@@ -126,8 +131,9 @@ class WaterfallMiddleware:
                 except LookupError as exc:
                     raise ConfigError(f"routes.{name}.reference: {exc}") from None
         self._transport = transport
-        self._own_client = client is None
-        self._client = client
+        self._given_client = client
+        self._given = upstream
+        self._upstream: Upstream | None = None
         self.cooldowns = cooldowns if cooldowns is not None else InMemoryCooldownStore()
         self.clock = clock
         self._router: Router | None = None
@@ -141,20 +147,30 @@ class WaterfallMiddleware:
         async with self._lock:
             if self._router is not None:
                 return
-            if self._client is None:
-                self._client = httpx.AsyncClient(
-                    transport=self._transport,
-                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-                    follow_redirects=False,
-                )
+            if self._upstream is None:
+                self._upstream = self._make_upstream()
             if self.price_book.styles:
-                await self.price_book.refresh(self._client)
+                await self.price_book.refresh(self._upstream)
                 gaps = missing_prices(self.config, self.price_book)
                 if gaps:
                     raise ConfigError(f"routes: no price for {', '.join(gaps)} (not imported)")
-                self._refresher = asyncio.ensure_future(self.price_book.run(self._client))
+                self._refresher = asyncio.ensure_future(self.price_book.run(self._upstream))
             await self.ledger.open()
-            self._router = Router(self.config, self._client, self.cooldowns, clock=self.clock)
+            self._router = Router(self.config, self._upstream, self.cooldowns, clock=self.clock)
+
+    def _make_upstream(self) -> Upstream:
+        if self._given is not None:
+            return self._given
+        if self._given_client is not None:
+            return HttpxUpstream(self._given_client)  # not closed: the caller's
+        settings = self.config.upstream
+        if self._transport is not None or settings.client == "httpx":
+            return HttpxUpstream(
+                transport=self._transport,
+                max_connections=settings.max_connections,
+                max_keepalive=settings.max_keepalive,
+            )
+        return AiohttpUpstream(max_connections=settings.max_connections)
 
     async def shutdown(self) -> None:
         """Flush and close the ledger, and close the upstream client if this middleware opened
@@ -167,9 +183,10 @@ class WaterfallMiddleware:
                 self._refresher = None
             if self._router is not None:
                 await self.ledger.close()
-            if self._own_client and self._client is not None:
-                await self._client.aclose()
-                self._client = None
+            if self._upstream is not None:
+                if self._upstream is not self._given:
+                    await self._upstream.aclose()
+                self._upstream = None
             self._router = None
 
     async def _get_router(self) -> Router:
@@ -345,7 +362,7 @@ class WaterfallMiddleware:
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
-            record.http_status = served.response.status_code
+            record.http_status = served.response.status
             record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
             await self._save(record)  # accepted: the record exists from now on
             await self._commit(send, receive, served, record, injected, ranking)
@@ -545,19 +562,17 @@ class WaterfallMiddleware:
         if served.complete:
             headers.append((b"content-length", str(len(served.prefix)).encode()))
             await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+                {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
             charge.apply(record, observe_body(served.prefix))
-            if response.status_code < 400:
+            if response.status < 400:
                 record.status = "success"
             else:  # a 4xx passed back as it was: the request itself was refused upstream
-                record.status, record.error = "rejected", f"upstream HTTP {response.status_code}"
+                record.status, record.error = "rejected", f"upstream HTTP {response.status}"
             return
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
         def cost_event(usage: UsageResult) -> bytes | None:
             costs = charge.costs(usage) if self.config.ledger.cost_event else None

@@ -53,6 +53,7 @@ import httpx
 from pydantic import ValidationError
 
 from .config import Deployment, Price, Provider, RouterConfig
+from .upstream import Upstream, UpstreamError, UpstreamResponse, as_upstream
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -253,11 +254,14 @@ class PriceBook:
         """The prices imported from ``provider``, by model id (empty if none yet)."""
         return MappingProxyType(self._by_provider.get(provider, {}))
 
-    async def refresh(self, client: httpx.AsyncClient) -> dict[str, str]:
-        """Fetch every importing provider's listing once; return the failures of this round,
-        ``{provider: why}`` (empty when all succeeded). Never raises (except when cancelled)."""
+    async def refresh(self, client: Upstream | httpx.AsyncClient) -> dict[str, str]:
+        """Fetch every importing provider's listing once with ``client`` (an
+        :class:`~waterfall_asgi.upstream.Upstream`, or an ``httpx.AsyncClient``); return the
+        failures of this round, ``{provider: why}`` (empty when all succeeded). Never raises
+        (except when cancelled)."""
         names = list(self.styles)
-        outcomes = await asyncio.gather(*(self._fetch(client, name) for name in names))
+        upstream = as_upstream(client)
+        outcomes = await asyncio.gather(*(self._fetch(upstream, name) for name in names))
         failures: dict[str, str] = {}
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, str):
@@ -274,7 +278,9 @@ class PriceBook:
         self._flat.update(fresh)
         return failures
 
-    async def run(self, client: httpx.AsyncClient, interval: float | None = None) -> None:
+    async def run(
+        self, client: Upstream | httpx.AsyncClient, interval: float | None = None
+    ) -> None:
         """Refresh every ``interval`` seconds (default: the config's ``price_refresh``) until
         cancelled; the first refresh comes one interval after the start. With no interval at
         all, return at once."""
@@ -288,33 +294,29 @@ class PriceBook:
             await self.refresh(client)
 
     async def _fetch(
-        self, client: httpx.AsyncClient, name: str
+        self, upstream: Upstream, name: str
     ) -> tuple[dict[str, Price], list[str]] | str:
         """One provider's prices and the warnings about its listing, or why there are none."""
         provider = self.config.providers[name]
         t = provider.timeouts
-        headers = httpx.Headers({"accept": "application/json"})
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
         for key, value in provider.headers.items():
-            headers[key] = value.get_secret_value()
+            headers[key.lower()] = value.get_secret_value()
         if provider.api_key is not None:
             headers["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
+        timeouts = t.model_copy(update={"read": max(t.first_byte, t.read)})
         try:
-            request = client.build_request(
-                "GET",
-                models_url(provider),
-                headers=headers,
-                timeout=httpx.Timeout(
-                    connect=t.connect, read=max(t.first_byte, t.read), write=t.write, pool=t.pool
-                ),
-            )
             async with asyncio.timeout(t.first_byte + t.read):
-                body = await self._read(client, request)
+                response = await upstream.request(
+                    "GET", models_url(provider), headers.items(), None, timeouts
+                )
+                body = await self._read(response)
             notes: list[str] = []
             prices = parse_models(body, self.styles[name], warnings=notes)
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             return "timed out"
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except UpstreamError as exc:
+            return f"{exc.name}: {exc}"
         except (_Failed, PriceImportError) as exc:
             return str(exc)
         except Exception as exc:  # never let one provider's surprise stop the others
@@ -325,13 +327,12 @@ class PriceBook:
             return f"no model in the answer has a usable price ({len(notes)} skipped)"
         return prices, notes
 
-    async def _read(self, client: httpx.AsyncClient, request: httpx.Request) -> bytes:
-        response = await client.send(request, stream=True)
+    async def _read(self, response: UpstreamResponse) -> bytes:
         try:
-            if response.status_code != 200:
-                raise _Failed(f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
+            if response.status != 200:
+                raise _Failed(f"HTTP {response.status} {response.reason}".rstrip())
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            while chunk := await response.read_chunk():
                 body += chunk
                 if len(body) > self.max_bytes:
                     raise _Failed(f"the answer is larger than {self.max_bytes} bytes")

@@ -28,12 +28,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from .errors import error_body
 from .ledger import Status
 from .router import Served
 from .sse import SSEParser
+from .upstream import UpstreamError
 from .usage import StreamObserver, UsageResult, usage_only_chunk
 
 __all__ = ["EventAligner", "RelayOutcome", "error_event", "relay_stream"]
@@ -178,7 +177,7 @@ async def relay_stream(
         await forward(served.prefix)
         async for chunk in served.rest():
             await forward(chunk)
-    except (TimeoutError, httpx.HTTPError) as exc:
+    except (TimeoutError, UpstreamError) as exc:
         failure = exc
     except asyncio.CancelledError:
         if not gone.is_set() or relay is None:
@@ -193,10 +192,8 @@ async def relay_stream(
     if gone.is_set():
         return RelayOutcome("client_disconnected", usage, "client went away", client_gone=True)
     if failure is not None:
-        kind = type(failure).__name__
-        reason = (
-            "timed out" if isinstance(failure, TimeoutError | httpx.TimeoutException) else "failed"
-        )
+        kind = failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
+        reason = "timed out" if isinstance(failure, TimeoutError) else "failed"
         tail = aligner.fail(
             error_event(
                 f"The upstream stream {reason} after it began ({kind}).", "stream_interrupted"

@@ -20,12 +20,16 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from .config import Deployment, RouterConfig
+from .config import Deployment, Provider, RouterConfig, Timeouts
 from .cooldown import CooldownStore, preemptive_hint, retry_hint
 from .errors import RouterError
 from .sse import SSEParser
+from .upstream import (
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 __all__ = ["Attempt", "Exhausted", "Router", "Served", "forwarded_headers"]
 
@@ -42,7 +46,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Never sent upstream: the client's credentials, hop-by-hop headers, and what httpx sets itself.
+# Never sent upstream: the client's credentials, hop-by-hop headers, and what the router sets.
 _NOT_FORWARDED = HOP_BY_HOP | {
     "authorization",
     "api-key",
@@ -100,30 +104,23 @@ class Served:
     (if ``complete`` is false) is still to be read with :meth:`rest`."""
 
     deployment: Deployment
-    response: httpx.Response
+    response: UpstreamResponse
     prefix: bytes
     complete: bool
     attempts: list[Attempt] = field(default_factory=list)
     read_timeout: float = 60.0
-    _raw: AsyncIterator[bytes] | None = field(default=None, repr=False)
-
-    def raw(self) -> AsyncIterator[bytes]:
-        """The one iterator over the upstream body (``aiter_raw`` may be started only once)."""
-        if self._raw is None:
-            self._raw = self.response.aiter_raw()
-        return self._raw
 
     async def rest(self) -> AsyncIterator[bytes]:
-        """The remaining body chunks, each within the read timeout."""
+        """The remaining body chunks, each within the read timeout (raises ``TimeoutError`` or
+        :class:`~waterfall_asgi.upstream.UpstreamError`)."""
         if self.complete:
             return
-        chunks = self.raw()
+        read = self.response.read_chunk
         while True:
-            try:
-                # a timeout scope, not wait_for: no task is made for each chunk
-                async with asyncio.timeout(self.read_timeout):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
+            # a timeout scope, not wait_for: no task is made for each chunk
+            async with asyncio.timeout(self.read_timeout):
+                chunk = await read()
+            if not chunk:
                 return
             yield chunk
 
@@ -162,17 +159,22 @@ class Router:
     def __init__(
         self,
         config: RouterConfig,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         cooldowns: CooldownStore,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.client = client
+        self.upstream = upstream
         self.cooldowns = cooldowns
         self.clock = clock
         self._by_model: dict[str, list[Deployment]] = {}
         self._by_key: dict[str, Deployment] = {}
+        # made once: what the router sends each provider, and the client's timeouts for it
+        self._sends = {
+            name: (_provider_headers(p), _header_wait(p.timeouts))
+            for name, p in config.providers.items()
+        }
         for d in config.all_deployments():
             self._by_model.setdefault(d.model, []).append(d)
             self._by_key[d.key] = d
@@ -250,13 +252,12 @@ class Router:
                     )
                 )
                 continue
-            status = served.response.status_code
+            status = served.response.status
             outcome = "served" if status < 400 else "rejected"
             attempts.append(Attempt(d.key, outcome, status, time.monotonic() - started))
             served.attempts = attempts
             if status < 400 and self.config.policy.cool_on_zero_remaining:
-                headers = {k.lower(): v for k, v in served.response.headers.items()}
-                seconds = preemptive_hint(headers, self.clock())
+                seconds = preemptive_hint(served.response.headers, self.clock())
                 if seconds is not None and seconds > 0:
                     await self._cool(d, seconds)
             return served
@@ -278,32 +279,26 @@ class Router:
     ) -> Served:
         provider = self.config.providers[d.provider]
         t = provider.timeouts
-        headers = httpx.Headers(passthrough)
-        headers["content-type"] = "application/json"
-        headers["accept-encoding"] = "identity"
-        for k, v in provider.headers.items():
-            headers[k] = v.get_secret_value()
-        if provider.api_key is not None:
-            headers["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
+        own, timeouts = self._sends[d.provider]
+        headers = [(k, v) for k, v in passthrough if k.lower() not in own]
+        headers += own.items()
         body = json.dumps({**payload, "model": d.model}, ensure_ascii=False).encode()
-        request = self.client.build_request(
-            "POST",
-            provider.base_url + endpoint,
-            content=body,
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=t.connect, read=max(t.first_byte, t.read), write=t.write, pool=t.pool
-            ),
-        )
         deadline = time.monotonic() + t.first_byte
         try:
-            response = await asyncio.wait_for(self.client.send(request, stream=True), t.first_byte)
-        except (TimeoutError, httpx.TimeoutException):
+            async with asyncio.timeout(t.first_byte):
+                response = await self.upstream.request(
+                    "POST",
+                    provider.base_url + endpoint,
+                    headers,
+                    body,
+                    timeouts,
+                )
+        except TimeoutError:
             raise _Failed("timeout", "timed out before the first byte") from None
-        except httpx.ConnectError:
+        except UpstreamConnectError:
             raise _Failed("connect_error", "could not connect") from None
-        except httpx.TransportError as exc:
-            raise _Failed("transport_error", f"transport error ({type(exc).__name__})") from None
+        except UpstreamError as exc:
+            raise _Failed("transport_error", f"transport error ({exc.name})") from None
         try:
             return await self._judge(d, response, stream, deadline, t.read)
         except BaseException:
@@ -313,17 +308,16 @@ class Router:
     async def _judge(
         self,
         d: Deployment,
-        response: httpx.Response,
+        response: UpstreamResponse,
         stream: bool,
         deadline: float,
         read_timeout: float,
     ) -> Served:
-        status = response.status_code
+        status = response.status
         if self.config.policy.falls_through(status):
-            headers = {k.lower(): v for k, v in response.headers.items()}
             detail = await self._error_detail(response, read_timeout)
             await response.aclose()
-            hint = retry_hint(headers, self.clock())
+            hint = retry_hint(response.headers, self.clock())
             raise _Failed("status", f"HTTP {status}{detail}", status, hint)
         served = Served(d, response, b"", False, read_timeout=read_timeout)
         is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
@@ -336,10 +330,10 @@ class Router:
         try:
             async for chunk in served.rest():
                 chunks.append(chunk)
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             raise _Failed("timeout", "timed out reading the body") from None
-        except httpx.TransportError as exc:
-            raise _Failed("transport_error", f"body cut short ({type(exc).__name__})") from None
+        except UpstreamError as exc:
+            raise _Failed("transport_error", f"body cut short ({exc.name})") from None
         served.prefix, served.complete = b"".join(chunks), True
         await response.aclose()
         return served
@@ -347,21 +341,22 @@ class Router:
     async def _first_event(self, served: Served, deadline: float, read_timeout: float) -> bytes:
         parser = SSEParser()
         buffered = bytearray()
-        chunks = served.raw()
+        read = served.response.read_chunk
         while True:
             wait = min(read_timeout, deadline - time.monotonic())
             try:
                 if wait <= 0:
                     raise TimeoutError
-                chunk = await asyncio.wait_for(anext(chunks), wait)
-            except StopAsyncIteration:
-                raise _Failed("empty_stream", "stream ended before its first event") from None
-            except (TimeoutError, httpx.TimeoutException):
+                async with asyncio.timeout(wait):
+                    chunk = await read()
+            except TimeoutError:
                 raise _Failed("timeout", "no stream event before the first-byte timeout") from None
-            except httpx.TransportError as exc:
+            except UpstreamError as exc:
                 raise _Failed(
-                    "transport_error", f"stream cut before its first event ({type(exc).__name__})"
+                    "transport_error", f"stream cut before its first event ({exc.name})"
                 ) from None
+            if not chunk:
+                raise _Failed("empty_stream", "stream ended before its first event")
             buffered += chunk
             for event in parser.feed(chunk):
                 if _is_error(event.data):
@@ -370,17 +365,17 @@ class Router:
             if parser.oversized:  # a first event too large to hold is content, not an error
                 return bytes(buffered)
 
-    async def _error_detail(self, response: httpx.Response, read_timeout: float) -> str:
+    async def _error_detail(self, response: UpstreamResponse, read_timeout: float) -> str:
         try:
             raw = bytearray()
             async with asyncio.timeout(read_timeout):
-                async for chunk in response.aiter_raw():
+                while chunk := await response.read_chunk():
                     raw += chunk
                     if len(raw) > _ERROR_PEEK:
                         break
             error = json.loads(bytes(raw)).get("error")
             code = error.get("code") or error.get("type") if isinstance(error, dict) else None
-        except (TimeoutError, httpx.HTTPError, ValueError, AttributeError):
+        except (TimeoutError, UpstreamError, ValueError, AttributeError):
             return ""
         return f" {code}" if isinstance(code, str) and code.isprintable() and len(code) < 80 else ""
 
@@ -399,3 +394,22 @@ def _is_error(data: str) -> bool:
     if not isinstance(choices, list):
         return True
     return all(isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices)
+
+
+_BASE_HEADERS = (("content-type", "application/json"), ("accept-encoding", "identity"))
+
+
+def _provider_headers(provider: Provider) -> dict[str, str]:
+    """What the router itself sends to ``provider``, names lower-cased: the JSON content type,
+    no compression, the provider's extra headers and its key."""
+    own = dict(_BASE_HEADERS)
+    for k, v in provider.headers.items():
+        own[k.lower()] = v.get_secret_value()
+    if provider.api_key is not None:
+        own["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
+    return own
+
+
+def _header_wait(t: Timeouts) -> Timeouts:
+    """The client's own timeouts while the router waits for headers within ``first_byte``."""
+    return t if t.read >= t.first_byte else t.model_copy(update={"read": t.first_byte})
