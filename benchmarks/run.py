@@ -6,7 +6,8 @@ uvicorn in its own process on 127.0.0.1:
 * ``aiohttp``: a raw-ASGI passthrough using aiohttp's client (the baseline of every ratio);
 * ``httpx``: the same passthrough using httpx (the router's client);
 * ``router``: ``create_app`` with a one-entry chain, the ledger in memory;
-* ``router+sqlite``: the same with the SQLite ledger in a temporary directory.
+* ``router+sqlite``: the same with the SQLite ledger in a temporary directory;
+* ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``).
 
 A load generator (aiohttp, in this process) sends a fixed number of requests per round, with
 concurrency 1 and 32, for a JSON chat completion and for a 20-event SSE stream, interleaving the
@@ -43,7 +44,7 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 PATH = "/v1/chat/completions"
 FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
 STREAM_EVENTS = 20  # data events in the stream, [DONE] included
-PROXIES = ("aiohttp", "httpx", "router", "router+sqlite")
+PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "router/httpx")
 WORKLOADS = ("json", "stream")
 CONCURRENCY = (1, 32)
 POOL = 100  # upstream connections each proxy may keep (the router's httpx default)
@@ -267,7 +268,7 @@ def httpx_passthrough(upstream: str) -> ASGIApp:
     return app
 
 
-def router_app(upstream: str, ledger_path: str | None) -> ASGIApp:
+def router_app(upstream: str, ledger_path: str | None, client: str = "aiohttp") -> ASGIApp:
     """The router standalone: one provider, a one-entry chain ``bench``."""
     from waterfall_asgi import create_app
 
@@ -275,6 +276,7 @@ def router_app(upstream: str, ledger_path: str | None) -> ASGIApp:
         "providers": {"up": {"base_url": upstream + "/v1"}},
         "chains": {"bench": [f"up/{FAKE_MODEL}"]},
         "ledger": {"path": ledger_path},
+        "upstream": {"client": client},
     }
     app: ASGIApp = create_app(config)
     return app
@@ -292,6 +294,8 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> 
         app = router_app(upstream, None)
     elif kind == "router+sqlite":
         app = router_app(upstream, str(Path(ledger_dir) / "usage.db"))
+    elif kind == "router/httpx":
+        app = router_app(upstream, None, client="httpx")
     else:
         raise ValueError(kind)
     sock = _bind()

@@ -414,6 +414,7 @@ def test_any_events_come_back_exactly(data: st.DataObject) -> None:
 # Bytes that matter to the parser, so that random streams hit every rule.
 _PIECES = [b"data", b"id", b"event", b"retry", b":", b": ", b" ", b"\r", b"\n", b"\r\n", b"7"]
 _PIECES += [b"x", b"\x00", BOM, "é".encode(), "🚀".encode(), b"\xff"]
+_PIECES += [b"data: ", b"data: x\n\n", b"\n\n"]  # the shapes the parser's fast path takes
 
 
 @given(

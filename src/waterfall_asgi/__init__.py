@@ -54,7 +54,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
-from .relay import EventAligner, RelayOutcome, error_event, relay_stream
+from .relay import ClientWatch, EventAligner, RelayOutcome, error_event, relay_stream
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
 from .sse import SSEEvent, SSEParser
 from .upstream import (
@@ -80,6 +80,7 @@ __all__ = [
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
+    "ClientWatch",
     "ConfigError",
     "CooldownStore",
     "Deployment",

@@ -97,8 +97,10 @@ class UsageRecord:
     """A short reason for any status but ``success`` (never a secret)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready) of every field."""
-        return dataclasses.asdict(self)
+        """A plain dict (JSON-ready) of every field (a copy: changing it leaves the record)."""
+        data = dict(self.__dict__)  # the fields hold scalars, but for the list of attempts
+        data["attempts"] = [dict(a) for a in self.attempts]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageRecord:

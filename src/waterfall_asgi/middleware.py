@@ -47,7 +47,7 @@ from .cost import (
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord
 from .pricing import PriceBook, missing_prices
-from .relay import relay_stream
+from .relay import ClientWatch, relay_stream
 from .router import Attempt, Exhausted, Router, Served
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
@@ -296,6 +296,7 @@ class WaterfallMiddleware:
         started = time.monotonic()
         id_header = ("x-waterfall-request-id", request_id)
         record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
+        watch: ClientWatch | None = None
         accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
         try:
             router = await self._get_router()
@@ -351,21 +352,30 @@ class WaterfallMiddleware:
                 label, plan = router.plan(model)
             record.model = label
             upstream_payload, injected = with_usage(payload) if stream else (payload, False)
-            served = await self._until_disconnect(
-                receive,
-                router.run(label, plan, endpoint, upstream_payload, _client_headers(scope), stream),
-            )
-            if served is None:
+            # One task listens for a disconnect for the rest of the request: until an upstream
+            # is accepted, a disconnect cancels the waterfall; then the relay takes it over.
+            current = asyncio.current_task()
+            assert current is not None
+            watch = ClientWatch(receive, current.cancel)
+            try:
+                served = await router.run(
+                    label, plan, endpoint, upstream_payload, _client_headers(scope), stream
+                )
+            except asyncio.CancelledError:
+                if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
+                    raise
                 record.status = "client_disconnected"
                 record.error = "client went away before an upstream answered"
                 return
+            finally:
+                watch.on_gone = None  # no await since run() returned: nothing cancels now
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
             record.http_status = served.response.status
             record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
             await self._save(record)  # accepted: the record exists from now on
-            await self._commit(send, receive, served, record, injected, ranking)
+            await self._commit(send, receive, served, record, injected, ranking, watch)
         except RouterError as exc:
             record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
             record.http_status = exc.status
@@ -380,12 +390,15 @@ class WaterfallMiddleware:
             record.status, record.error = "interrupted", "cancelled (server shutting down?)"
             raise
         finally:
+            if watch is not None:
+                watch.close()
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
             if record.status == "pending":  # an unexpected exception: still a terminal status
                 record.status, record.error = "upstream_error", "internal error"
             if accounted:
                 await self._finish(record)
-            logger.info(json.dumps({"method": scope["method"], **record.to_dict()}))
+            if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
+                logger.info(json.dumps({"method": scope["method"], **record.to_dict()}))
 
     async def _save(self, record: UsageRecord) -> None:
         try:
@@ -454,28 +467,6 @@ class WaterfallMiddleware:
             raise RouterError(400, "The request body must be a JSON object.", code="invalid_json")
         return payload
 
-    async def _until_disconnect(self, receive: Receive, work: Awaitable[Served]) -> Served | None:
-        """Run ``work``, cancelling it if the client disconnects first."""
-        task = asyncio.ensure_future(work)
-        watch = asyncio.ensure_future(receive())
-        try:
-            done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            if watch.result().get("type") == "http.disconnect":
-                task.cancel()
-                try:
-                    served = await task
-                except (asyncio.CancelledError, RouterError):
-                    return None
-                await served.aclose()
-                return None
-            return await task
-        finally:
-            watch.cancel()
-            if not task.done():
-                task.cancel()
-
     def _models(self, router: Router) -> bytes:
         data: list[dict[str, Any]] = [
             {
@@ -542,6 +533,7 @@ class WaterfallMiddleware:
         record: UsageRecord,
         injected: bool,
         ranking: Ranking | None = None,
+        watch: ClientWatch | None = None,
     ) -> None:
         response = served.response
         headers = [
@@ -589,6 +581,7 @@ class WaterfallMiddleware:
             drain_seconds=self.config.ledger.drain_seconds,
             request_id=record.id,
             closing_event=cost_event,
+            watch=watch,
         )
         charge.apply(record, outcome.usage)
         record.status, record.error = outcome.status, outcome.error

@@ -35,7 +35,7 @@ from .sse import SSEParser
 from .upstream import UpstreamError
 from .usage import StreamObserver, UsageResult, usage_only_chunk
 
-__all__ = ["EventAligner", "RelayOutcome", "error_event", "relay_stream"]
+__all__ = ["ClientWatch", "EventAligner", "RelayOutcome", "error_event", "relay_stream"]
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -115,6 +115,33 @@ def _is_usage_block(block: bytes) -> bool:
     return len(events) == 1 and usage_only_chunk(events[0].data)
 
 
+class ClientWatch:
+    """Listens for the client's ``http.disconnect`` in one task, for the rest of a request.
+
+    Whoever holds the request at the time says what a disconnect does (:attr:`on_gone`, called
+    once, from the watch's task); :attr:`gone` tells whether it came. Servers drop sends to a
+    client that left without saying so, so this is the only way to learn it.
+    """
+
+    __slots__ = ("_task", "gone", "on_gone")
+
+    def __init__(self, receive: Receive, on_gone: Callable[[], object] | None = None) -> None:
+        self.gone = False
+        self.on_gone = on_gone
+        self._task = asyncio.ensure_future(self._listen(receive))
+
+    async def _listen(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self.on_gone is not None:
+            self.on_gone()
+
+    def close(self) -> None:
+        """Stop listening (the request is over)."""
+        self._task.cancel()
+
+
 @dataclass
 class RelayOutcome:
     """How a relayed stream ended, and what it said about usage."""
@@ -134,9 +161,12 @@ async def relay_stream(
     drain_seconds: float = 5.0,
     request_id: str | None = None,
     closing_event: Callable[[UsageResult], bytes | None] | None = None,
+    watch: ClientWatch | None = None,
 ) -> RelayOutcome:
     """Relay the rest of ``served`` (its ``prefix`` first) to the client; the response start has
-    been sent already. ``closing_event`` may add one last event after a complete stream."""
+    been sent already. ``closing_event`` may add one last event after a complete stream.
+    ``watch`` is the request's :class:`ClientWatch`, if it has one already (else the relay
+    listens to ``receive`` itself)."""
     observer = StreamObserver(request_id=request_id)
     aligner = EventAligner()
     relay = asyncio.current_task()
@@ -149,12 +179,6 @@ async def relay_stream(
             return
         gone.set()
         deadline.append(asyncio.get_running_loop().call_later(drain_seconds, relay.cancel))
-
-    async def watch() -> None:
-        # Servers drop sends to a client that left without saying so: listen for it.
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        client_left()
 
     async def forward(chunk: bytes) -> None:
         observer.feed(chunk)
@@ -171,7 +195,11 @@ async def relay_stream(
             except OSError:  # a server that reports the gone client by raising
                 client_left()
 
-    watcher = asyncio.ensure_future(watch())
+    own_watch = watch is None
+    watcher = ClientWatch(receive) if watch is None else watch
+    watcher.on_gone = client_left
+    if watcher.gone:
+        client_left()
     failure: BaseException | None = None
     try:
         await forward(served.prefix)
@@ -184,7 +212,9 @@ async def relay_stream(
             raise
         relay.uncancel()  # the drain's deadline, not a cancellation from outside
     finally:
-        watcher.cancel()
+        watcher.on_gone = None
+        if own_watch:
+            watcher.close()
         for handle in deadline:
             handle.cancel()
         await served.aclose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "accept-encoding",
 }
 _ERROR_PEEK = 64 * 1024
+# Where a blank line ends: with CR, LF and CRLF line ends every blank line holds one of these.
+_BOUNDARY = re.compile(rb"\n\n|\n\r|\r\r")
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -341,6 +344,7 @@ class Router:
     async def _first_event(self, served: Served, deadline: float, read_timeout: float) -> bytes:
         parser = SSEParser()
         buffered = bytearray()
+        fed = 0  # how much of ``buffered`` the parser has seen: only up to the first event
         read = served.response.read_chunk
         while True:
             wait = min(read_timeout, deadline - time.monotonic())
@@ -358,10 +362,18 @@ class Router:
             if not chunk:
                 raise _Failed("empty_stream", "stream ended before its first event")
             buffered += chunk
-            for event in parser.feed(chunk):
-                if _is_error(event.data):
-                    raise _Failed("error_event", "stream began with an error event")
-                return bytes(buffered)
+            # Parse block by block, to the first event only: a first read often holds the
+            # whole stream, and the relay's observer parses it anyway.
+            while (end := _BOUNDARY.search(buffered, fed)) is not None:
+                events = parser.feed(bytes(buffered[fed : end.end()]))
+                fed = end.end()
+                if events:
+                    if _is_error(events[0].data):
+                        raise _Failed("error_event", "stream began with an error event")
+                    return bytes(buffered)
+            if len(buffered) - fed > parser.max_bytes:
+                parser.feed(bytes(buffered[fed:]))
+                fed = len(buffered)
             if parser.oversized:  # a first event too large to hold is content, not an error
                 return bytes(buffered)
 

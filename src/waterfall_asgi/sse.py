@@ -82,7 +82,11 @@ class SSEParser:
         start, n = 0, len(chunk)
         if not n:  # an empty chunk must not forget a CR that may pair with the next LF
             return events
-        if self._after_cr and chunk[0] == _LF:
+        if not self._line and not self._event_bytes and not self._after_cr:
+            start = self._simple_events(chunk, events)
+            if start == n:
+                return events
+        if self._after_cr and chunk[start] == _LF:
             start = 1
         self._after_cr = False
         while start < n:
@@ -103,6 +107,26 @@ class SSEParser:
             else:
                 start = end + 1
         return events
+
+    def _simple_events(self, chunk: bytes, events: list[SSEEvent]) -> int:
+        """The fast path, between events: take each leading ``data: ...\n\n`` block whose only
+        line ends are its last two bytes (what most providers send) in one step; return where
+        the line-by-line parse must go on. Same results as that parse, to the byte."""
+        if self._skipping or self._event or self._retry is not None or self._data:
+            return 0
+        start, cap = 0, self.max_bytes
+        while chunk.startswith(b"data: ", start):
+            end = chunk.find(b"\n\n", start)
+            if end < 0 or end - start > cap:
+                break
+            line = chunk[start + 6 : end]
+            if b"\r" in line or b"\n" in line:
+                break
+            events.append(SSEEvent(line.decode("utf-8", "replace"), "message", self._id))
+            start = end + 2
+        if start:
+            self._at_start = False
+        return start
 
     def _append(self, piece: bytes) -> None:
         if self._skipping or not piece:

@@ -16,6 +16,8 @@ client library's own exception (``name``) for messages and logs, and both honour
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
 
@@ -252,6 +254,7 @@ class AiohttpUpstream:
         self._limit = max_connections
         self._keepalive = max_keepalive
         self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._proxies: dict[str, str | None] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -264,10 +267,29 @@ class AiohttpUpstream:
             connector=connector,
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
-            trust_env=True,
+            # trust_env would look up .netrc and the proxy in a thread on every request; the
+            # proxy is looked up here once per origin instead (see _proxy)
+            trust_env=False,
+            # an upstream's cookies are never kept, so never sent on another client's behalf
+            cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
         )
         return self._session
+
+    def _proxy(self, url: str) -> str | None:
+        """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``...),
+        looked up once per URL (the router's URLs are its providers' few endpoints)."""
+        try:
+            return self._proxies[url]
+        except KeyError:
+            pass
+        parts = urllib.parse.urlsplit(url)
+        proxies = urllib.request.getproxies_environment()
+        proxy = proxies.get(parts.scheme) or None
+        if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
+            proxy = None
+        self._proxies[url] = proxy
+        return proxy
 
     def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(t)
@@ -298,6 +320,7 @@ class AiohttpUpstream:
                 headers=list(headers),
                 timeout=self._timeout(timeouts),
                 allow_redirects=False,
+                proxy=self._proxy(url),
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(type(exc).__name__, str(exc)) from None
