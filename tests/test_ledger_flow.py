@@ -344,3 +344,16 @@ def test_an_empty_ledger_path_keeps_usage_in_memory() -> None:
     config = {"providers": {"a": {"base_url": "http://a/v1"}}, "chains": {"c": ["a/m"]}}
     app = WaterfallMiddleware(None, {**config, "ledger": {"path": ""}})
     assert isinstance(app.ledger, MemoryLedger)
+
+
+@pytest.mark.anyio
+async def test_the_memory_ledger_keeps_the_latest_records_only() -> None:
+    ledger = MemoryLedger(max_records=3)
+    for n in range(5):
+        await ledger.save(UsageRecord(id=f"r{n}", started_at=0.0, route="/v1/chat/completions"))
+    await ledger.save(UsageRecord(id="r3", started_at=0.0, route="/v1/x", status="success"))
+    assert list(ledger.records) == ["r2", "r3", "r4"]  # a save again keeps the place
+    assert ledger.records["r3"].status == "success"
+    assert len(MemoryLedger(max_records=None).records) == 0
+    with pytest.raises(ValueError, match="max_records"):
+        MemoryLedger(max_records=0)

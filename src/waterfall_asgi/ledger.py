@@ -129,10 +129,24 @@ class LedgerStore(Protocol):
 
 
 class MemoryLedger:
-    """Records in a dict, in this process: for tests, or when nothing should be persisted."""
+    """Records in a dict, in this process: for tests, or when nothing should be persisted.
 
-    def __init__(self) -> None:
+    It keeps the latest ``max_records`` requests (``None``: all of them), so that a router
+    left running with ``ledger.path = None`` does not grow without end; the oldest go first.
+
+    >>> import asyncio
+    >>> ledger = MemoryLedger(max_records=2)
+    >>> for n in range(3):
+    ...     asyncio.run(ledger.save(UsageRecord(id=f"r{n}", started_at=0.0, route="/v1/x")))
+    >>> list(ledger.records)
+    ['r1', 'r2']
+    """
+
+    def __init__(self, max_records: int | None = 10_000) -> None:
+        if max_records is not None and max_records < 1:
+            raise ValueError("max_records must be at least 1 (or None)")
         self.records: dict[str, UsageRecord] = {}
+        self.max_records = max_records
         self.opened = self.closed = False
 
     async def open(self) -> None:
@@ -144,7 +158,10 @@ class MemoryLedger:
 
     async def save(self, record: UsageRecord) -> None:
         """Keep a copy of ``record`` (so later changes to it are not seen until saved again)."""
-        self.records[record.id] = dataclasses.replace(record, attempts=list(record.attempts))
+        records = self.records
+        records[record.id] = dataclasses.replace(record, attempts=list(record.attempts))
+        if self.max_records is not None and len(records) > self.max_records:
+            del records[next(iter(records))]  # the oldest request (dicts keep their order)
 
     async def close(self) -> None:
         """Nothing to flush."""

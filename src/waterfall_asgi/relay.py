@@ -12,7 +12,8 @@ arriving are held back until its blank line comes. That is what makes a clean en
 - an event larger than the cap is passed through as it arrives (memory stays bounded); if the
   upstream fails in the middle of one, the error event is preceded by a blank line.
 
-A :class:`~waterfall_asgi.usage.StreamObserver` taps a copy of every upstream byte. When the
+A :class:`~waterfall_asgi.usage.StreamObserver` reads the same whole events (so only the aligner
+holds an unfinished event, and the observer parses each event once, whole). When the
 client goes away, the upstream is drained (not relayed) for up to ``drain_seconds`` so that usage
 and cost are still recorded, then closed.
 
@@ -181,19 +182,21 @@ async def relay_stream(
         deadline.append(asyncio.get_running_loop().call_later(drain_seconds, relay.cancel))
 
     async def forward(chunk: bytes) -> None:
-        observer.feed(chunk)
         blocks = aligner.feed(chunk)
+        if not blocks:
+            return
+        whole = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        observer.feed(whole)
         if gone.is_set():
             return
-        if strip_usage:
-            blocks = [b for b in blocks if not _is_usage_block(b)]
-        if blocks:
-            try:
-                await send(
-                    {"type": "http.response.body", "body": b"".join(blocks), "more_body": True}
-                )
-            except OSError:  # a server that reports the gone client by raising
-                client_left()
+        if strip_usage and _EMPTY_CHOICES.search(whole):
+            whole = b"".join(b for b in blocks if not _is_usage_block(b))
+            if not whole:
+                return
+        try:
+            await send({"type": "http.response.body", "body": whole, "more_body": True})
+        except OSError:  # a server that reports the gone client by raising
+            client_left()
 
     own_watch = watch is None
     watcher = ClientWatch(receive) if watch is None else watch
@@ -237,6 +240,7 @@ async def relay_stream(
         outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
     else:
         tail = aligner.flush()
+        observer.feed(tail)  # held back only for want of a blank line: whole, as far as it goes
         if closing_event is not None and usage.error is None:  # only after a clean stream
             tail += closing_event(usage) or b""
         outcome = RelayOutcome("success", usage)
