@@ -35,8 +35,8 @@ docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
 
 bench: $(STAMP)  ## the benchmark suite (never part of test); BENCH_ARGS=--quick for a smoke run
-	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/streams.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/micro.py $(BENCH_ARGS)
 
 clean:

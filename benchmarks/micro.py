@@ -88,16 +88,26 @@ def bench_streams(repeat: int) -> list[tuple[str, str]]:
             a.feed(chunk)
         assert not a.flush()
 
+    def relay_path() -> None:
+        # what the relay does with each read: align it, then observe the whole events at once
+        a, o = EventAligner(), StreamObserver()
+        for chunk in reads:
+            blocks = a.feed(chunk)
+            if blocks:
+                o.feed(blocks[0] if len(blocks) == 1 else b"".join(blocks))
+        assert o.result.complete
+
     rows = []
     for name, body in (
-        ("SSEParser", parser),
-        ("StreamObserver", observer),
-        ("EventAligner", aligner),
+        ("SSEParser.feed", parser),
+        ("StreamObserver.feed", observer),
+        ("EventAligner.feed", aligner),
+        ("aligner + observer (relay)", relay_path),
     ):
         seconds = timed(repeat, body)
         rows.append(
             (
-                f"{name}.feed ({len(stream)} B, {events} events, {READ_SIZE} B reads)",
+                f"{name} ({len(stream)} B, {events} events, {READ_SIZE} B reads)",
                 f"{len(stream) / seconds / 1e6:.1f} MB/s, {1e6 * seconds / events:.2f} µs/event",
             )
         )

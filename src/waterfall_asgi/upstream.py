@@ -16,10 +16,11 @@ client library's own exception (``name``) for messages and logs, and both honour
 
 from __future__ import annotations
 
+import http.cookiejar
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
@@ -119,7 +120,8 @@ class _HttpxResponse:
         self._chunks = (
             _once(response.content) if response.is_stream_consumed else response.aiter_raw()
         )
-        self.headers = {k.lower(): v for k, v in response.headers.items()}
+        # multi_items: a repeated header keeps its last value (items() would join them)
+        self.headers = {k.lower(): v for k, v in response.headers.multi_items()}
 
     @property
     def status(self) -> int:
@@ -146,6 +148,16 @@ class _HttpxResponse:
         await self._response.aclose()
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
 async def _once(content: bytes) -> AsyncIterator[bytes]:
     yield content
 
@@ -169,6 +181,7 @@ class HttpxUpstream:
                 max_connections=max_connections, max_keepalive_connections=max_keepalive
             ),
             follow_redirects=False,
+            cookies=_NoCookies(),  # an upstream's cookies are never sent on another's behalf
         )
 
     async def request(
@@ -224,8 +237,12 @@ class _AiohttpResponse:
         return self._response.reason or ""
 
     async def read_chunk(self) -> bytes:
+        content = self._content
         try:
-            return await self._content.readany()
+            if content.exception() is not None and getattr(content, "_buffer", None):
+                # readany() raises a failure before the bytes that arrived ahead of it
+                return content._read_nowait(-1)
+            return await content.readany()
         except TimeoutError as exc:  # the session's sock_read timeout
             raise UpstreamTimeout(type(exc).__name__, str(exc)) from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -317,7 +334,8 @@ class AiohttpUpstream:
                 method,
                 url,
                 data=body,
-                headers=list(headers),
+                # one case for every name: aiohttp would let a repeat in another case replace
+                headers=[(k.lower(), v) for k, v in headers],
                 timeout=self._timeout(timeouts),
                 allow_redirects=False,
                 proxy=self._proxy(url),
