@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from waterfall_asgi.config import Deployment
-from waterfall_asgi.relay import RelayOutcome, relay_stream
+from waterfall_asgi.relay import EventAligner, RelayOutcome, relay_stream
 from waterfall_asgi.router import Served
 from waterfall_asgi.sse import SSEParser
 from waterfall_asgi.usage import StreamObserver, usage_only_chunk
@@ -148,3 +148,29 @@ def test_a_slow_client_holds_the_upstream_back() -> None:
     assert outcome.status == "success"
     assert delivered == len(chunks) + 1  # every chunk, then the end of the body
     assert max(ahead) <= 1  # never more than the chunk being sent
+
+
+_SSE_BYTES = [b"data: ", b"x", b":", b"\r", b"\n", b"\r\n", b'{"a":1}', "é".encode()]
+
+
+@given(
+    st.lists(st.sampled_from(_SSE_BYTES), max_size=80)
+    .map(b"".join)
+    .flatmap(lambda data: st.tuples(st.just(data), chunkings(data))),
+    st.sampled_from([4, 16, 64 * 1024]),
+)
+def test_take_hands_over_every_whole_event_at_once_and_holds_only_an_unfinished_one(
+    drawn: tuple[bytes, list[bytes]], cap: int
+) -> None:
+    data, chunks = drawn
+    aligner = EventAligner(cap)
+    out = []
+    for chunk in chunks:
+        piece = aligner.take(chunk)
+        if piece and not aligner.misaligned:
+            assert piece[-2:] in (b"\n\n", b"\n\r", b"\r\r")  # it ends with a blank line
+        held = bytes(aligner._pending)
+        assert len(held) <= cap
+        assert not any(pair in held for pair in (b"\n\n", b"\n\r", b"\r\r"))
+        out.append(piece)
+    assert b"".join(out) + aligner.flush() == data  # nothing lost, nothing added, in order

@@ -79,6 +79,36 @@ class EventAligner:
             self.misaligned = True
         return blocks
 
+    def take(self, chunk: bytes) -> bytes:
+        """Take ``chunk``; return, as one piece, everything up to the end of the last blank line
+        held (and, past the cap, the unfinished event as it is). The same bytes as
+        :meth:`feed`'s events joined, give or take a blank line's terminator, without cutting
+        them apart: the relay sends them in one piece anyway."""
+        pending = self._pending
+        data: bytes | bytearray = chunk
+        if pending:
+            pending += chunk
+            data = pending
+        end = max(data.rfind(b"\n\n"), data.rfind(b"\n\r"), data.rfind(b"\r\r"))
+        if end < 0:
+            if not pending:
+                pending += chunk
+            out = b""
+        else:
+            cut = end + 2
+            if pending:
+                out = bytes(pending[:cut])
+                del pending[:cut]
+            else:
+                out = chunk[:cut]
+                pending += chunk[cut:]
+            self.misaligned = False
+        if len(pending) > self.cap:
+            out += pending
+            pending.clear()
+            self.misaligned = True
+        return out
+
     def flush(self) -> bytes:
         """The stream ended cleanly: everything held back, unchanged."""
         out = bytes(self._pending)
@@ -107,6 +137,20 @@ def _only_whole_comments(pending: bytes) -> bool:
 
 
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def _without_usage(whole: bytes) -> bytes:
+    """``whole`` less its usage-only events. Each goes from its first line to the blank line
+    that ends it: blank lines before it stay, wherever the aligner happened to cut them."""
+    kept, start = [], 0
+    for match in _BOUNDARY.finditer(whole):
+        block = whole[start : match.end()]
+        if _is_usage_block(block):
+            block = block[: len(block) - len(block.lstrip(b"\r\n"))]
+        kept.append(block)
+        start = match.end()
+    kept.append(whole[start:])  # an oversized event's unfinished part, as it is
+    return b"".join(kept)
 
 
 def _is_usage_block(block: bytes) -> bool:
@@ -182,15 +226,14 @@ async def relay_stream(
         deadline.append(asyncio.get_running_loop().call_later(drain_seconds, relay.cancel))
 
     async def forward(chunk: bytes) -> None:
-        blocks = aligner.feed(chunk)
-        if not blocks:
+        whole = aligner.take(chunk)
+        if not whole:
             return
-        whole = blocks[0] if len(blocks) == 1 else b"".join(blocks)
         observer.feed(whole)
         if gone.is_set():
             return
         if strip_usage and _EMPTY_CHOICES.search(whole):
-            whole = b"".join(b for b in blocks if not _is_usage_block(b))
+            whole = _without_usage(whole)
             if not whole:
                 return
         try:

@@ -114,15 +114,17 @@ class SSEParser:
         the line-by-line parse must go on. Same results as that parse, to the byte."""
         if self._skipping or self._event or self._retry is not None or self._data:
             return 0
-        start, cap = 0, self.max_bytes
+        start, cap, last_id = 0, self.max_bytes, self._id
+        crs = b"\r" in chunk
         while chunk.startswith(b"data: ", start):
             end = chunk.find(b"\n\n", start)
             if end < 0 or end - start > cap:
                 break
-            line = chunk[start + 6 : end]
-            if b"\r" in line or b"\n" in line:
-                break
-            events.append(SSEEvent(line.decode("utf-8", "replace"), "message", self._id))
+            if chunk.find(b"\n", start, end) >= 0 or (crs and chunk.find(b"\r", start, end) >= 0):
+                break  # more than one line: the line-by-line parse takes it
+            events.append(
+                SSEEvent(chunk[start + 6 : end].decode("utf-8", "replace"), "message", last_id)
+            )
             start = end + 2
         if start:
             self._at_start = False
