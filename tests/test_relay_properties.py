@@ -9,6 +9,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -174,3 +175,18 @@ def test_take_hands_over_every_whole_event_at_once_and_holds_only_an_unfinished_
         assert not any(pair in held for pair in (b"\n\n", b"\n\r", b"\r\r"))
         out.append(piece)
     assert b"".join(out) + aligner.flush() == data  # nothing lost, nothing added, in order
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_the_usage_chunk_is_cut_out_exactly_wherever_the_reads_split(eol: bytes) -> None:
+    """Every way of cutting the stream in two reads: the client gets the stream less exactly the
+    usage event (its lines and the blank line after it), nothing more, nothing less."""
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}' + eol + eol
+    before = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}' + eol + eol
+    after = b": keep-alive" + eol + b"data: [DONE]" + eol + eol
+    body = before + usage + after
+    for cut in range(1, len(body)):
+        client, outcome = asyncio.run(relay([body[:cut], body[cut:]], strip=True))
+        assert client == before + after, cut
+        assert outcome.status == "success"
+        assert outcome.usage.prompt_tokens == 1

@@ -139,18 +139,40 @@ def _only_whole_comments(pending: bytes) -> bool:
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
-def _without_usage(whole: bytes) -> bytes:
-    """``whole`` less its usage-only events. Each goes from its first line to the blank line
-    that ends it: blank lines before it stay, wherever the aligner happened to cut them."""
-    kept, start = [], 0
-    for match in _BOUNDARY.finditer(whole):
-        block = whole[start : match.end()]
-        if _is_usage_block(block):
-            block = block[: len(block) - len(block.lstrip(b"\r\n"))]
-        kept.append(block)
-        start = match.end()
-    kept.append(whole[start:])  # an oversized event's unfinished part, as it is
-    return b"".join(kept)
+class _UsageStripper:
+    """Cuts the usage-only events out of what the aligner hands over. An event is cut from its
+    first line to the end of the blank line after it (CRLF included, even when its LF comes in
+    the next piece): the same bytes whatever the reads were."""
+
+    __slots__ = ("skip_lf",)
+
+    def __init__(self) -> None:
+        self.skip_lf = False  # a cut event ended with CR: an LF next is its line end's
+
+    def strip(self, whole: bytes) -> bytes:
+        if self.skip_lf and whole[:1] == b"\n":
+            whole = whole[1:]
+        self.skip_lf = False
+        if not _EMPTY_CHOICES.search(whole):  # cheap: most pieces hold no usage-only chunk
+            return whole
+        kept, start, skip = [], 0, False
+        for match in _BOUNDARY.finditer(whole):
+            end = match.end()
+            block = whole[start + (skip and whole[start : start + 1] == b"\n") : end]
+            skip = False
+            if _is_usage_block(block):
+                block = block[: len(block) - len(block.lstrip(b"\r\n"))]  # blank lines stay
+                skip = whole[end - 1 : end] == b"\r"
+            kept.append(block)
+            start = end
+        tail = whole[start:]  # an oversized event's unfinished part, or nothing
+        if skip:
+            if tail[:1] == b"\n":
+                tail = tail[1:]
+            elif not tail:
+                self.skip_lf = True
+        kept.append(tail)
+        return b"".join(kept)
 
 
 def _is_usage_block(block: bytes) -> bool:
@@ -214,6 +236,7 @@ async def relay_stream(
     listens to ``receive`` itself)."""
     observer = StreamObserver(request_id=request_id)
     aligner = EventAligner()
+    stripper = _UsageStripper() if strip_usage else None
     relay = asyncio.current_task()
     gone = asyncio.Event()
     deadline: list[asyncio.TimerHandle] = []
@@ -232,8 +255,8 @@ async def relay_stream(
         observer.feed(whole)
         if gone.is_set():
             return
-        if strip_usage and _EMPTY_CHOICES.search(whole):
-            whole = _without_usage(whole)
+        if stripper is not None:
+            whole = stripper.strip(whole)
             if not whole:
                 return
         try:
@@ -284,6 +307,8 @@ async def relay_stream(
     else:
         tail = aligner.flush()
         observer.feed(tail)  # held back only for want of a blank line: whole, as far as it goes
+        if stripper is not None:
+            tail = stripper.strip(tail)
         if closing_event is not None and usage.error is None:  # only after a clean stream
             tail += closing_event(usage) or b""
         outcome = RelayOutcome("success", usage)
