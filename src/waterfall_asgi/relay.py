@@ -153,25 +153,32 @@ class _UsageStripper:
         if self.skip_lf and whole[:1] == b"\n":
             whole = whole[1:]
         self.skip_lf = False
-        if not _EMPTY_CHOICES.search(whole):  # cheap: most pieces hold no usage-only chunk
-            return whole
-        kept, start, skip = [], 0, False
-        for match in _BOUNDARY.finditer(whole):
-            end = match.end()
-            block = whole[start + (skip and whole[start : start + 1] == b"\n") : end]
-            skip = False
-            if _is_usage_block(block):
-                block = block[: len(block) - len(block.lstrip(b"\r\n"))]  # blank lines stay
-                skip = whole[end - 1 : end] == b"\r"
-            kept.append(block)
+        kept, start = [], 0  # start: where the bytes still to keep begin
+        for found in _EMPTY_CHOICES.finditer(whole):  # most pieces have none: no work
+            at = found.start()
+            if at < start:
+                continue
+            # the event around it: from the end of the blank line before to the one after
+            begin = max(whole.rfind(b"\n\n", 0, at), whole.rfind(b"\n\r", 0, at))
+            begin = max(begin, whole.rfind(b"\r\r", 0, at))
+            begin = max(start, begin + 2 if begin >= 0 else 0)
+            after = _BOUNDARY.search(whole, found.end())
+            if after is None:  # an oversized event's unfinished part: as it is
+                break
+            end = after.end()
+            block = whole[begin:end]
+            if not _is_usage_block(block):
+                continue
+            kept.append(whole[start : end - len(block.lstrip(b"\r\n"))])  # blank lines stay
             start = end
-        tail = whole[start:]  # an oversized event's unfinished part, or nothing
-        if skip:
-            if tail[:1] == b"\n":
-                tail = tail[1:]
-            elif not tail:
-                self.skip_lf = True
-        kept.append(tail)
+            if whole[end - 1 : end] == b"\r":  # the LF of a CRLF is the event's too
+                if whole[end : end + 1] == b"\n":
+                    start += 1
+                elif end == len(whole):
+                    self.skip_lf = True
+        if not kept:
+            return whole
+        kept.append(whole[start:])
         return b"".join(kept)
 
 
