@@ -159,7 +159,10 @@ class MemoryLedger:
     async def save(self, record: UsageRecord) -> None:
         """Keep a copy of ``record`` (so later changes to it are not seen until saved again)."""
         records = self.records
-        records[record.id] = dataclasses.replace(record, attempts=list(record.attempts))
+        snapshot = object.__new__(UsageRecord)  # a shallow copy, without __init__'s checks
+        snapshot.__dict__.update(record.__dict__)
+        snapshot.attempts = list(record.attempts)
+        records[record.id] = snapshot
         if self.max_records is not None and len(records) > self.max_records:
             del records[next(iter(records))]  # the oldest request (dicts keep their order)
 
