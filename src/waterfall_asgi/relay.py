@@ -212,8 +212,19 @@ class ClientWatch:
             self.on_gone()
 
     def close(self) -> None:
-        """Stop listening (the request is over)."""
-        self._task.cancel()
+        """Stop listening (the request is over).
+
+        A server answers a pending ``receive()`` with ``http.disconnect`` once the response is
+        complete (uvicorn does), so the watch is let end by itself on the next turn of the loop
+        and only cancelled if it has not: a cancelled task leaves reference cycles behind, one
+        set per request for the garbage collector."""
+        if not self._task.done():
+            asyncio.get_running_loop().call_soon(_cancel_pending, self._task)
+
+
+def _cancel_pending(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
 
 
 @dataclass
