@@ -109,12 +109,33 @@ class SSEParser:
         return events
 
     def _simple_events(self, chunk: bytes, events: list[SSEEvent]) -> int:
-        """The fast path, between events: take each leading ``data: ...\n\n`` block whose only
-        line ends are its last two bytes (what most providers send) in one step; return where
-        the line-by-line parse must go on. Same results as that parse, to the byte."""
-        if self._skipping or self._event or self._retry is not None or self._data:
+        """The fast path (:meth:`data_spans`), as events."""
+        spans: list[tuple[int, int]] = []
+        start = self.data_spans(chunk, spans)
+        last_id = self._id
+        for begin, end in spans:
+            events.append(SSEEvent(chunk[begin:end].decode("utf-8", "replace"), "message", last_id))
+        return start
+
+    def data_spans(self, chunk: bytes, spans: list[tuple[int, int]]) -> int:
+        """The fast path, for a parser between events: take each leading ``data: ...\n\n``
+        block whose only line ends are its last two bytes (what most providers send) in one
+        step, appending where its data lies in ``chunk`` (``chunk[begin:end]``, not decoded) to
+        ``spans``; return where the line-by-line parse must go on (0: nothing was taken, and
+        then nothing is). The rest, ``chunk[returned:]``, must go to :meth:`feed` next: the
+        results are those of feeding the whole chunk, to the byte, but for the events taken
+        here, which are not dispatched again."""
+        if (
+            self._line
+            or self._event_bytes
+            or self._after_cr
+            or self._skipping
+            or self._event
+            or self._retry is not None
+            or self._data
+        ):
             return 0
-        start, cap, last_id = 0, self.max_bytes, self._id
+        start, cap = 0, self.max_bytes
         crs = b"\r" in chunk
         while chunk.startswith(b"data: ", start):
             end = chunk.find(b"\n\n", start)
@@ -122,9 +143,7 @@ class SSEParser:
                 break
             if chunk.find(b"\n", start, end) >= 0 or (crs and chunk.find(b"\r", start, end) >= 0):
                 break  # more than one line: the line-by-line parse takes it
-            events.append(
-                SSEEvent(chunk[start + 6 : end].decode("utf-8", "replace"), "message", last_id)
-            )
+            spans.append((start + 6, end))
             start = end + 2
         if start:
             self._at_start = False

@@ -27,6 +27,7 @@ __all__ = ["StreamObserver", "UsageResult", "observe_body", "usage_only_chunk"]
 logger = logging.getLogger("waterfall_asgi.usage")
 
 _INTERESTING = re.compile(r'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*"|error"\s*:)')
+_INTERESTING_BYTES = re.compile(_INTERESTING.pattern.encode())  # on one line of data: the same
 
 
 @dataclass
@@ -119,24 +120,40 @@ class StreamObserver:
     def feed(self, chunk: bytes) -> None:
         """Observe ``chunk``; never raises."""
         result = self.result
+        parser = self._parser
         try:
-            for event in self._parser.feed(chunk):
-                result.events += 1
-                data = event.data
-                if data == "[DONE]":
+            # Plain one-line events are looked at where they lie: a content delta is neither
+            # decoded nor parsed, only searched once for what could matter.
+            spans: list[tuple[int, int]] = []
+            start = parser.data_spans(chunk, spans)
+            result.events += len(spans)
+            for begin, end in spans:
+                if end - begin == 6 and chunk.startswith(b"[DONE]", begin):
                     result.complete = True
-                elif not result.id or _INTERESTING.search(data):
-                    try:
-                        obj = json.loads(data)
-                    except ValueError:
-                        continue
-                    _take(result, obj)
-            result.oversized = self._parser.oversized
+                elif not result.id or _INTERESTING_BYTES.search(chunk, begin, end):
+                    self._look(chunk[begin:end].decode("utf-8", "replace"))
+            rest = chunk[start:] if start else chunk
+            if rest:
+                for event in parser.feed(rest):
+                    result.events += 1
+                    data = event.data
+                    if data == "[DONE]":
+                        result.complete = True
+                    elif not result.id or _INTERESTING.search(data):
+                        self._look(data)
+            result.oversized = parser.oversized
         except Exception:  # the observer must never break the relay
             result.failures += 1
             if not self._logged:
                 self._logged = True
                 logger.exception("usage observer failed (request %s)", self._request_id)
+
+    def _look(self, data: str) -> None:
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        _take(self.result, obj)
 
 
 def observe_body(body: bytes) -> UsageResult:
