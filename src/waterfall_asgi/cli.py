@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -74,6 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
             lifespan="on",
         )
     )
+    # What is loaded by now lives as long as the process: the collector need not walk it again
+    # on every full collection (shorter pauses, a lower p99, under load)
+    gc.collect()
+    gc.freeze()
     server.run()
     return 0 if server.started else 3
 
