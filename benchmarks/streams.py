@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "RSS is resident memory only (socket buffers are the kernel's). It is not expected to "
         "fall after closing:\nCPython keeps freed memory for reuse, and the router's in-memory "
-        "ledger keeps every finished record."
+        "ledger keeps its latest 10,000 records."
     )
     print(f"total {time.monotonic() - began:.1f} s")
     for failure in failures:
