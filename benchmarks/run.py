@@ -95,6 +95,24 @@ def upstream_payloads() -> tuple[bytes, bytes]:
     return json_response, stream_response
 
 
+def request_bodies(buffer: bytearray) -> list[bytes]:
+    """Take the complete HTTP/1.1 requests (``Content-Length`` bodies) off the front of
+    ``buffer``; return their bodies."""
+    bodies = []
+    while (end := buffer.find(b"\r\n\r\n")) >= 0:
+        length = 0
+        for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        total = end + 4 + length
+        if len(buffer) < total:
+            break
+        bodies.append(bytes(buffer[end + 4 : total]))
+        del buffer[:total]
+    return bodies
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """A minimal HTTP/1.1 keep-alive server: every request gets a precomputed response, the
     stream if its JSON body says ``"stream": true``."""
@@ -112,19 +130,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Answer every complete request in the buffer."""
-        buffer = self.buffer
-        buffer += data
-        while (end := buffer.find(b"\r\n\r\n")) >= 0:
-            length = 0
-            for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            total = end + 4 + length
-            if len(buffer) < total:
-                return
-            body = bytes(buffer[end + 4 : total])
-            del buffer[:total]
+        self.buffer += data
+        for body in request_bodies(self.buffer):
             try:
                 stream = json.loads(body).get("stream") is True
             except (ValueError, AttributeError):
@@ -179,15 +186,21 @@ def _lifespan(
     return run
 
 
-def aiohttp_passthrough(upstream: str) -> ASGIApp:
-    """The smallest proxy on aiohttp's client: body in, status + content type + bytes out."""
+def aiohttp_passthrough(
+    upstream: str, pool: int = POOL, *, leave_on_disconnect: bool = False
+) -> ASGIApp:
+    """The smallest proxy on aiohttp's client: body in, status + content type + bytes out.
+
+    With ``leave_on_disconnect`` it also stops relaying (closing the upstream response) when the
+    client disconnects, as a proxy holding slow streams must (``streams.py``); without, it reads
+    an abandoned stream to its end, which costs nothing with this suite's fast streams."""
     import aiohttp
 
     state: dict[str, aiohttp.ClientSession] = {}
 
     async def startup() -> None:
         state["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=POOL), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=pool), auto_decompress=False
         )
 
     async def shutdown() -> None:
@@ -195,10 +208,7 @@ def aiohttp_passthrough(upstream: str) -> ASGIApp:
 
     lifespan = _lifespan(startup, shutdown)
 
-    async def app(scope: Message, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            return await lifespan(receive, send)
-        body = await _read_body(receive)
+    async def relay(scope: Message, body: bytes, send: Send) -> None:
         async with state["session"].request(
             scope["method"],
             upstream + scope["path"],
@@ -216,6 +226,30 @@ def aiohttp_passthrough(upstream: str) -> ASGIApp:
             async for chunk in response.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send)
+        body = await _read_body(receive)
+        if not leave_on_disconnect:
+            return await relay(scope, body, send)
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            # uvicorn drops the sends to a client that left: stop relaying once it says so
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await relay(scope, body, send)
+        except asyncio.CancelledError:
+            if not watcher.done() or task.uncancel():
+                raise  # cancelled from outside, not by the client leaving
+        finally:
+            watcher.cancel()
         return None
 
     return app

@@ -42,14 +42,11 @@ from typing import Any
 from run import (
     PATH,
     ASGIApp,
-    Message,
-    Receive,
-    Send,
     Server,
     _bind,
-    _lifespan,
-    _read_body,
+    aiohttp_passthrough,
     describe_machine,
+    request_bodies,
     start,
     stop,
 )
@@ -130,19 +127,9 @@ class SlowUpstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Queue the body of every complete request in the buffer."""
-        buffer = self.buffer
-        buffer += data
-        while (end := buffer.find(b"\r\n\r\n")) >= 0:
-            length = 0
-            for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            total = end + 4 + length
-            if len(buffer) < total:
-                return
-            self.bodies.put_nowait(bytes(buffer[end + 4 : total]))
-            del buffer[:total]
+        self.buffer += data
+        for body in request_bodies(self.buffer):
+            self.bodies.put_nowait(body)
 
     async def serve(self) -> None:
         """Answer the requests in order, each with its slow stream."""
@@ -184,66 +171,6 @@ def serve_upstream(conn: Connection) -> None:
 # -- the proxies ---------------------------------------------------------------------------------
 
 
-def passthrough(upstream: str, pool: int) -> ASGIApp:
-    """``run.py``'s aiohttp passthrough, with a pool of ``pool`` connections (its own is 100)
-    and one addition: it stops relaying (closing the upstream response) when the client
-    disconnects, where ``run.py``'s would read an abandoned stream to its end."""
-    import aiohttp
-
-    state: dict[str, aiohttp.ClientSession] = {}
-
-    async def startup() -> None:
-        state["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool), auto_decompress=False
-        )
-
-    async def shutdown() -> None:
-        await state["session"].close()
-
-    lifespan = _lifespan(startup, shutdown)
-
-    async def app(scope: Message, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            return await lifespan(receive, send)
-        body = await _read_body(receive)
-        relay = asyncio.current_task()
-        assert relay is not None
-
-        async def watch() -> None:
-            # uvicorn drops the sends to a client that left: stop relaying once it says so
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            relay.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            async with state["session"].request(
-                scope["method"],
-                upstream + scope["path"],
-                data=body,
-                headers={"content-type": "application/json"},
-            ) as response:
-                content_type = response.headers.get("content-type", "").encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status,
-                        "headers": [(b"content-type", content_type)],
-                    }
-                )
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        except asyncio.CancelledError:
-            if not watcher.done() or relay.uncancel():
-                raise  # cancelled from outside, not by the client leaving
-        finally:
-            watcher.cancel()
-        return None
-
-    return app
-
-
 def serve_proxy(kind: str, upstream: str, streams: int, conn: Connection) -> None:
     """Child process: proxy ``kind`` on uvicorn on a free loopback port (sent up ``conn``)."""
     import uvicorn
@@ -261,7 +188,7 @@ def serve_proxy(kind: str, upstream: str, streams: int, conn: Connection) -> Non
         }
         app = create_app(config)
     elif kind == "aiohttp":
-        app = passthrough(upstream, pool)
+        app = aiohttp_passthrough(upstream, pool, leave_on_disconnect=True)
     else:
         raise ValueError(kind)
     sock = _listen()
