@@ -209,7 +209,8 @@ def test_a_hang_hits_the_client_timeout(server: FakeServer) -> None:
             assert r.status_code == 200
             with pytest.raises(httpx.ReadTimeout):
                 r.read()
-        assert c.post(CHAT, json=BODY).status_code == 200
+        # the server is still fine (a normal timeout here: the machine may be busy)
+        assert c.post(CHAT, json=BODY, timeout=10.0).status_code == 200
 
 
 @pytest.mark.loopback
