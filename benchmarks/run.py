@@ -1,12 +1,13 @@
 """What the router costs per request, against the smallest Python proxies (``make bench``).
 
-One fast upstream (raw asyncio, precomputed bytes) and four proxies in front of it, each on
+One fast upstream (raw asyncio, precomputed bytes) and six proxies in front of it, each on
 uvicorn in its own process on 127.0.0.1:
 
 * ``aiohttp``: a raw-ASGI passthrough using aiohttp's client (the baseline of every ratio);
-* ``httpx``: the same passthrough using httpx (the router's client);
+* ``httpx``: the same passthrough using httpx;
 * ``router``: ``create_app`` with a one-entry chain, the ledger in memory;
 * ``router+sqlite``: the same with the SQLite ledger in a temporary directory;
+* ``router+freeze``: ``router`` after ``gc.freeze()``, as ``waterfall-asgi serve`` runs it;
 * ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``).
 
 A load generator (aiohttp, in this process) sends a fixed number of requests per round, with
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -44,7 +46,7 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 PATH = "/v1/chat/completions"
 FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
 STREAM_EVENTS = 20  # data events in the stream, [DONE] included
-PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "router/httpx")
+PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "router+freeze", "router/httpx")
 WORKLOADS = ("json", "stream")
 CONCURRENCY = (1, 32)
 POOL = 100  # upstream connections each proxy may keep (the router's httpx default)
@@ -328,6 +330,10 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> 
         app = router_app(upstream, None)
     elif kind == "router+sqlite":
         app = router_app(upstream, str(Path(ledger_dir) / "usage.db"))
+    elif kind == "router+freeze":
+        app = router_app(upstream, None)
+        gc.collect()  # as `waterfall-asgi serve` does: startup's objects out of full collections
+        gc.freeze()
     elif kind == "router/httpx":
         app = router_app(upstream, None, client="httpx")
     else:
