@@ -661,3 +661,32 @@ async def test_an_upstreams_cookie_is_never_sent_back(kind: Kind) -> None:
                 await response.aclose()
     assert len(heads) == 2
     assert all(b"upstream-secret" not in head for head in heads)
+
+
+# -- the proxy from the environment --------------------------------------------------------------
+
+
+@both
+async def test_the_environments_proxy_is_used_and_no_proxy_is_honoured(
+    kind: Kind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both clients send through ``HTTP_PROXY`` (the proxy sees the absolute URL) unless
+    ``NO_PROXY`` names the host. The raw server stands in for the proxy."""
+    for name in ("http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with raw_server() as (proxy_url, heads):
+        proxy = proxy_url.removesuffix("/v1/x")
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
+        target = "http://api.upstream.invalid/v1/chat/completions"
+        async with opened(kind) as upstream:
+            response = await upstream.request("POST", target, [JSON_TYPE], b"{}", QUICK)
+            try:
+                assert response.status == 201
+                await read_all(response)
+            finally:
+                await response.aclose()
+            with pytest.raises(UpstreamConnectError):  # NO_PROXY: straight to a host that is not
+                await upstream.request("GET", "http://bypassed.invalid/v1/x", [], None, QUICK)
+    assert len(heads) == 1
+    assert heads[0].startswith(b"POST " + target.encode() + b" HTTP/1.1\r\n")

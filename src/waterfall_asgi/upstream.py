@@ -255,21 +255,19 @@ class _AiohttpResponse:
             self._response.close()  # an unread body: the connection cannot be reused
 
 
+_CACHED = 1024  # URLs and timeouts remembered, at most
+
+
 class AiohttpUpstream:
     """An :class:`Upstream` over one ``aiohttp.ClientSession`` (made on first use, in the
     running event loop, unless ``session`` is given; a given session is not closed)."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession | None = None,
-        *,
-        max_connections: int = 1000,
-        max_keepalive: int = 100,
+        self, session: aiohttp.ClientSession | None = None, *, max_connections: int = 1000
     ) -> None:
         self._own = session is None
         self._session = session
         self._limit = max_connections
-        self._keepalive = max_keepalive
         self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
         self._proxies: dict[str, str | None] = {}
 
@@ -285,7 +283,7 @@ class AiohttpUpstream:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
             # trust_env would look up .netrc and the proxy in a thread on every request; the
-            # proxy is looked up here once per origin instead (see _proxy)
+            # proxy is looked up here once per URL instead (see _proxy)
             trust_env=False,
             # an upstream's cookies are never kept, so never sent on another client's behalf
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -305,6 +303,8 @@ class AiohttpUpstream:
         proxy = proxies.get(parts.scheme) or None
         if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
             proxy = None
+        if len(self._proxies) >= _CACHED:  # a caller of its own may use any number of URLs
+            self._proxies.clear()
         self._proxies[url] = proxy
         return proxy
 
@@ -317,6 +317,8 @@ class AiohttpUpstream:
                 sock_connect=t.connect,
                 sock_read=t.read,
             )
+            if len(self._timeouts) >= _CACHED:
+                self._timeouts.clear()
             self._timeouts[t] = timeout
         return timeout
 
