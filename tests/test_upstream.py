@@ -154,9 +154,11 @@ REPEATED_ANSWER = (
 
 
 @contextlib.asynccontextmanager
-async def raw_server(answer: bytes = RAW_ANSWER) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """Serve ``answer`` to every request on a loopback port; yield the URL and the request heads
-    received (one per request, exactly as sent)."""
+async def raw_server(
+    answer: bytes = RAW_ANSWER, delay: float = 0.0
+) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """Serve ``answer`` to every request on a loopback port, ``delay`` seconds after it came;
+    yield the URL and the request heads received (one per request, exactly as sent)."""
     heads: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -173,8 +175,12 @@ async def raw_server(answer: bytes = RAW_ANSWER) -> AsyncIterator[tuple[str, lis
                     if name.strip().lower() == b"content-length":
                         length = int(value)
                 await reader.readexactly(length)
+                await asyncio.sleep(delay)
                 writer.write(answer)
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:  # the client gave up waiting
+                    return
         finally:
             writer.close()
 
@@ -690,3 +696,28 @@ async def test_the_environments_proxy_is_used_and_no_proxy_is_honoured(
                 await upstream.request("GET", "http://bypassed.invalid/v1/x", [], None, QUICK)
     assert len(heads) == 1
     assert heads[0].startswith(b"POST " + target.encode() + b" HTTP/1.1\r\n")
+
+
+# -- the wait for headers ------------------------------------------------------------------------
+
+
+def test_for_headers_stretches_only_a_read_timeout_shorter_than_first_byte() -> None:
+    short = Timeouts(connect=1, first_byte=5, read=0.1, write=1, pool=1)
+    assert short.for_headers() == short.model_copy(update={"read": 5})
+    assert QUICK.for_headers() is QUICK  # read 5 >= first_byte 5: as it is
+
+
+@both
+async def test_a_clients_read_timeout_bounds_the_wait_for_headers(kind: Kind) -> None:
+    """Both clients apply ``read`` to the wait for response headers, which is why the router
+    (and the price import) ask with ``Timeouts.for_headers()``: a provider that answers a
+    non-streaming request only once it is done must not be cut off by ``read``."""
+    slow = Timeouts(connect=2, first_byte=3, read=0.1, write=2, pool=2)
+    async with raw_server(delay=0.4) as (url, _), opened(kind) as upstream:
+        with pytest.raises(UpstreamTimeout):
+            await upstream.request("GET", url, [], None, slow)
+        response = await upstream.request("GET", url, [], None, slow.for_headers())
+        try:
+            assert response.status == 201
+        finally:
+            await response.aclose()

@@ -56,7 +56,7 @@ from .pricing import (
 )
 from .relay import ClientWatch, EventAligner, RelayOutcome, error_event, relay_stream
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
-from .sse import SSEEvent, SSEParser
+from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
 from .upstream import (
     AiohttpUpstream,
     HttpxUpstream,
@@ -74,6 +74,7 @@ from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read
 __version__ = "0.1.0"
 
 __all__ = [
+    "BLANK_LINE",
     "DEFAULT_MAX_BYTES",
     "GROUP_KEYS",
     "TERMINAL_STATUSES",
@@ -128,6 +129,7 @@ __all__ = [
     "UsageReport",
     "UsageResult",
     "WaterfallMiddleware",
+    "after_last_blank_line",
     "as_upstream",
     "ceil_units",
     "convert",

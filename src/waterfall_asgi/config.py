@@ -67,6 +67,15 @@ class Timeouts(_Model):
     write: float = Field(default=30.0, gt=0, description="to send the request body")
     pool: float = Field(default=5.0, gt=0, description="to get a connection from the pool")
 
+    def for_headers(self) -> Timeouts:
+        """These timeouts for a client waiting for response headers within ``first_byte``: its
+        read timeout must not cut that wait short."""
+        return (
+            self
+            if self.read >= self.first_byte
+            else self.model_copy(update={"read": self.first_byte})
+        )
+
 
 class Provider(_Model):
     """An upstream OpenAI-compatible API.
@@ -115,6 +124,14 @@ class Provider(_Model):
                 raise ValueError(f"environment variable {self.api_key_env} is not set")
             object.__setattr__(self, "api_key", SecretStr(value))
         return self
+
+    def secret_headers(self) -> dict[str, str]:
+        """The headers every request to this provider carries, names lower-cased: the extra
+        ``headers`` and the key as ``Authorization: Bearer``. Secrets: never log them."""
+        own = {k.lower(): v.get_secret_value() for k, v in self.headers.items()}
+        if self.api_key is not None:
+            own["authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        return own
 
 
 class Price(_Model):

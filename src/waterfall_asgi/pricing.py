@@ -299,12 +299,12 @@ class PriceBook:
         """One provider's prices and the warnings about its listing, or why there are none."""
         provider = self.config.providers[name]
         t = provider.timeouts
-        headers = {"accept": "application/json", "accept-encoding": "identity"}
-        for key, value in provider.headers.items():
-            headers[key.lower()] = value.get_secret_value()
-        if provider.api_key is not None:
-            headers["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
-        timeouts = t.model_copy(update={"read": max(t.first_byte, t.read)})
+        headers = {
+            "accept": "application/json",
+            "accept-encoding": "identity",
+            **provider.secret_headers(),
+        }
+        timeouts = t.for_headers()
         try:
             async with asyncio.timeout(t.first_byte + t.read):
                 response = await upstream.request(

@@ -32,7 +32,7 @@ from typing import Any
 from .errors import error_body
 from .ledger import Status
 from .router import Served
-from .sse import SSEParser
+from .sse import BLANK_LINE, SSEParser, after_last_blank_line
 from .upstream import UpstreamError
 from .usage import StreamObserver, UsageResult, usage_only_chunk
 
@@ -41,8 +41,6 @@ __all__ = ["ClientWatch", "EventAligner", "RelayOutcome", "error_event", "relay_
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
-
-_BOUNDARY = re.compile(rb"\n\n|\n\r|\r\r")
 
 
 def error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
@@ -67,7 +65,7 @@ class EventAligner:
         pending += chunk
         blocks: list[bytes] = []
         start = 0
-        for match in _BOUNDARY.finditer(pending):
+        for match in BLANK_LINE.finditer(pending):
             blocks.append(bytes(pending[start : match.end()]))
             start = match.end()
         if start:
@@ -89,13 +87,12 @@ class EventAligner:
         if pending:
             pending += chunk
             data = pending
-        end = max(data.rfind(b"\n\n"), data.rfind(b"\n\r"), data.rfind(b"\r\r"))
-        if end < 0:
+        cut = after_last_blank_line(data)
+        if not cut:
             if not pending:
                 pending += chunk
             out = b""
         else:
-            cut = end + 2
             if pending:
                 out = bytes(pending[:cut])
                 del pending[:cut]
@@ -159,10 +156,8 @@ class _UsageStripper:
             if at < start:
                 continue
             # the event around it: from the end of the blank line before to the one after
-            begin = max(whole.rfind(b"\n\n", 0, at), whole.rfind(b"\n\r", 0, at))
-            begin = max(begin, whole.rfind(b"\r\r", 0, at))
-            begin = max(start, begin + 2 if begin >= 0 else 0)
-            after = _BOUNDARY.search(whole, found.end())
+            begin = max(start, after_last_blank_line(whole, at))
+            after = BLANK_LINE.search(whole, found.end())
             if after is None:  # an oversized event's unfinished part: as it is
                 break
             end = after.end()

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Deployment, Provider, RouterConfig, Timeouts
+from .config import Deployment, RouterConfig
 from .cooldown import CooldownStore, preemptive_hint, retry_hint
 from .errors import RouterError
-from .sse import SSEParser
+from .sse import BLANK_LINE, SSEParser
 from .upstream import (
     Upstream,
     UpstreamConnectError,
@@ -59,8 +58,6 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "accept-encoding",
 }
 _ERROR_PEEK = 64 * 1024
-# Where a blank line ends: with CR, LF and CRLF line ends every blank line holds one of these.
-_BOUNDARY = re.compile(rb"\n\n|\n\r|\r\r")
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -175,7 +172,7 @@ class Router:
         self._by_key: dict[str, Deployment] = {}
         # made once: what the router sends each provider, and the client's timeouts for it
         self._sends = {
-            name: (_provider_headers(p), _header_wait(p.timeouts))
+            name: ({**_BASE_HEADERS, **p.secret_headers()}, p.timeouts.for_headers())
             for name, p in config.providers.items()
         }
         for d in config.all_deployments():
@@ -364,7 +361,7 @@ class Router:
             buffered += chunk
             # Parse block by block, to the first event only: a first read often holds the
             # whole stream, and the relay's observer parses it anyway.
-            while (end := _BOUNDARY.search(buffered, fed)) is not None:
+            while (end := BLANK_LINE.search(buffered, fed)) is not None:
                 events = parser.feed(bytes(buffered[fed : end.end()]))
                 fed = end.end()
                 if events:
@@ -408,20 +405,5 @@ def _is_error(data: str) -> bool:
     return all(isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices)
 
 
-_BASE_HEADERS = (("content-type", "application/json"), ("accept-encoding", "identity"))
-
-
-def _provider_headers(provider: Provider) -> dict[str, str]:
-    """What the router itself sends to ``provider``, names lower-cased: the JSON content type,
-    no compression, the provider's extra headers and its key."""
-    own = dict(_BASE_HEADERS)
-    for k, v in provider.headers.items():
-        own[k.lower()] = v.get_secret_value()
-    if provider.api_key is not None:
-        own["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
-    return own
-
-
-def _header_wait(t: Timeouts) -> Timeouts:
-    """The client's own timeouts while the router waits for headers within ``first_byte``."""
-    return t if t.read >= t.first_byte else t.model_copy(update={"read": t.first_byte})
+# What the router sends every provider besides its secret headers: JSON, and no compression.
+_BASE_HEADERS = {"content-type": "application/json", "accept-encoding": "identity"}
