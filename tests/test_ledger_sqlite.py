@@ -190,6 +190,45 @@ async def test_many_saves_are_written_in_few_transactions(db: Path) -> None:
     assert raw(db, "SELECT count(*), sum(prompt_tokens) FROM usage") == [(250, sum(range(250)))]
 
 
+class _TracedLedger(SQLiteLedger):
+    """Keeps the SQL of every statement its connection runs."""
+
+    statements: list[str]
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        self.statements = []
+        conn.set_trace_callback(self.statements.append)
+        return conn
+
+
+async def test_a_batch_is_written_in_few_statements_and_the_last_save_of_an_id_wins(
+    db: Path,
+) -> None:
+    async with _opened(SQLiteLedger(db)) as earlier:  # rows the batch below updates
+        for n in range(10):
+            await earlier.save(record(n, status="pending", completion_tokens=None))
+    ledger = _TracedLedger(db, batch_size=1000, flush_interval=60)
+    async with _opened(ledger):
+        for n in range(130):
+            await ledger.save(record(n, status="pending", completion_tokens=None))
+        for n in range(0, 130, 2):
+            await ledger.save(record(n, completion_tokens=2 * n, error="second"))
+    assert ledger.transactions == 1
+    inserts = [s for s in ledger.statements if s.startswith("INSERT")]
+    # 130 distinct ids, 19 values each: three statements (52 + 52 + 26 rows), not 195
+    assert [s.count("('r") for s in inserts] == [52, 52, 26]
+    rows = {r.id: r for r in read_records(db)}
+    assert len(rows) == 130
+    for n in range(130):
+        got = rows[f"r{n}"]
+        if n % 2:
+            assert (got.status, got.completion_tokens, got.error) == ("pending", None, None)
+        else:
+            assert (got.status, got.completion_tokens, got.error) == ("success", 2 * n, "second")
+    assert (ledger.written, ledger.failures) == (195, 0)
+
+
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(db: Path) -> None:
     ledger = SQLiteLedger(db, batch_size=10, flush_interval=60)
     await ledger.open()
