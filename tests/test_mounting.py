@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
+from waterfall_asgi import TERMINAL_STATUSES, MemoryLedger
 from waterfall_asgi.middleware import WaterfallMiddleware
 from waterfall_fakes import FakeNetwork, FakeProvider, Reply
 
@@ -629,4 +630,31 @@ async def test_client_gone_mid_stream_stops_reading_the_upstream() -> None:
     (stream,) = spy.streams
     assert stream.closed
     assert stream.pulled < total
+    await mw.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_server_that_fails_the_response_start_still_gets_the_upstream_released() -> None:
+    net = FakeNetwork({"a": FakeProvider(name="a", script=["slow_chunks:seconds=0.02"])})
+    spy = _Spy(net)
+    cfg = {
+        "providers": {"a": {"base_url": "http://a/v1"}},
+        "chains": {"fast": ["a/fake-small"]},
+        "ledger": {"path": None},
+    }
+    ledger = MemoryLedger()
+    mw = WaterfallMiddleware(None, cfg, transport=spy, ledger=ledger)
+    ex = Exchange("POST", "/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode())
+
+    def on_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the connection is gone")
+
+    ex.on_send = on_send
+    with pytest.raises(OSError, match="the connection is gone"):
+        await ex.run(mw)
+    (stream,) = spy.streams
+    assert stream.closed  # not left open until the garbage collector finds it
+    (record,) = ledger.records.values()
+    assert record.status in TERMINAL_STATUSES
     await mw.shutdown()

@@ -41,6 +41,7 @@ from .cost import (
     request_limits,
     required_capabilities,
 )
+from .deadline import Deadline
 from .errors import RouterError, error_body, send_error
 from .ledger import TERMINAL_STATUSES, LedgerStore, MemoryLedger, Status, UsageRecord
 from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
@@ -84,6 +85,7 @@ __all__ = [
     "ClientWatch",
     "ConfigError",
     "CooldownStore",
+    "Deadline",
     "Deployment",
     "EventAligner",
     "Exhausted",

@@ -564,7 +564,13 @@ class WaterfallMiddleware:
                 record.status, record.error = "rejected", f"upstream HTTP {response.status}"
             return
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+        except BaseException:  # the relay never starts: release the upstream here
+            await served.aclose()
+            raise
 
         def cost_event(usage: UsageResult) -> bytes | None:
             costs = charge.costs(usage) if self.config.ledger.cost_event else None

@@ -22,6 +22,7 @@ from typing import Any
 
 from .config import Deployment, RouterConfig
 from .cooldown import CooldownStore, preemptive_hint, retry_hint
+from .deadline import Deadline
 from .errors import RouterError
 from .sse import BLANK_LINE, SSEParser
 from .upstream import (
@@ -109,6 +110,8 @@ class Served:
     complete: bool
     attempts: list[Attempt] = field(default_factory=list)
     read_timeout: float = 60.0
+    deadline: Deadline | None = None
+    """The timer of the request's upstream waits (made on the first read if not given)."""
 
     async def rest(self) -> AsyncIterator[bytes]:
         """The remaining body chunks, each within the read timeout (raises ``TimeoutError`` or
@@ -116,16 +119,21 @@ class Served:
         if self.complete:
             return
         read = self.response.read_chunk
+        deadline = self.deadline
+        if deadline is None:
+            deadline = self.deadline = Deadline()
         while True:
-            # a timeout scope, not wait_for: no task is made for each chunk
-            async with asyncio.timeout(self.read_timeout):
+            # one timer for every read of the stream, moved lazily (see Deadline)
+            async with deadline.after(self.read_timeout):
                 chunk = await read()
             if not chunk:
                 return
             yield chunk
 
     async def aclose(self) -> None:
-        """Release the upstream connection."""
+        """Release the upstream connection (and the timer)."""
+        if self.deadline is not None:
+            self.deadline.close()
         await self.response.aclose()
 
 
@@ -283,9 +291,12 @@ class Router:
         headers = [(k, v) for k, v in passthrough if k.lower() not in own]
         headers += own.items()
         body = json.dumps({**payload, "model": d.model}, ensure_ascii=False).encode()
-        deadline = time.monotonic() + t.first_byte
+        # One timer bounds every wait of this attempt: the headers and the first event by
+        # first_byte, each later read by read (see Deadline).
+        deadline = Deadline()
+        first_byte = deadline.after(t.first_byte).when
         try:
-            async with asyncio.timeout(t.first_byte):
+            async with deadline:
                 response = await self.upstream.request(
                     "POST",
                     provider.base_url + endpoint,
@@ -294,14 +305,21 @@ class Router:
                     timeouts,
                 )
         except TimeoutError:
+            deadline.close()
             raise _Failed("timeout", "timed out before the first byte") from None
         except UpstreamConnectError:
+            deadline.close()
             raise _Failed("connect_error", "could not connect") from None
         except UpstreamError as exc:
+            deadline.close()
             raise _Failed("transport_error", f"transport error ({exc.name})") from None
-        try:
-            return await self._judge(d, response, stream, deadline, t.read)
         except BaseException:
+            deadline.close()
+            raise
+        try:
+            return await self._judge(d, response, stream, first_byte, t.read, deadline)
+        except BaseException:
+            deadline.close()
             await response.aclose()
             raise
 
@@ -310,8 +328,9 @@ class Router:
         d: Deployment,
         response: UpstreamResponse,
         stream: bool,
-        deadline: float,
+        first_byte: float,
         read_timeout: float,
+        deadline: Deadline,
     ) -> Served:
         status = response.status
         if self.config.policy.falls_through(status):
@@ -319,11 +338,11 @@ class Router:
             await response.aclose()
             hint = retry_hint(response.headers, self.clock())
             raise _Failed("status", f"HTTP {status}{detail}", status, hint)
-        served = Served(d, response, b"", False, read_timeout=read_timeout)
+        served = Served(d, response, b"", False, read_timeout=read_timeout, deadline=deadline)
         is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
         if stream and status < 300 and is_sse:
             if self.config.policy.accept == "first_event":
-                served.prefix = await self._first_event(served, deadline, read_timeout)
+                served.prefix = await self._first_event(served, first_byte, read_timeout)
             return served
         # A whole body (JSON, or an error sent back as is): read it before committing anything.
         chunks = []
@@ -335,20 +354,20 @@ class Router:
         except UpstreamError as exc:
             raise _Failed("transport_error", f"body cut short ({exc.name})") from None
         served.prefix, served.complete = b"".join(chunks), True
-        await response.aclose()
+        await served.aclose()
         return served
 
-    async def _first_event(self, served: Served, deadline: float, read_timeout: float) -> bytes:
+    async def _first_event(self, served: Served, first_byte: float, read_timeout: float) -> bytes:
         parser = SSEParser()
         buffered = bytearray()
         fed = 0  # how much of ``buffered`` the parser has seen: only up to the first event
         read = served.response.read_chunk
+        deadline = served.deadline
+        assert deadline is not None
+        loop = asyncio.get_running_loop()
         while True:
-            wait = min(read_timeout, deadline - time.monotonic())
             try:
-                if wait <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(wait):
+                async with deadline.at(min(loop.time() + read_timeout, first_byte)):
                     chunk = await read()
             except TimeoutError:
                 raise _Failed("timeout", "no stream event before the first-byte timeout") from None
