@@ -457,3 +457,50 @@ def test_exactly_the_oversized_events_are_missing(
     assert [e.data for e in got] == ["\n".join(e) for e, ok in zip(events, fits, strict=True) if ok]
     assert parser.oversized == fits.count(False)
     assert parser.buffered == 0
+
+
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=40).map(b"".join),
+    st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join),
+    st.sampled_from([4, 8, 16, 64 * 1024]),
+)
+def test_plain_events_takes_exactly_what_feed_would_make_of_it(
+    before: bytes, data: bytes, max_bytes: int
+) -> None:
+    parser, reference = SSEParser(max_bytes), SSEParser(max_bytes)
+    assert feed_all([before], parser) == feed_all([before], reference)
+    end, count = parser.plain_events(data)
+    if not end:  # nothing taken, nothing changed
+        assert count == 0
+        assert outcome(parser, [data]) == outcome(reference, [data])
+        return
+    # what feed makes of the bytes taken: `count` plain events, nothing else, nothing left
+    events = feed_all([data[:end]], reference)
+    lines = data[:end].split(b"\n\n")[:-1]
+    assert len(events) == len(lines) == count
+    assert [e.data for e in events] == [line[6:].decode("utf-8", "replace") for line in lines]
+    assert all(e.event == "message" and e.retry is None for e in events)
+    assert (reference.buffered, reference.comments, reference.oversized) == (0, 0, 0)
+    assert outcome(parser, [data[end:]]) == outcome(reference, [data[end:]])
+
+
+def test_plain_events_examples() -> None:
+    assert SSEParser().plain_events(b"data: a\n\ndata: bc\n\ndata: d") == (19, 2)
+    for refused in (
+        b"data: a\n\n\n\ndata: b\n\n",  # a blank line more
+        b"data: a\ndata: b\n\n",  # two lines in one event
+        b"data: a\rb\n\n",  # a CR
+        b"event: x\ndata: a\n\n",  # another field
+        b": hi\n\ndata: a\n\n",  # a comment
+        b"data: a",  # nothing whole
+    ):
+        assert SSEParser().plain_events(refused) == (0, 0), refused
+    assert SSEParser(16).plain_events(b"data: a\n\ndata: b\n\n") == (0, 0)  # may be over the cap
+    for held in (b"data: x", b"data: x\n", b"event: e\n", b"retry: 5\n", b"data: x\r", b"id"):
+        parser = SSEParser()  # in the middle of an event: the next line may belong to it
+        parser.feed(held)
+        assert parser.plain_events(b"data: a\n\n") == (0, 0), held
+    parser = SSEParser(12)
+    parser.feed(b"data: far too long\n")  # skipping an oversized event, to its blank line
+    assert parser.plain_events(b"data: a\n\n") == (0, 0)
+    assert parser.feed(b"data: a\n\n") == []  # (a line of the skipped event)

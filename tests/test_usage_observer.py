@@ -122,3 +122,17 @@ def test_usage_only_chunk() -> None:
     assert not usage_only_chunk('{"choices":[],"usage":null}')
     assert not usage_only_chunk('{"choices":[{"index":0}],"usage":{"prompt_tokens":1}}')
     assert not usage_only_chunk('{"choices": [], "usage": {')
+
+
+@given(st.data())
+def test_plain_events_whole_or_byte_by_byte_give_the_same_result(data: st.DataObject) -> None:
+    stream = data.draw(chat_completion_streams(max_size=6), label="stream")
+    lines = [b"data: " + json.dumps(chunk).encode() for chunk in stream]  # one line each
+    if data.draw(st.booleans(), label="done"):  # anywhere: what follows [DONE] is read too
+        lines.insert(data.draw(st.integers(0, len(lines)), label="at"), b"data: [DONE]")
+    body = b"".join(line + b"\n\n" for line in lines)
+    whole = feed_all([body]).result
+    assert feed_all([body[i : i + 1] for i in range(len(body))]).result == whole
+    assert feed_all(data.draw(chunkings(body), label="chunks")).result == whole
+    assert whole.complete is (b"data: [DONE]" in lines)
+    assert whole.events == len(lines)

@@ -26,6 +26,7 @@ __all__ = ["StreamObserver", "UsageResult", "observe_body", "usage_only_chunk"]
 
 logger = logging.getLogger("waterfall_asgi.usage")
 
+# A match lies on one line of data: after its \s* it needs a ":", "{" or '"', never "data:".
 _INTERESTING = re.compile(r'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*"|error"\s*:)')
 _INTERESTING_BYTES = re.compile(_INTERESTING.pattern.encode())  # on one line of data: the same
 
@@ -123,15 +124,21 @@ class StreamObserver:
         parser = self._parser
         try:
             # Plain one-line events are looked at where they lie: a content delta is neither
-            # decoded nor parsed, only searched once for what could matter.
-            spans: list[tuple[int, int]] = []
-            start = parser.data_spans(chunk, spans)
-            result.events += len(spans)
-            for begin, end in spans:
-                if end - begin == 6 and chunk.startswith(b"[DONE]", begin):
-                    result.complete = True
-                elif not result.id or _INTERESTING_BYTES.search(chunk, begin, end):
-                    self._look(chunk[begin:end].decode("utf-8", "replace"))
+            # decoded nor parsed, only searched for what could matter (a whole read of them in
+            # one search).
+            start, count = parser.plain_events(chunk)
+            if start:
+                result.events += count
+                self._look_plain(chunk, start)
+            else:
+                spans: list[tuple[int, int]] = []
+                start = parser.data_spans(chunk, spans)
+                result.events += len(spans)
+                for begin, end in spans:
+                    if end - begin == 6 and chunk.startswith(b"[DONE]", begin):
+                        result.complete = True
+                    elif not result.id or _INTERESTING_BYTES.search(chunk, begin, end):
+                        self._look(chunk[begin:end].decode("utf-8", "replace"))
             rest = chunk[start:] if start else chunk
             if rest:
                 for event in parser.feed(rest):
@@ -147,6 +154,30 @@ class StreamObserver:
             if not self._logged:
                 self._logged = True
                 logger.exception("usage observer failed (request %s)", self._request_id)
+
+    def _look_plain(self, chunk: bytes, end: int) -> None:
+        """Look at the plain events of ``chunk[:end]`` (see :meth:`SSEParser.plain_events`):
+        every one until an id is known, then those the search finds."""
+        result = self.result
+        if (
+            chunk.endswith(b"\n\ndata: [DONE]\n\n", 0, end)
+            or chunk.startswith(b"data: [DONE]\n\n")
+            or chunk.find(b"\n\ndata: [DONE]\n\n", 0, end) >= 0
+        ):
+            result.complete = True
+        at = 0  # where the next event begins
+        while not result.id and at < end:
+            stop = chunk.find(b"\n", at)
+            if stop - at != 12 or not chunk.startswith(b"data: [DONE]", at):
+                self._look(chunk[at + 6 : stop].decode("utf-8", "replace"))
+            at = stop + 2
+        search = _INTERESTING_BYTES.search
+        while at < end and (found := search(chunk, at, end)) is not None:
+            # the event around it: it cannot reach past its own line (see _INTERESTING)
+            begin = chunk.rfind(b"\n", at, found.start()) + 1 or at
+            stop = chunk.find(b"\n", found.end())
+            self._look(chunk[begin + 6 : stop].decode("utf-8", "replace"))
+            at = stop + 2
 
     def _look(self, data: str) -> None:
         try:
