@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waterfall_asgi.sse import SSEEvent, SSEParser
+from waterfall_asgi.sse import SSEEvent, SSEParser, after_last_blank_line
 from waterfall_fakes import FakeProvider
 from waterfall_fakes import strategies as wst
 
@@ -504,3 +504,16 @@ def test_plain_events_examples() -> None:
     parser.feed(b"data: far too long\n")  # skipping an oversized event, to its blank line
     assert parser.plain_events(b"data: a\n\n") == (0, 0)
     assert parser.feed(b"data: a\n\n") == []  # (a line of the skipped event)
+
+
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"x", b"data: a"]), max_size=30).map(b"".join),
+    st.integers(0, 40),
+)
+def test_after_last_blank_line_is_after_the_last_pair_that_ends_a_line_twice(
+    data: bytes, stop: int
+) -> None:
+    stop = min(stop, len(data))
+    pairs = [i for i in range(stop - 1) if data[i : i + 2] in (b"\n\n", b"\n\r", b"\r\r")]
+    assert after_last_blank_line(data, stop) == (pairs[-1] + 2 if pairs else 0)
+    assert after_last_blank_line(data) == after_last_blank_line(data, len(data))
