@@ -12,8 +12,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +25,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from waterfall_asgi.ledger import LedgerStore, UsageRecord
+from waterfall_asgi.ledger import LedgerStore, UsageRecord, new_request_id
 from waterfall_asgi.ledger_sqlite import APPLICATION_ID, LedgerError, SQLiteLedger, read_records
 
 pytestmark = pytest.mark.anyio
@@ -587,3 +590,15 @@ async def test_a_read_only_file_fails_clearly_at_open(db: Path) -> None:
         assert "readonly database" in message or "unable to open" in message
     finally:
         os.chmod(db, 0o644)
+
+
+def test_request_ids_are_uuid7_ordered_by_their_millisecond_and_distinct() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        parsed = uuid.UUID(hex=rid)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert re.fullmatch("[0-9a-f]{32}", rid)
+    stamps = [int(rid[:12], 16) for rid in ids]
+    assert stamps == sorted(stamps)  # made one after another: never earlier
+    assert abs(stamps[-1] / 1000 - time.time()) < 60  # the Unix time, in milliseconds

@@ -43,7 +43,14 @@ from .cost import (
 )
 from .deadline import Deadline
 from .errors import RouterError, error_body, send_error
-from .ledger import TERMINAL_STATUSES, LedgerStore, MemoryLedger, Status, UsageRecord
+from .ledger import (
+    TERMINAL_STATUSES,
+    LedgerStore,
+    MemoryLedger,
+    Status,
+    UsageRecord,
+    new_request_id,
+)
 from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
@@ -143,6 +150,7 @@ __all__ = [
     "load_config",
     "missing_prices",
     "models_url",
+    "new_request_id",
     "observe_body",
     "parse_duration",
     "parse_models",

@@ -25,7 +25,6 @@ import inspect
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -45,7 +44,7 @@ from .cost import (
     request_limits,
 )
 from .errors import RouterError, send_error
-from .ledger import LedgerStore, MemoryLedger, UsageRecord
+from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
 from .pricing import PriceBook, missing_prices
 from .relay import ClientWatch, relay_stream
 from .router import Attempt, Exhausted, Router, Served
@@ -292,7 +291,7 @@ class WaterfallMiddleware:
 
     # -- the router's routes -------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         started = time.monotonic()
         id_header = ("x-waterfall-request-id", request_id)
         record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
