@@ -190,3 +190,25 @@ def test_the_usage_chunk_is_cut_out_exactly_wherever_the_reads_split(eol: bytes)
         assert client == before + after, cut
         assert outcome.status == "success"
         assert outcome.usage.prompt_tokens == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "usage_chunk",
+    [
+        b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}',
+        # the same, with a key spelled with an escape: not cut, whether the observer reads the
+        # event where it lies (a whole read) or the line-by-line parse does (byte by byte)
+        b'{"id":"x","\\u0063hoices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}',
+        b'{"id":"x","choices":[],"\\u0075sage":{"prompt_tokens":1,"completion_tokens":2}}',
+    ],
+)
+async def test_the_usage_chunk_is_cut_the_same_way_in_any_reads(usage_chunk: bytes) -> None:
+    first = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'  # no id yet
+    wire = first + b"data: " + usage_chunk + b"\n\ndata: [DONE]\n\n"
+    whole, _ = await relay([wire], strip=True)
+    assert (await relay([wire[i : i + 1] for i in range(len(wire))], strip=True))[0] == whole
+    if b"\\u" in usage_chunk:
+        assert whole == wire
+    else:
+        assert whole == first + b"data: [DONE]\n\n"

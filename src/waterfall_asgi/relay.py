@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from .ledger import Status
 from .router import Served
 from .sse import BLANK_LINE, SSEParser, after_last_blank_line
 from .upstream import UpstreamError
-from .usage import StreamObserver, UsageResult, usage_only_chunk
+from .usage import _EMPTY_CHOICES, StreamObserver, UsageResult, usage_only_chunk
 
 __all__ = ["ClientWatch", "EventAligner", "RelayOutcome", "error_event", "relay_stream"]
 
@@ -133,9 +133,6 @@ def _only_whole_comments(pending: bytes) -> bool:
     return all(not line or line.startswith(b":") for line in lines)
 
 
-_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-
-
 class _UsageStripper:
     """Cuts the usage-only events out of what the aligner hands over. An event is cut from its
     first line to the end of the blank line after it (CRLF included, even when its LF comes in
@@ -146,12 +143,21 @@ class _UsageStripper:
     def __init__(self) -> None:
         self.skip_lf = False  # a cut event ended with CR: an LF next is its line end's
 
-    def strip(self, whole: bytes) -> bytes:
-        if self.skip_lf and whole[:1] == b"\n":
+    def strip(
+        self, whole: bytes, plain: int = 0, usage_only: Sequence[tuple[int, int]] = ()
+    ) -> bytes:
+        """``whole`` without its usage-only events. The observer may have read them already:
+        ``whole[:plain]`` is plain events, and ``usage_only`` where the usage-only ones among
+        them lie (:attr:`StreamObserver.plain`, :attr:`StreamObserver.usage_only`); only the
+        rest is searched."""
+        if self.skip_lf and whole[:1] == b"\n":  # (then it is no piece of plain events)
             whole = whole[1:]
         self.skip_lf = False
         kept, start = [], 0  # start: where the bytes still to keep begin
-        for found in _EMPTY_CHOICES.finditer(whole):  # most pieces have none: no work
+        for begin, end in usage_only:
+            kept.append(whole[start:begin])
+            start = end
+        for found in _EMPTY_CHOICES.finditer(whole, plain):  # most pieces have none: no work
             at = found.start()
             if at < start:
                 continue
@@ -269,7 +275,7 @@ async def relay_stream(
         if gone.is_set():
             return
         if stripper is not None:
-            whole = stripper.strip(whole)
+            whole = stripper.strip(whole, observer.plain, observer.usage_only)
             if not whole:
                 return
         try:
@@ -321,7 +327,7 @@ async def relay_stream(
         tail = aligner.flush()
         observer.feed(tail)  # held back only for want of a blank line: whole, as far as it goes
         if stripper is not None:
-            tail = stripper.strip(tail)
+            tail = stripper.strip(tail, observer.plain, observer.usage_only)
         if closing_event is not None and usage.error is None:  # only after a clean stream
             tail += closing_event(usage) or b""
         outcome = RelayOutcome("success", usage)

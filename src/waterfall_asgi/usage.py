@@ -63,7 +63,14 @@ def usage_only_chunk(data: str) -> bool:
         obj = json.loads(data)
     except ValueError:
         return False
+    return _usage_only(obj)
+
+
+def _usage_only(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 def _take(result: UsageResult, obj: Any) -> None:
@@ -109,6 +116,12 @@ class StreamObserver:
 
     def __init__(self, max_bytes: int = 64 * 1024, *, request_id: str | None = None) -> None:
         self.result = UsageResult()
+        self.plain = 0
+        """After :meth:`feed`: how many leading bytes of the chunk were plain ``data:`` events,
+        each read where it lies (see :meth:`SSEParser.plain_events`)."""
+        self.usage_only: list[tuple[int, int]] = []
+        """After :meth:`feed`: where the usage-only chunks (see :func:`usage_only_chunk`) among
+        those plain events lie in the chunk, each from ``data:`` to its blank line."""
         self._parser = SSEParser(max_bytes)
         self._request_id = request_id
         self._logged = False
@@ -127,6 +140,9 @@ class StreamObserver:
             # decoded nor parsed, only searched for what could matter (a whole read of them in
             # one search).
             start, count = parser.plain_events(chunk)
+            self.plain = start
+            if self.usage_only:
+                self.usage_only = []
             if start:
                 result.events += count
                 self._look_plain(chunk, start)
@@ -169,22 +185,34 @@ class StreamObserver:
         while not result.id and at < end:
             stop = chunk.find(b"\n", at)
             if stop - at != 12 or not chunk.startswith(b"data: [DONE]", at):
-                self._look(chunk[at + 6 : stop].decode("utf-8", "replace"))
+                self._look_at(chunk, at, stop)
             at = stop + 2
         search = _INTERESTING_BYTES.search
         while at < end and (found := search(chunk, at, end)) is not None:
             # the event around it: it cannot reach past its own line (see _INTERESTING)
             begin = chunk.rfind(b"\n", at, found.start()) + 1 or at
             stop = chunk.find(b"\n", found.end())
-            self._look(chunk[begin + 6 : stop].decode("utf-8", "replace"))
+            self._look_at(chunk, begin, stop)
             at = stop + 2
 
-    def _look(self, data: str) -> None:
+    def _look_at(self, chunk: bytes, begin: int, stop: int) -> None:
+        """Look at the plain event ``chunk[begin:stop]`` (``data: ...``), and note it if it is
+        a usage-only chunk (by the same test as :func:`usage_only_chunk`)."""
+        obj = self._look(chunk[begin + 6 : stop].decode("utf-8", "replace"))
+        if (
+            _usage_only(obj)
+            and _EMPTY_CHOICES.search(chunk, begin, stop)
+            and chunk.find(b'"usage"', begin, stop) >= 0
+        ):
+            self.usage_only.append((begin, stop + 2))
+
+    def _look(self, data: str) -> Any:
         try:
             obj = json.loads(data)
         except ValueError:
-            return
+            return None
         _take(self.result, obj)
+        return obj
 
 
 def observe_body(body: bytes) -> UsageResult:
