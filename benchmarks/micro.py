@@ -24,6 +24,7 @@ from waterfall_asgi import EventAligner, InMemoryCooldownStore, RouterConfig, St
 from waterfall_asgi.cost import rank
 from waterfall_asgi.ledger import UsageRecord
 from waterfall_asgi.ledger_sqlite import SQLiteLedger
+from waterfall_asgi.relay import _UsageStripper
 from waterfall_asgi.sse import SSEParser
 from waterfall_fakes import FakeProvider
 
@@ -89,12 +90,14 @@ def bench_streams(repeat: int) -> list[tuple[str, str]]:
         assert not a.flush()
 
     def relay_path() -> None:
-        # what the relay does with each read: align it, then observe the whole events at once
-        a, o = EventAligner(), StreamObserver()
+        # what the relay does with each read: take its whole events in one piece, observe them,
+        # and cut the usage chunk it injected where the observer found it
+        a, o, s = EventAligner(), StreamObserver(), _UsageStripper()
         for chunk in reads:
-            blocks = a.feed(chunk)
-            if blocks:
-                o.feed(blocks[0] if len(blocks) == 1 else b"".join(blocks))
+            whole = a.take(chunk)
+            if whole:
+                o.feed(whole)
+                s.strip(whole, o.plain, o.usage_only)
         assert o.result.complete
 
     rows = []
@@ -102,7 +105,7 @@ def bench_streams(repeat: int) -> list[tuple[str, str]]:
         ("SSEParser.feed", parser),
         ("StreamObserver.feed", observer),
         ("EventAligner.feed", aligner),
-        ("aligner + observer (relay)", relay_path),
+        ("aligner + observer + usage cut (relay)", relay_path),
     ):
         seconds = timed(repeat, body)
         rows.append(
