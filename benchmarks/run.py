@@ -7,7 +7,8 @@ uvicorn in its own process on 127.0.0.1:
 * ``httpx``: the same passthrough using httpx;
 * ``router``: ``create_app`` with a one-entry chain, the ledger in memory;
 * ``router+sqlite``: the same with the SQLite ledger in a temporary directory;
-* ``router+freeze``: ``router`` after ``gc.freeze()``, as ``waterfall-asgi serve`` runs it;
+* ``router+gc``: ``router`` after ``tune_gc()`` (``gc.freeze()``, a young-generation threshold of
+  10,000), as ``waterfall-asgi serve`` runs it;
 * ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``).
 
 A load generator (aiohttp, in this process) sends a fixed number of requests per round, with
@@ -15,14 +16,13 @@ concurrency 1 and 32, for a JSON chat completion and for a 20-event SSE stream, 
 proxies round by round. The server's CPU time is read per process (psutil if installed, else
 ``/proc/<pid>/stat``) before and after each round; its peak RSS is read from ``/proc``.
 
-Run ``python benchmarks/run.py`` (about 2-3 minutes) or ``--quick`` (about 20 s).
+Run ``python benchmarks/run.py`` (about 2 minutes) or ``--quick`` (about 20 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import multiprocessing
 import os
@@ -46,7 +46,7 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 PATH = "/v1/chat/completions"
 FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
 STREAM_EVENTS = 20  # data events in the stream, [DONE] included
-PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "router+freeze", "router/httpx")
+PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "router+gc", "router/httpx")
 WORKLOADS = ("json", "stream")
 CONCURRENCY = (1, 32)
 POOL = 100  # upstream connections each proxy may keep (the router's httpx default)
@@ -330,10 +330,11 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> 
         app = router_app(upstream, None)
     elif kind == "router+sqlite":
         app = router_app(upstream, str(Path(ledger_dir) / "usage.db"))
-    elif kind == "router+freeze":
+    elif kind == "router+gc":
+        from waterfall_asgi import tune_gc
+
         app = router_app(upstream, None)
-        gc.collect()  # as `waterfall-asgi serve` does: startup's objects out of full collections
-        gc.freeze()
+        tune_gc()  # as `waterfall-asgi serve` does
     elif kind == "router/httpx":
         app = router_app(upstream, None, client="httpx")
     else:
@@ -620,7 +621,7 @@ class Plan:
     total_seconds: float  # no new round starts past this
 
 
-FULL = Plan(rounds=3, requests={1: 400, 32: 1500}, round_seconds=2.5, total_seconds=170)
+FULL = Plan(rounds=5, requests={1: 400, 32: 1500}, round_seconds=2.5, total_seconds=200)
 QUICK = Plan(rounds=1, requests={1: 100, 32: 300}, round_seconds=0.8, total_seconds=25)
 
 

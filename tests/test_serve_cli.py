@@ -7,6 +7,7 @@ config is refused with exit status 1 and the wrong key named.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import re
@@ -22,6 +23,7 @@ from typing import IO
 import httpx
 import pytest
 
+from waterfall_asgi import GC_YOUNG_THRESHOLD, tune_gc
 from waterfall_asgi.cli import main
 from waterfall_fakes import FakeProvider, FakeServer
 
@@ -223,3 +225,42 @@ def test_serve_with_a_bad_config_exits_1_as_a_process(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr == f"{path}: invalid config\n  chains.fast.0: unknown provider 'zz'\n"
+
+
+@pytest.fixture
+def gc_state() -> Iterator[None]:
+    """Put the collector back as it was (tune_gc changes the whole process)."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+@pytest.mark.usefixtures("gc_state")
+def test_tune_gc_freezes_what_is_loaded_and_raises_the_young_threshold() -> None:
+    gc.set_threshold(700, 10, 10)
+    tune_gc()
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+    gc.set_threshold(50_000, 5, 5)  # a higher threshold of the application's own is kept
+    tune_gc()
+    assert gc.get_threshold() == (50_000, 5, 5)
+
+
+def test_serve_tunes_the_collector_before_it_serves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    import waterfall_asgi.app
+
+    calls: list[str] = []
+    monkeypatch.setattr(waterfall_asgi.app, "tune_gc", lambda: calls.append("tune_gc"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *_, **__: calls.append("run"))
+    config = tmp_path / "router.toml"
+    config.write_text(
+        '[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n[chains]\nfast = ["a/m"]\n'
+        "[ledger]\npath = ''\n"
+    )
+    assert main(["serve", "--config", str(config), "--port", "0"]) == 3  # (never started)
+    assert calls == ["tune_gc", "run"]

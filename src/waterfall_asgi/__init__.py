@@ -5,7 +5,7 @@ run :func:`create_app` on its own; configure it with :class:`RouterConfig` or a 
 (:func:`load_config`).
 """
 
-from .app import create_app
+from .app import GC_YOUNG_THRESHOLD, create_app, tune_gc
 from .config import (
     ConfigError,
     Deployment,
@@ -84,6 +84,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BLANK_LINE",
     "DEFAULT_MAX_BYTES",
+    "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
@@ -164,6 +165,7 @@ __all__ = [
     "required_capabilities",
     "retry_hint",
     "send_error",
+    "tune_gc",
     "usage_only_chunk",
     "with_usage",
 ]
