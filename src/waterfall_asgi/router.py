@@ -304,17 +304,14 @@ class Router:
                     body,
                     timeouts,
                 )
-        except TimeoutError:
+        except BaseException as exc:
             deadline.close()
-            raise _Failed("timeout", "timed out before the first byte") from None
-        except UpstreamConnectError:
-            deadline.close()
-            raise _Failed("connect_error", "could not connect") from None
-        except UpstreamError as exc:
-            deadline.close()
-            raise _Failed("transport_error", f"transport error ({exc.name})") from None
-        except BaseException:
-            deadline.close()
+            if isinstance(exc, TimeoutError):
+                raise _Failed("timeout", "timed out before the first byte") from None
+            if isinstance(exc, UpstreamConnectError):
+                raise _Failed("connect_error", "could not connect") from None
+            if isinstance(exc, UpstreamError):
+                raise _Failed("transport_error", f"transport error ({exc.name})") from None
             raise
         try:
             return await self._judge(d, response, stream, first_byte, t.read, deadline)
