@@ -90,6 +90,16 @@ async def read_all(response: UpstreamResponse) -> list[bytes]:
     raise AssertionError(f"no end of body after {MAX_CHUNKS} chunks")
 
 
+async def served_once(upstream: Upstream, server: LoopbackServer) -> None:
+    """One chat completion through ``upstream``: a 200, read to its end, then released."""
+    response = await post(upstream, server)
+    try:
+        assert response.status == 200
+        await read_all(response)
+    finally:
+        await response.aclose()
+
+
 async def read_until_error(response: UpstreamResponse) -> tuple[bytes, UpstreamError]:
     """The body bytes read before ``read_chunk`` raised, and what it raised."""
     got = bytearray()
@@ -546,12 +556,7 @@ async def test_as_upstream_wraps_an_httpx_client_and_never_closes_it(
         upstream = as_upstream(client)
         assert isinstance(upstream, HttpxUpstream)
         assert upstream.client is client
-        response = await post(upstream, fake_server)
-        try:
-            assert response.status == 200
-            await read_all(response)
-        finally:
-            await response.aclose()
+        await served_once(upstream, fake_server)
         await upstream.aclose()
         assert not client.is_closed
         again = await client.get(fake_server.root + "/health")  # still usable
@@ -571,12 +576,7 @@ async def test_a_given_aiohttp_session_is_used_and_never_closed(fake_server: Fak
     async with aiohttp.ClientSession() as session:
         upstream = AiohttpUpstream(session=session)
         assert upstream.session is session
-        response = await post(upstream, fake_server)
-        try:
-            assert response.status == 200
-            await read_all(response)
-        finally:
-            await response.aclose()
+        await served_once(upstream, fake_server)
         await upstream.aclose()
         assert upstream.session is session
         assert not session.closed

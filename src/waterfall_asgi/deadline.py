@@ -51,7 +51,6 @@ class Deadline:
         "_expired",
         "_handle",
         "_loop",
-        "_next",
         "_task",
         "_when",
     )
@@ -60,24 +59,24 @@ class Deadline:
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._next = self._when = 0.0
+        self._when = 0.0
         self._active = self._expired = False
         self._cancelling = 0
 
     def at(self, when: float) -> Deadline:
         """This deadline, for a scope that must end by ``when`` (loop time)."""
-        self._next = when
+        self._when = when
         return self
 
     def after(self, seconds: float) -> Deadline:
         """This deadline, for a scope that must end within ``seconds`` from now."""
-        self._next = self._loop.time() + seconds
+        self._when = self._loop.time() + seconds
         return self
 
     @property
     def when(self) -> float:
         """The deadline last given by :meth:`at` or :meth:`after`, in loop time."""
-        return self._next
+        return self._when
 
     async def __aenter__(self) -> Deadline:
         if self._active:
@@ -87,7 +86,7 @@ class Deadline:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        when = self._when = self._next
+        when = self._when
         self._active, self._expired = True, False
         handle = self._handle
         if handle is None or handle.when() > when:  # none yet, or one that would fire too late

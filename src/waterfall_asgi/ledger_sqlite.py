@@ -85,7 +85,6 @@ _ROW_VALUES = f"({', '.join('?' * len(COLUMNS))})"
 _ON_CONFLICT = (
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
 )
-_UPSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {_ROW_VALUES} {_ON_CONFLICT}"
 _ROWS_PER_STATEMENT = 999 // len(COLUMNS)
 """How many rows one upsert statement carries: 999 is the fewest variables any SQLite allows
 in a statement. One statement for many rows is one call into SQLite (one hand-over of the GIL
@@ -504,7 +503,7 @@ class SQLiteLedger:
         """Upsert one row on a connection of its own (after close, in a worker thread)."""
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            conn.execute(_UPSERT, row)
+            conn.execute(_upsert_many(1), row)
         finally:
             conn.close()
 
