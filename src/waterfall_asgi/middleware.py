@@ -113,6 +113,8 @@ class WaterfallMiddleware:
         self.price_book = PriceBook(self.config)
         self.prices: Mapping[str, Price] = self.price_book.prices
         """Prices imported from providers (``provider/model`` -> price); config prices win."""
+        # config.price_of() of a deployment without its own price, looked up once
+        self._listed_prices = {d.key: d.price for d in self.config.all_deployments()}
         self._refresher: asyncio.Task[None] | None = None
         importing = {n for n, p in self.config.providers.items() if p.import_prices}
         static = [
@@ -522,7 +524,11 @@ class WaterfallMiddleware:
         )
 
     def _price(self, deployment: Deployment) -> Price | None:
-        return self.config.price_of(deployment) or self.prices.get(deployment.key)
+        if deployment.price is not None:
+            return deployment.price
+        key = deployment.key
+        listed = self._listed_prices.get(key)
+        return listed if listed is not None else self.prices.get(key)
 
     async def _commit(
         self,
@@ -571,12 +577,15 @@ class WaterfallMiddleware:
             await served.aclose()
             raise
 
-        def cost_event(usage: UsageResult) -> bytes | None:
-            costs = charge.costs(usage) if self.config.ledger.cost_event else None
-            if costs is None:
-                return None
-            data = {"id": record.id, "cost": costs[0], "unit": costs[1]}  # what the ledger says
-            return b"event: waterfall.cost\ndata: " + json.dumps(data).encode() + b"\n\n"
+        cost_event: Callable[[UsageResult], bytes | None] | None = None
+        if self.config.ledger.cost_event:
+
+            def cost_event(usage: UsageResult) -> bytes | None:
+                costs = charge.costs(usage)
+                if costs is None:
+                    return None
+                data = {"id": record.id, "cost": costs[0], "unit": costs[1]}  # as in the ledger
+                return b"event: waterfall.cost\ndata: " + json.dumps(data).encode() + b"\n\n"
 
         outcome = await relay_stream(
             served,

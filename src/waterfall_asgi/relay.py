@@ -253,88 +253,128 @@ async def relay_stream(
     been sent already. ``closing_event`` may add one last event after a complete stream.
     ``watch`` is the request's :class:`ClientWatch`, if it has one already (else the relay
     listens to ``receive`` itself)."""
-    observer = StreamObserver(request_id=request_id)
-    aligner = EventAligner()
-    stripper = _UsageStripper() if strip_usage else None
-    relay = asyncio.current_task()
-    gone = asyncio.Event()
-    deadline: list[asyncio.TimerHandle] = []
-
-    def client_left() -> None:
-        # From now on nothing is sent; the upstream is read (for usage) until the drain ends.
-        if gone.is_set() or relay is None:
-            return
-        gone.set()
-        deadline.append(asyncio.get_running_loop().call_later(drain_seconds, relay.cancel))
-
-    async def forward(chunk: bytes) -> None:
-        whole = aligner.take(chunk)
-        if not whole:
-            return
-        observer.feed(whole)
-        if gone.is_set():
-            return
-        if stripper is not None:
-            whole = stripper.strip(whole, observer.plain, observer.usage_only)
-            if not whole:
-                return
-        try:
-            await send({"type": "http.response.body", "body": whole, "more_body": True})
-        except OSError:  # a server that reports the gone client by raising
-            client_left()
-
+    state = _Relay(served, send, strip_usage, drain_seconds, request_id)
     own_watch = watch is None
     watcher = ClientWatch(receive) if watch is None else watch
-    watcher.on_gone = client_left
+    watcher.on_gone = state.client_left
     if watcher.gone:
-        client_left()
+        state.client_left()
     failure: BaseException | None = None
     try:
-        await forward(served.prefix)
+        if out := state.take(served.prefix):
+            await state.forward(out)
         async for chunk in served.rest():
-            await forward(chunk)
+            if out := state.take(chunk):
+                await state.forward(out)
     except (TimeoutError, UpstreamError) as exc:
         failure = exc
     except asyncio.CancelledError:
-        if not gone.is_set() or relay is None:
+        if not state.gone or state.task is None:
             raise
-        relay.uncancel()  # the drain's deadline, not a cancellation from outside
+        state.task.uncancel()  # the drain's deadline, not a cancellation from outside
     finally:
         watcher.on_gone = None
         if own_watch:
             watcher.close()
-        for handle in deadline:
-            handle.cancel()
+        if state.drain is not None:
+            state.drain.cancel()
         await served.aclose()
-    usage = observer.result
-    if gone.is_set():
-        return RelayOutcome("client_disconnected", usage, "client went away", client_gone=True)
-    if failure is not None:
-        kind = failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
-        reason = "timed out" if isinstance(failure, TimeoutError) else "failed"
-        tail = aligner.fail(
-            error_event(
-                f"The upstream stream {reason} after it began ({kind}).", "stream_interrupted"
+    return await state.end(failure, closing_event)
+
+
+class _Relay:
+    """One relayed stream's state (see :func:`relay_stream`)."""
+
+    __slots__ = (
+        "aligner",
+        "drain",
+        "drain_seconds",
+        "gone",
+        "observer",
+        "send",
+        "stripper",
+        "task",
+    )
+
+    def __init__(
+        self,
+        served: Served,
+        send: Send,
+        strip_usage: bool,
+        drain_seconds: float,
+        request_id: str | None,
+    ) -> None:
+        self.observer = StreamObserver(request_id=request_id)
+        self.aligner = EventAligner()
+        self.stripper = _UsageStripper() if strip_usage else None
+        self.send = send
+        self.drain_seconds = drain_seconds
+        self.task = asyncio.current_task()
+        self.gone = False  # the client left: nothing is sent from then on
+        self.drain: asyncio.TimerHandle | None = None  # when the drain ends
+
+    def client_left(self) -> None:
+        """From now on nothing is sent; the upstream is read (for usage) until the drain ends."""
+        if self.gone or self.task is None:
+            return
+        self.gone = True
+        self.drain = asyncio.get_running_loop().call_later(self.drain_seconds, self.task.cancel)
+
+    def take(self, chunk: bytes) -> bytes:
+        """Observe the whole events ``chunk`` completes; return what of them to send."""
+        whole = self.aligner.take(chunk)
+        if not whole:
+            return whole
+        observer = self.observer
+        observer.feed(whole)
+        if self.gone:
+            return b""
+        if self.stripper is not None:
+            whole = self.stripper.strip(whole, observer.plain, observer.usage_only)
+        return whole
+
+    async def forward(self, body: bytes) -> None:
+        try:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError:  # a server that reports the gone client by raising
+            self.client_left()
+
+    async def end(
+        self,
+        failure: BaseException | None,
+        closing_event: Callable[[UsageResult], bytes | None] | None,
+    ) -> RelayOutcome:
+        """Send the stream's last piece; say how it ended."""
+        aligner, observer = self.aligner, self.observer
+        usage = observer.result
+        if self.gone:
+            return RelayOutcome("client_disconnected", usage, "client went away", client_gone=True)
+        if failure is not None:
+            kind = failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
+            reason = "timed out" if isinstance(failure, TimeoutError) else "failed"
+            tail = aligner.fail(
+                error_event(
+                    f"The upstream stream {reason} after it began ({kind}).", "stream_interrupted"
+                )
             )
-        )
-        outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
-    elif not usage.complete:
-        tail = aligner.fail(
-            error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
-        )
-        outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
-    else:
-        tail = aligner.flush()
-        observer.feed(tail)  # held back only for want of a blank line: whole, as far as it goes
-        if stripper is not None:
-            tail = stripper.strip(tail, observer.plain, observer.usage_only)
-        if closing_event is not None and usage.error is None:  # only after a clean stream
-            tail += closing_event(usage) or b""
-        outcome = RelayOutcome("success", usage)
-    if usage.error is not None:
-        outcome = RelayOutcome("upstream_error", usage, f"error event: {_code(usage.error)}")
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
-    return outcome
+            outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
+        elif not usage.complete:
+            tail = aligner.fail(
+                error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
+            )
+            outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
+        else:
+            tail = aligner.flush()
+            observer.feed(tail)  # held back only for want of a blank line: whole, as far as it goes
+            if self.stripper is not None:
+                tail = self.stripper.strip(tail, observer.plain, observer.usage_only)
+            if closing_event is not None and usage.error is None:  # only after a clean stream
+                tail += closing_event(usage) or b""
+            outcome = RelayOutcome("success", usage)
+        if usage.error is not None:
+            outcome = RelayOutcome("upstream_error", usage, f"error event: {_code(usage.error)}")
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+        return outcome
 
 
 def _code(error: dict[str, Any]) -> str:
