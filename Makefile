@@ -34,8 +34,14 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
 
-bench: $(STAMP)  ## the benchmark suite (never part of test); BENCH_ARGS=--quick for a smoke run
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+BENCH_EXTRA := $(VENV)/bench
+$(BENCH_EXTRA)/.installed: $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade \
+		--target $(BENCH_EXTRA) -r requirements-bench.txt
+	touch $@
+
+bench: $(BENCH_EXTRA)/.installed  ## the benchmark suite (never part of test); BENCH_ARGS=--quick
+	PYTHONPATH=$(BENCH_EXTRA) $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/streams.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/micro.py $(BENCH_ARGS)
 

@@ -7,14 +7,20 @@ uvicorn in its own process on 127.0.0.1:
 * ``httpx``: the same passthrough using httpx;
 * ``router``: ``create_app`` with a one-entry chain, the ledger in memory;
 * ``router+sqlite``: the same with the SQLite ledger in a temporary directory;
-* ``router+gc``: ``router`` after ``tune_gc()`` (``gc.freeze()``, a young-generation threshold of
-  10,000), as ``waterfall-asgi serve`` runs it;
+* ``serve``: ``router+sqlite`` after ``tune_gc()`` (``gc.freeze()``, a young-generation threshold
+  of 10,000): what ``waterfall-asgi serve`` runs with its defaults;
 * ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``).
 
-A load generator (aiohttp, in this process) sends a fixed number of requests per round, with
-concurrency 1 and 32, for a JSON chat completion and for a 20-event SSE stream, interleaving the
-proxies round by round. The server's CPU time is read per process (psutil if installed, else
-``/proc/<pid>/stat``) before and after each round; its peak RSS is read from ``/proc``.
+Every server runs on one stack, ``--stack``: ``standard`` (the default; uvloop and httptools, what
+``uvicorn[standard]`` installs and what the issue's own table was measured on) or ``asyncio``
+(asyncio's loop and h11, plain ``uvicorn``). ``make bench`` installs uvloop and httptools
+(``requirements-bench.txt``) beside the venv, not into it: the tests keep plain uvicorn.
+
+A load generator (aiohttp, in this process, on uvloop with the standard stack) sends a fixed
+number of requests per round, with concurrency 1 and 32, for a JSON chat completion and for a
+20-event SSE stream, interleaving the proxies round by round. The server's CPU time is read per
+process (psutil if installed, else ``/proc/<pid>/stat``) before and after each round; its peak
+RSS is read from ``/proc``.
 
 Run ``python benchmarks/run.py`` (about 2 minutes) or ``--quick`` (about 20 s).
 """
@@ -46,7 +52,8 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 PATH = "/v1/chat/completions"
 FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
 STREAM_EVENTS = 20  # data events in the stream, [DONE] included
-PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "router+gc", "router/httpx")
+PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "serve", "router/httpx")
+STACKS = {"standard": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}  # loop, http
 WORKLOADS = ("json", "stream")
 CONCURRENCY = (1, 32)
 POOL = 100  # upstream connections each proxy may keep (the router's httpx default)
@@ -318,8 +325,9 @@ def router_app(upstream: str, ledger_path: str | None, client: str = "aiohttp") 
     return app
 
 
-def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> None:
-    """Child process: run proxy ``kind`` on uvicorn on a free loopback port (sent up ``conn``)."""
+def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Connection) -> None:
+    """Child process: run proxy ``kind`` on uvicorn (on ``stack``, see :data:`STACKS`) on a free
+    loopback port (sent up ``conn``)."""
     import uvicorn
 
     if kind == "aiohttp":
@@ -330,10 +338,10 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> 
         app = router_app(upstream, None)
     elif kind == "router+sqlite":
         app = router_app(upstream, str(Path(ledger_dir) / "usage.db"))
-    elif kind == "router+gc":
+    elif kind == "serve":
         from waterfall_asgi import tune_gc
 
-        app = router_app(upstream, None)
+        app = router_app(upstream, str(Path(ledger_dir) / "serve.db"))
         tune_gc()  # as `waterfall-asgi serve` does
     elif kind == "router/httpx":
         app = router_app(upstream, None, client="httpx")
@@ -341,8 +349,24 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, conn: Connection) -> 
         raise ValueError(kind)
     sock = _bind()
     conn.send(sock.getsockname()[1])
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+    loop, http = STACKS[stack]
+    config = uvicorn.Config(
+        app, lifespan="on", log_level="warning", access_log=False, loop=loop, http=http
+    )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def missing_for(stack: str) -> list[str]:
+    """The modules ``stack`` needs that cannot be imported here."""
+    missing = []
+    for name in STACKS[stack]:
+        if name in ("asyncio", "h11"):
+            continue
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def _bind() -> socket.socket:
@@ -649,17 +673,43 @@ async def measure(plan: Plan, proxies: dict[str, Server]) -> dict[tuple[str, str
     return cells
 
 
+def loop_factory(stack: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The load generator's event loop: uvloop's with the standard stack, else asyncio's."""
+    if STACKS[stack][0] != "uvloop":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the servers, measure, print the table, stop every server started."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument(
+        "--stack",
+        choices=sorted(STACKS),
+        default="standard",
+        help="the servers' loop and HTTP parser: standard (uvloop, httptools; the default) or "
+        "asyncio (asyncio, h11)",
+    )
     args = parser.parse_args(argv)
+    missing = missing_for(args.stack)
+    if missing:
+        print(
+            f"--stack {args.stack} needs {', '.join(missing)}: pip install -r "
+            "requirements-bench.txt (make bench does), or use --stack asyncio",
+            file=sys.stderr,
+        )
+        return 2
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = Plan(args.rounds, plan.requests, plan.round_seconds, plan.total_seconds)
 
     print(describe_machine())
+    loop, http = STACKS[args.stack]
+    print(f"stack: {args.stack} (uvicorn on {loop} with {http}; the load generator on {loop})")
     print(
         f"plan: {plan.rounds} round(s); per round and cell {plan.requests[1]} requests at "
         f"concurrency 1, {plan.requests[32]} at 32, at most {plan.round_seconds} s; "
@@ -673,9 +723,10 @@ def main(argv: list[str] | None = None) -> int:
             base = f"http://127.0.0.1:{upstream.port}"
             proxies = {}
             for name in PROXIES:
-                proxies[name] = start(name, serve_proxy, name, base, ledger_dir)
+                proxies[name] = start(name, serve_proxy, name, base, ledger_dir, args.stack)
                 started.append(proxies[name])
-            cells = asyncio.run(measure(plan, proxies))
+            with asyncio.Runner(loop_factory=loop_factory(args.stack)) as runner:
+                cells = runner.run(measure(plan, proxies))
             rss = {name: peak_rss_mb(server.pid) for name, server in proxies.items()}
             for server in reversed(started):
                 stop(server)
