@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -358,15 +359,7 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Con
 
 def missing_for(stack: str) -> list[str]:
     """The modules ``stack`` needs that cannot be imported here."""
-    missing = []
-    for name in STACKS[stack]:
-        if name in ("asyncio", "h11"):
-            continue
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    return missing
+    return [name for name in STACKS[stack] if importlib.util.find_spec(name) is None]
 
 
 def _bind() -> socket.socket:

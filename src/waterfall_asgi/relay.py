@@ -253,7 +253,7 @@ async def relay_stream(
     been sent already. ``closing_event`` may add one last event after a complete stream.
     ``watch`` is the request's :class:`ClientWatch`, if it has one already (else the relay
     listens to ``receive`` itself)."""
-    state = _Relay(served, send, strip_usage, drain_seconds, request_id)
+    state = _Relay(send, strip_usage, drain_seconds, request_id)
     own_watch = watch is None
     watcher = ClientWatch(receive) if watch is None else watch
     watcher.on_gone = state.client_left
@@ -297,12 +297,7 @@ class _Relay:
     )
 
     def __init__(
-        self,
-        served: Served,
-        send: Send,
-        strip_usage: bool,
-        drain_seconds: float,
-        request_id: str | None,
+        self, send: Send, strip_usage: bool, drain_seconds: float, request_id: str | None
     ) -> None:
         self.observer = StreamObserver(request_id=request_id)
         self.aligner = EventAligner()
