@@ -160,10 +160,25 @@ async def test_a_save_is_a_snapshot(db: Path) -> None:
     live = record(1, status="pending", attempts=[{"entry": "alpha/m"}])
     async with _opened(SQLiteLedger(db, flush_interval=60)) as ledger:
         await ledger.save(live)
-        live.attempts.append({"entry": "changed later"})
+        live.attempts[0]["entry"] = "changed later"  # (the attempts are encoded when written)
+        live.attempts.append({"entry": "added later"})
         live.status = "success"
     assert read_records(db)[0].attempts == [{"entry": "alpha/m"}]
     assert read_records(db)[0].status == "pending"
+
+
+async def test_a_record_that_cannot_be_encoded_is_lost_alone(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    circular: dict[str, object] = {"entry": "alpha/m"}
+    circular["self"] = circular
+    async with _opened(SQLiteLedger(db, flush_interval=60)) as ledger:
+        await ledger.save(record(1))
+        await ledger.save(record(2, attempts=[circular]))
+        await ledger.save(record(3))
+    assert [r.id for r in read_records(db)] == ["r1", "r3"]
+    assert (ledger.written, ledger.failures, ledger.transactions) == (2, 1, 1)
+    assert "1 record(s) not written: Circular reference" in caplog.records[-1].getMessage()
 
 
 async def test_pending_records_become_interrupted_at_the_next_open(db: Path) -> None:

@@ -247,6 +247,8 @@ async def test_all_exhausted_is_503_with_retry_after_of_the_soonest_recovery(
         "cut:bytes=10",  # cut inside the first event
         "slow_first_byte:seconds=5",  # stalls past the first-byte timeout
         "error_event:after=0",  # an error before any content
+        "error_event:after=0; line_endings:style=crlf",  # the same, parsed line by line
+        "error_event:after=0; chunking:size=7",  # the same, in small reads
         "keepalive; truncate:events=0",  # only a comment, then nothing
     ],
 )

@@ -136,3 +136,53 @@ def test_plain_events_whole_or_byte_by_byte_give_the_same_result(data: st.DataOb
     assert feed_all(data.draw(chunkings(body), label="chunks")).result == whole
     assert whole.complete is (b"data: [DONE]" in lines)
     assert whole.events == len(lines)
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)
+)
+_MEMBERS = st.dictionaries(
+    st.text(max_size=8).filter(lambda k: k not in ("id", "model")),
+    st.one_of(_SCALARS, st.dictionaries(st.sampled_from(["id", "model", "x"]), _SCALARS)),
+    max_size=4,
+)
+
+
+@given(
+    ident=st.text(max_size=6),
+    model=st.text(max_size=6),
+    before=_MEMBERS,
+    after=_MEMBERS,
+    spaces=st.booleans(),
+    ascii_only=st.booleans(),
+)
+def test_a_first_event_gives_its_own_id_and_model_however_it_is_written(
+    ident: str,
+    model: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    spaces: bool,
+    ascii_only: bool,
+) -> None:
+    # id first, as providers write it, members around model (some with an "id" or "model" of
+    # their own); the head is read from the bytes when it plainly allows, else decoded
+    event = {"id": ident, **before, "model": model, **after}
+    event.setdefault("choices", [])
+    separators = (", ", ": ") if spaces else (",", ":")
+    data = json.dumps(event, ensure_ascii=ascii_only, separators=separators).encode()
+    for body in (b"data: " + data + b"\n\n", b"data: " + data + b"\n\ndata: [DONE]\n\n"):
+        result = feed_all([body]).result
+        assert (result.id, result.model) == (ident or None, model or None)
+        assert result == feed_all([body[:1], body[1:]]).result  # the line-by-line parse
+
+
+def test_the_model_of_a_nested_object_is_not_the_events() -> None:
+    body = b'data: {"id":"c1","o":{"model":"inner"},"created":1}\n\n'
+    assert (feed_all([body]).result.id, feed_all([body]).result.model) == ("c1", None)
+    body = b'data: {"id":"c1","o":{"x":1,"model":"inner"},"model":"outer"}\n\n'
+    assert feed_all([body]).result.model == "outer"
+    body = b'data: {"id":"c1","created":1,"model":"m\\u00e9"}\n\n'  # an escape: decoded
+    assert feed_all([body]).result.model == "m\u00e9"
+    # an id-less first chunk that names a model: its model stays the first one
+    body = b'data: {"id":"","model":"m1"}\n\ndata: {"id":"c2","model":"m2"}\n\n'
+    assert (feed_all([body]).result.id, feed_all([body]).result.model) == ("c2", "m1")

@@ -115,19 +115,42 @@ class LedgerError(Exception):
 _COLUMN_VALUES = operator.attrgetter(*COLUMNS)
 _ATTEMPTS = COLUMNS.index("attempts")
 _STREAM = COLUMNS.index("stream")
+# made once: json.dumps() with options builds an encoder on every call
+_ENCODE_ATTEMPTS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
-def _to_row(record: UsageRecord) -> _Row:
-    """The record as column values, a snapshot (attempts as JSON text, ``stream`` as 0/1)."""
-    values = list(_COLUMN_VALUES(record))
+def _snapshot(record: UsageRecord) -> _Row:
+    """The record's column values as they are now: what :meth:`SQLiteLedger.save` queues (the
+    list of attempts and its dicts copied, so later changes to them are not seen). Only the
+    last save of an id in a batch is written, so only it is encoded (:func:`_to_row`)."""
+    values: _Row = _COLUMN_VALUES(record)
     attempts = values[_ATTEMPTS]
-    values[_ATTEMPTS] = (
-        json.dumps(attempts, ensure_ascii=False, separators=(",", ":"), default=str)
-        if attempts
-        else "[]"
-    )
+    if not attempts:
+        return values
+    return (*values[:_ATTEMPTS], [dict(a) for a in attempts], *values[_ATTEMPTS + 1 :])
+
+
+def _to_row(snapshot: _Row) -> _Row:
+    """A snapshot as SQLite column values (attempts as JSON text, ``stream`` as 0/1)."""
+    attempts = snapshot[_ATTEMPTS]
+    values = list(snapshot)
+    values[_ATTEMPTS] = _ENCODE_ATTEMPTS(attempts) if attempts else "[]"
     values[_STREAM] = int(bool(values[_STREAM]))
     return tuple(values)
+
+
+def _rows(batch: Sequence[_Row]) -> tuple[list[_Row], int, Exception | None]:
+    """The rows to write for a batch of snapshots: the last save of each id wins, so only it is
+    encoded. Also how many of them could not be encoded (lost), and the first such error."""
+    rows: list[_Row] = []
+    lost, first = 0, None
+    for snapshot in {snapshot[0]: snapshot for snapshot in batch}.values():
+        try:
+            rows.append(_to_row(snapshot))
+        except Exception as exc:  # (a circular list of attempts): that record only
+            lost += 1
+            first = first or exc
+    return rows, lost, first
 
 
 def _from_row(row: sqlite3.Row) -> UsageRecord:
@@ -299,7 +322,7 @@ class SQLiteLedger:
         A ledger not yet opened is opened first; after :meth:`close`, the record is written
         on its own, in a worker thread.
         """
-        row = _to_row(record)
+        row = _snapshot(record)
         if self._state == "new":
             try:
                 await self.open()
@@ -379,12 +402,14 @@ class SQLiteLedger:
     async def _flush(self, batch: list[_Row]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write_sync, batch)
+            lost, error = await loop.run_in_executor(self._executor, self._write_sync, batch)
         except Exception as exc:
             self._failed(len(batch), exc)
         else:
-            self._succeeded(len(batch))
+            self._succeeded(len(batch) - lost)
             self.transactions += 1
+            if error is not None:
+                self._failed(lost, error)
 
     async def _write_detached(self, row: _Row) -> None:
         try:
@@ -481,13 +506,13 @@ class SQLiteLedger:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {known}")
 
-    def _write_sync(self, batch: Sequence[_Row]) -> None:
-        """Upsert a batch in one transaction (in the ledger's thread)."""
+    def _write_sync(self, batch: Sequence[_Row]) -> tuple[int, Exception | None]:
+        """Upsert a batch of snapshots in one transaction (in the ledger's thread); returns how
+        many could not be encoded (see :func:`_rows`) and the first such error."""
         conn = self._conn
         if conn is None:
             raise LedgerError(f"usage ledger {self.path!r} is not open")
-        # the last save of an id wins; keeping only it writes the same rows with less work
-        rows = list({row[0]: row for row in batch}.values())
+        rows, lost, error = _rows(batch)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(rows), _ROWS_PER_STATEMENT):
@@ -498,9 +523,11 @@ class SQLiteLedger:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        return lost, error
 
-    def _write_once(self, row: _Row) -> None:
-        """Upsert one row on a connection of its own (after close, in a worker thread)."""
+    def _write_once(self, snapshot: _Row) -> None:
+        """Upsert one snapshot on a connection of its own (after close, in a worker thread)."""
+        row = _to_row(snapshot)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             conn.execute(_upsert_many(1), row)

@@ -59,6 +59,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "accept-encoding",
 }
 _ERROR_PEEK = 64 * 1024
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # made once (json.dumps(...) makes one)
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -290,7 +291,7 @@ class Router:
         own, timeouts = self._sends[d.provider]
         headers = [(k, v) for k, v in passthrough if k.lower() not in own]
         headers += own.items()
-        body = json.dumps({**payload, "model": d.model}, ensure_ascii=False).encode()
+        body = _ENCODE({**payload, "model": d.model}).encode()
         # One timer bounds every wait of this attempt: the headers and the first event by
         # first_byte, each later read by read (see Deadline).
         deadline = Deadline()
@@ -374,6 +375,19 @@ class Router:
                 ) from None
             if not chunk:
                 raise _Failed("empty_stream", "stream ended before its first event")
+            if not buffered and chunk.startswith(b"data: "):
+                # The usual first read: a one-line event first, looked at where it lies.
+                line_end = chunk.find(b"\n\n")
+                if (
+                    0 < line_end <= parser.max_bytes  # (the parser's cap counts the line)
+                    and chunk.find(b"\n", 0, line_end) < 0
+                    and chunk.find(b"\r", 0, line_end) < 0
+                ):
+                    if chunk.find(b'"error"', 6, line_end) >= 0 and _is_error(
+                        chunk[6:line_end].decode("utf-8", "replace")
+                    ):
+                        raise _Failed("error_event", "stream began with an error event")
+                    return chunk
             buffered += chunk
             # Parse block by block, to the first event only: a first read often holds the
             # whole stream, and the relay's observer parses it anyway.

@@ -29,6 +29,15 @@ logger = logging.getLogger("waterfall_asgi.usage")
 # A match lies on one line of data: after its \s* it needs a ":", "{" or '"', never "data:".
 _INTERESTING = re.compile(r'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*"|error"\s*:)')
 _INTERESTING_BYTES = re.compile(_INTERESTING.pattern.encode())  # on one line of data: the same
+# The head of a chunk as OpenAI-style providers write it: "id" first, then plain members (a
+# string without escapes, a number, true, false or null) up to "model". Both are then the
+# object's own, so they are read from the bytes; any other first event is decoded.
+_STRING = rb'"[^"\\\x00-\x1f]*"'
+_HEAD = re.compile(
+    rb'\{[ \t]*"id"[ \t]*:[ \t]*"([^"\\\x00-\x1f]+)"[ \t]*'
+    rb"(?:,[ \t]*" + _STRING + rb"[ \t]*:[ \t]*(?:" + _STRING + rb"|[-+.\w]+)[ \t]*)*?"
+    rb',[ \t]*"model"[ \t]*:[ \t]*"([^"\\\x00-\x1f]+)"'
+)
 
 
 @dataclass
@@ -74,41 +83,40 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 def _take(result: UsageResult, obj: Any) -> None:
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:  # (json makes plain dicts: nothing else holds these fields)
         return
+    get = obj.get
     # the first non-empty id and model (Azure's first chunk carries empty ones)
-    if not result.id and isinstance(obj.get("id"), str) and obj["id"]:
-        result.id = obj["id"]
-    if not result.model and isinstance(obj.get("model"), str) and obj["model"]:
-        result.model = obj["model"]
-    error = obj.get("error")
-    if isinstance(error, dict):
-        result.error = error
-    elif isinstance(error, str):
-        result.error = {"message": error}
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        counts = {
-            k: usage.get(k)
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-            if isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool)
-        }
-        if counts:
-            result.prompt_tokens = counts.get("prompt_tokens")
-            result.completion_tokens = counts.get("completion_tokens")
-            total = counts.get("total_tokens")
-            if total is None and result.prompt_tokens is not None:
-                total = result.prompt_tokens + (result.completion_tokens or 0)
+    if not result.id and type(value := get("id")) is str and value:
+        result.id = value
+    if not result.model and type(value := get("model")) is str and value:
+        result.model = value
+    error = get("error")
+    if error is not None:
+        if type(error) is dict:
+            result.error = error
+        elif type(error) is str:
+            result.error = {"message": error}
+    usage = get("usage")
+    if type(usage) is dict:
+        # counts are ints (a bool is not one); a usage object without any is not usage
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        total = usage.get("total_tokens")
+        prompt = prompt if type(prompt) is int else None
+        completion = completion if type(completion) is int else None
+        total = total if type(total) is int else None
+        if prompt is not None or completion is not None or total is not None:
+            if total is None and prompt is not None:
+                total = prompt + (completion or 0)
+            result.prompt_tokens, result.completion_tokens = prompt, completion
             result.total_tokens = total
-    choices = obj.get("choices")
-    if isinstance(choices, list):
+    choices = get("choices")
+    if type(choices) is list:
         for position, choice in enumerate(choices):
-            if not isinstance(choice, dict):
-                continue
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str):
+            if type(choice) is dict and type(reason := choice.get("finish_reason")) is str:
                 index = choice.get("index", position)
-                result.finish_reasons[index if isinstance(index, int) else position] = reason
+                result.finish_reasons[index if type(index) is int else position] = reason
 
 
 class StreamObserver:
@@ -184,7 +192,9 @@ class StreamObserver:
         at = 0  # where the next event begins
         while not result.id and at < end:
             stop = chunk.find(b"\n", at)
-            if stop - at != 12 or not chunk.startswith(b"data: [DONE]", at):
+            if (stop - at != 12 or not chunk.startswith(b"data: [DONE]", at)) and (
+                not self._head(chunk, at + 6, stop) or _INTERESTING_BYTES.search(chunk, at, stop)
+            ):
                 self._look_at(chunk, at, stop)
             at = stop + 2
         search = _INTERESTING_BYTES.search
@@ -194,6 +204,18 @@ class StreamObserver:
             stop = chunk.find(b"\n", found.end())
             self._look_at(chunk, begin, stop)
             at = stop + 2
+
+    def _head(self, chunk: bytes, begin: int, stop: int) -> bool:
+        """Take the id (and the model, if none yet) from the head of the event data
+        ``chunk[begin:stop]`` without decoding it, if it is plainly there (see ``_HEAD``)."""
+        head = _HEAD.match(chunk, begin, stop)
+        if head is None:
+            return False
+        result = self.result
+        result.id = head[1].decode("utf-8", "replace")
+        if not result.model:
+            result.model = head[2].decode("utf-8", "replace")
+        return True
 
     def _look_at(self, chunk: bytes, begin: int, stop: int) -> None:
         """Look at the plain event ``chunk[begin:stop]`` (``data: ...``), and note it if it is
