@@ -55,6 +55,29 @@ async def test_a_scope_that_outlives_its_deadline_raises_timeout_error() -> None
     deadline.close()
 
 
+async def test_a_plain_with_scope_behaves_as_the_async_one() -> None:
+    deadline = Deadline()
+    with pytest.raises(TimeoutError), deadline.after(0.01):
+        await asyncio.sleep(1)
+    with deadline.after(5):
+        assert await asyncio.sleep(0, "in time") == "in time"
+        with pytest.raises(RuntimeError, match="do not nest"):
+            async with deadline.after(1):
+                pass
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def cancelled_from_elsewhere() -> None:
+        with deadline.after(5):
+            task.cancel()
+            await asyncio.sleep(1)
+
+    with pytest.raises(asyncio.CancelledError):  # it stays a cancellation
+        await cancelled_from_elsewhere()
+    assert task.uncancel() == 0
+    deadline.close()
+
+
 async def test_a_scope_in_time_returns_what_it_awaited() -> None:
     deadline = Deadline()
     async with deadline.after(5):

@@ -125,7 +125,7 @@ class Served:
             deadline = self.deadline = Deadline()
         while True:
             # one timer for every read of the stream, moved lazily (see Deadline)
-            async with deadline.after(self.read_timeout):
+            with deadline.after(self.read_timeout):
                 chunk = await read()
             if not chunk:
                 return
@@ -297,7 +297,7 @@ class Router:
         deadline = Deadline()
         first_byte = deadline.after(t.first_byte).when
         try:
-            async with deadline:
+            with deadline:
                 response = await self.upstream.request(
                     "POST",
                     provider.base_url + endpoint,
@@ -365,7 +365,7 @@ class Router:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                async with deadline.at(min(loop.time() + read_timeout, first_byte)):
+                with deadline.at(min(loop.time() + read_timeout, first_byte)):
                     chunk = await read()
             except TimeoutError:
                 raise _Failed("timeout", "no stream event before the first-byte timeout") from None
