@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs docs-serve bench clean
+.PHONY: demo test lint typecheck pytest docs docs-serve bench bench-instructions clean
 
 # Bootstrap: a virtual environment with pinned tools and both packages installed editable.
 $(STAMP): pyproject.toml fakes/pyproject.toml requirements-dev.txt
@@ -44,6 +44,9 @@ bench: $(BENCH_EXTRA)/.installed  ## the benchmark suite (never part of test); B
 	PYTHONPATH=$(BENCH_EXTRA) $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/streams.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/micro.py $(BENCH_ARGS)
+
+bench-instructions: $(STAMP)  ## the router's own instructions per request (needs valgrind)
+	$(BIN)/python benchmarks/instructions.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
