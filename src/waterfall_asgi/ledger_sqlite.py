@@ -1,7 +1,9 @@
 """The embedded usage ledger: :class:`SQLiteLedger`, one SQLite file in WAL mode.
 
 Saving never blocks the event loop on SQLite. :meth:`SQLiteLedger.save` snapshots the record
-into an in-memory queue and returns; a writer task takes the queue in batches (up to
+(its values, its list of attempts copied; encoded to JSON only when written, and only for the
+last save of an id in a batch) into an in-memory queue and returns; a writer task takes the
+queue in batches (up to
 ``batch_size`` records, or whatever arrived within ``flush_interval`` seconds of the first) and
 upserts each batch in one transaction, 52 rows to a statement: one call into SQLite, so one
 hand-over of the GIL between the threads, for many rows instead of one per row. Every SQLite
