@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from waterfall_fakes import (
     Behaviour,
+    BigEvent,
     Chunking,
     Cut,
     DoubleDone,
@@ -210,6 +211,12 @@ def step_of(script: list[list[Behaviour]], cycle: bool, number: int) -> list[Beh
 
 
 @given(fault_scripts(steps, max_size=6), seeds, st.lists(requests, max_size=8), st.booleans())
+@example(  # an error event first, and padding asked for there: the error is not padded
+    [[ErrorEvent(after=0), BigEvent(size=1, after=0)]],
+    0,
+    [("/v1/chat/completions", b'{"model": "fake-small", "messages": [], "stream": true}')],
+    False,
+)
 def test_every_reply_is_well_formed(
     script: list[list[Behaviour]], seed: int, reqs: list[tuple[str, bytes]], cycle: bool
 ) -> None:

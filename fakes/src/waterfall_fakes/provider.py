@@ -203,6 +203,7 @@ def _json_object(event: _Event) -> dict[str, Any] | None:
 def _enlarge(events: list[_Event], big: BigEvent) -> None:
     """Pad the JSON event at index ``big.after`` (or the nearest JSON one after it, else before
     it) until its data is at least ``big.size`` bytes; a stream with no JSON event is left as is.
+    An error event is never padded: it keeps OpenAI's shape, ``{"error": {...}}`` alone.
     """
     if not events:  # e.g. truncated to nothing before the padding applies
         return
@@ -210,7 +211,7 @@ def _enlarge(events: list[_Event], big: BigEvent) -> None:
     order = [*range(start, len(events)), *range(start - 1, -1, -1)]
     for index in order:
         obj = _json_object(events[index])
-        if obj is None:
+        if obj is None or "error" in obj:
             continue
         obj["x_padding"] = ""
         missing = big.size - len(dumps(obj))
