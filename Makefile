@@ -42,7 +42,7 @@ $(BENCH_EXTRA)/.installed: $(STAMP) requirements-bench.txt
 
 bench: $(BENCH_EXTRA)/.installed  ## the benchmark suite (never part of test); BENCH_ARGS=--quick
 	PYTHONPATH=$(BENCH_EXTRA) $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
-	$(BIN)/python benchmarks/streams.py $(BENCH_ARGS)
+	PYTHONPATH=$(BENCH_EXTRA) $(BIN)/python benchmarks/streams.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/micro.py $(BENCH_ARGS)
 
 bench-instructions: $(STAMP)  ## the router's own instructions per request (needs valgrind)

@@ -19,8 +19,9 @@ and reads it once more. The proxies are measured one after the other, never at t
 Only failures decide the exit status (a stream that got no first event, errored or stalled, or a
 server that died); memory is printed, never asserted.
 
-Run ``python benchmarks/streams.py`` (about 30 s on 2 cores) or ``--quick`` (about 20 s);
-``--streams N`` changes the largest step (the open-file limit may lower it). Every wait has a
+The proxies run on ``--stack standard`` (the default: uvloop and httptools) or ``asyncio``, as
+in ``run.py``. Run ``python benchmarks/streams.py`` (about 30 s on 2 cores) or ``--quick`` (about
+20 s); ``--streams N`` changes the largest step (the open-file limit may lower it). Every wait has a
 timeout and the whole run a deadline (120 s, quick 40 s), past which what was measured is printed.
 """
 
@@ -41,11 +42,13 @@ from typing import Any
 
 from run import (
     PATH,
+    STACKS,
     ASGIApp,
     Server,
     _bind,
     aiohttp_passthrough,
     describe_machine,
+    missing_for,
     request_bodies,
     start,
     stop,
@@ -171,8 +174,9 @@ def serve_upstream(conn: Connection) -> None:
 # -- the proxies ---------------------------------------------------------------------------------
 
 
-def serve_proxy(kind: str, upstream: str, streams: int, conn: Connection) -> None:
-    """Child process: proxy ``kind`` on uvicorn on a free loopback port (sent up ``conn``)."""
+def serve_proxy(kind: str, upstream: str, streams: int, stack: str, conn: Connection) -> None:
+    """Child process: proxy ``kind`` on uvicorn (on ``stack``, see ``run.STACKS``) on a free
+    loopback port (sent up ``conn``)."""
     import uvicorn
 
     pool = max(1000, streams + 64)  # never queue for a pool slot: that is not what is measured
@@ -193,8 +197,11 @@ def serve_proxy(kind: str, upstream: str, streams: int, conn: Connection) -> Non
         raise ValueError(kind)
     sock = _listen()
     conn.send(sock.getsockname()[1])
+    loop, http = STACKS[stack]
     config_ = uvicorn.Config(
         app,
+        loop=loop,
+        http=http,
         lifespan="on",
         log_level="warning",
         access_log=False,
@@ -571,7 +578,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="up to 200 streams, about 20 s")
     parser.add_argument("--streams", type=int, help="the largest step (default 1000; quick 200)")
+    parser.add_argument(
+        "--stack",
+        choices=sorted(STACKS),
+        default="standard",
+        help="the proxies' loop and HTTP parser, as in run.py: standard (uvloop, httptools; the "
+        "default) or asyncio (asyncio, h11)",
+    )
     args = parser.parse_args(argv)
+    missing = missing_for(args.stack)
+    if missing:
+        print(
+            f"--stack {args.stack} needs {', '.join(missing)}: pip install -r "
+            "requirements-bench.txt (make bench does), or use --stack asyncio",
+            file=sys.stderr,
+        )
+        return 2
     began = time.monotonic()
     plan = QUICK if args.quick else FULL
     largest = fd_budget(args.streams or plan.steps[-1])
@@ -584,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     drain = LedgerSettings().drain_seconds  # how long the router drains an abandoned stream
 
     print(describe_machine())
+    loop, http = STACKS[args.stack]
+    print(f"stack: {args.stack} (the proxies on uvicorn on {loop} with {http})")
     print(
         f"plan: steps {', '.join(map(str, plan.steps))} concurrent streams, one connection each; "
         f"one content event every {INTERVAL} s; held {plan.hold} intervals at the top; "
@@ -598,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{upstream.port}"
         servers = {}
         for name in PROXIES:
-            servers[name] = start(name, serve_proxy, name, base, plan.steps[-1])
+            servers[name] = start(name, serve_proxy, name, base, plan.steps[-1], args.stack)
             started.append(servers[name])
         for name in PROXIES:
             if time.monotonic() > until:
