@@ -362,6 +362,17 @@ def missing_for(stack: str) -> list[str]:
     return [name for name in STACKS[stack] if importlib.util.find_spec(name) is None]
 
 
+def stack_unavailable(stack: str) -> str | None:
+    """What to tell a user when ``stack`` cannot run here (``None``: it can)."""
+    missing = missing_for(stack)
+    if not missing:
+        return None
+    return (
+        f"--stack {stack} needs {', '.join(missing)}: pip install -r requirements-bench.txt "
+        "(make bench does), or use --stack asyncio"
+    )
+
+
 def _bind() -> socket.socket:
     # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then (with proto 0,
     # Nagle plus delayed ACKs add ~40 ms to every response written in two pieces).
@@ -688,13 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         "asyncio (asyncio, h11)",
     )
     args = parser.parse_args(argv)
-    missing = missing_for(args.stack)
-    if missing:
-        print(
-            f"--stack {args.stack} needs {', '.join(missing)}: pip install -r "
-            "requirements-bench.txt (make bench does), or use --stack asyncio",
-            file=sys.stderr,
-        )
+    if (problem := stack_unavailable(args.stack)) is not None:
+        print(problem, file=sys.stderr)
         return 2
     plan = QUICK if args.quick else FULL
     if args.rounds:

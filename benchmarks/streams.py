@@ -48,8 +48,8 @@ from run import (
     _bind,
     aiohttp_passthrough,
     describe_machine,
-    missing_for,
     request_bodies,
+    stack_unavailable,
     start,
     stop,
 )
@@ -586,13 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         "default) or asyncio (asyncio, h11)",
     )
     args = parser.parse_args(argv)
-    missing = missing_for(args.stack)
-    if missing:
-        print(
-            f"--stack {args.stack} needs {', '.join(missing)}: pip install -r "
-            "requirements-bench.txt (make bench does), or use --stack asyncio",
-            file=sys.stderr,
-        )
+    if (problem := stack_unavailable(args.stack)) is not None:
+        print(problem, file=sys.stderr)
         return 2
     began = time.monotonic()
     plan = QUICK if args.quick else FULL
