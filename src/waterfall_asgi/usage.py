@@ -31,7 +31,9 @@ _INTERESTING = re.compile(r'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*"|error"\s*
 _INTERESTING_BYTES = re.compile(_INTERESTING.pattern.encode())  # on one line of data: the same
 # The head of a chunk as OpenAI-style providers write it: "id" first, then plain members (a
 # string without escapes, a number, true, false or null) up to "model". Both are then the
-# object's own, so they are read from the bytes; any other first event is decoded.
+# object's own, so they are read from the bytes; any other first event is decoded. (An object
+# that repeats "id" or "model" gives the first here, where json.loads keeps the last: JSON leaves
+# repeated names undefined, and providers do not send them.)
 _STRING = rb'"[^"\\\x00-\x1f]*"'
 _HEAD = re.compile(
     rb'\{[ \t]*"id"[ \t]*:[ \t]*"([^"\\\x00-\x1f]+)"[ \t]*'
