@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from waterfall_asgi.sse import SSEEvent, SSEParser, after_last_blank_line
@@ -464,11 +464,13 @@ def test_exactly_the_oversized_events_are_missing(
     st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join),
     st.sampled_from([4, 8, 16, 64 * 1024]),
 )
+@example(b":\n", b"data: x\n\n", 16)  # a comment before: counted then, not by what follows
 def test_plain_events_takes_exactly_what_feed_would_make_of_it(
     before: bytes, data: bytes, max_bytes: int
 ) -> None:
     parser, reference = SSEParser(max_bytes), SSEParser(max_bytes)
     assert feed_all([before], parser) == feed_all([before], reference)
+    counted = (reference.comments, reference.oversized)
     end, count = parser.plain_events(data)
     if not end:  # nothing taken, nothing changed
         assert count == 0
@@ -480,7 +482,7 @@ def test_plain_events_takes_exactly_what_feed_would_make_of_it(
     assert len(events) == len(lines) == count
     assert [e.data for e in events] == [line[6:].decode("utf-8", "replace") for line in lines]
     assert all(e.event == "message" and e.retry is None for e in events)
-    assert (reference.buffered, reference.comments, reference.oversized) == (0, 0, 0)
+    assert (reference.buffered, reference.comments, reference.oversized) == (0, *counted)
     assert outcome(parser, [data[end:]]) == outcome(reference, [data[end:]])
 
 
