@@ -101,11 +101,14 @@ class StubUpstream:
 def passthrough(upstream: StubUpstream) -> ASGIApp:
     """Body in, the upstream's status, content type and bytes out."""
 
+    async def nothing() -> None:
+        pass
+
+    lifespan = run._lifespan(nothing, nothing)
+
     async def app(scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         body = await run._read_body(receive)
         response = await upstream.request("POST", "http://up" + scope["path"], [], body, None)
@@ -197,7 +200,7 @@ async def drive(proxy: str, workload: str, requests: int, concurrency: int) -> f
         for part, total in enumerate((WARM_UP, requests)):
             if part:
                 started = time.process_time()
-            for _ in range(max(1, total // concurrency)):
+            for _ in range(-(-total // concurrency)):  # (whole rounds, as main() counts them)
                 await asyncio.gather(*(request(app, body) for _ in range(concurrency)))
         spent = time.process_time() - started
         await inbox.put({"type": "lifespan.shutdown"})
@@ -237,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("proxies", nargs="*", default=list(PROXIES), help=", ".join(PROXIES))
     parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
-    parser.add_argument("--requests", type=int, default=320, help="the smaller run's count")
+    parser.add_argument(
+        "--requests", type=int, default=320, help="the smaller run's count (whole rounds)"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--cpu", action="store_true", help="CPU time instead (no valgrind)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -253,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed: install it, or run with --cpu", file=sys.stderr)
         return 2
     workloads = WORKLOADS if args.workload == "both" else (args.workload,)
-    small, large = args.requests, 4 * args.requests
+    # whole rounds of `concurrency` requests, so that every count is the one divided by
+    small = -(-args.requests // args.concurrency) * args.concurrency
+    large = 4 * small
     unit = "µs CPU" if args.cpu else "k instructions"
     print(f"per request, in process, concurrency {args.concurrency}: {unit}")
     values: dict[tuple[str, str], float] = {}

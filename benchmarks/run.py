@@ -357,14 +357,10 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Con
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def missing_for(stack: str) -> list[str]:
-    """The modules ``stack`` needs that cannot be imported here."""
-    return [name for name in STACKS[stack] if importlib.util.find_spec(name) is None]
-
-
 def stack_unavailable(stack: str) -> str | None:
-    """What to tell a user when ``stack`` cannot run here (``None``: it can)."""
-    missing = missing_for(stack)
+    """What to tell a user when ``stack`` cannot run here, for want of a module (``None``: it
+    can)."""
+    missing = [name for name in STACKS[stack] if importlib.util.find_spec(name) is None]
     if not missing:
         return None
     return (

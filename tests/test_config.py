@@ -203,6 +203,33 @@ def test_a_chain_entry_may_be_a_mapping_and_a_model_may_contain_slashes() -> Non
     assert second.key == "b/meta-llama/llama-3/8b"
 
 
+def test_an_entry_is_priced_as_first_listed() -> None:
+    config = RouterConfig.model_validate(
+        {
+            "providers": {"a": {"base_url": "http://a/v1"}},
+            "deployments": [
+                {"provider": "a", "model": "m1", "price": {"unit": "msat", "prompt": 1}},
+                "a/m2",
+            ],
+            "chains": {
+                "fast": [
+                    "a/m1",  # takes m1's listed price
+                    {"provider": "a", "model": "m2", "price": {"unit": "msat", "prompt": 9}},
+                    {"provider": "a", "model": "m3", "price": {"unit": "msat", "prompt": 3}},
+                ]
+            },
+        }
+    )
+    listed = config.listed_prices()
+    assert {k: p.prompt for k, p in listed.items()} == {"a/m1": 1, "a/m3": 3}  # m2: first unpriced
+    first, second, third = config.chains["fast"]
+    assert config.price_of(first) is listed["a/m1"]
+    assert config.price_of(second) is second.price  # its own price comes first
+    assert config.price_of(Deployment(provider="a", model="m2")) is None
+    assert config.price_of(Deployment(provider="a", model="other")) is None
+    assert config.price_of(third) is third.price
+
+
 def test_config_is_frozen() -> None:
     config = load_config(BASE)
     with pytest.raises(ValidationError):

@@ -382,10 +382,13 @@ class RouterConfig(_Model):
         """The price of ``deployment``: its own, else that of the same entry listed elsewhere."""
         if deployment.price is not None:
             return deployment.price
-        for d in self.all_deployments():
-            if d.key == deployment.key and d.price is not None:
-                return d.price
-        return None
+        return self.listed_prices().get(deployment.key)
+
+    def listed_prices(self) -> dict[str, Price]:
+        """The price each entry is listed with (``provider/model`` -> price; entries listed
+        without one are left out): what :meth:`price_of` falls back on. Built on each call:
+        keep it where the config does not change, for lookups in a loop."""
+        return {d.key: d.price for d in self.all_deployments() if d.price is not None}
 
     def all_deployments(self) -> list[Deployment]:
         """Every distinct entry, in config order (listed deployments, then chains)."""

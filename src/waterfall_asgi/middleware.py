@@ -113,8 +113,7 @@ class WaterfallMiddleware:
         self.price_book = PriceBook(self.config)
         self.prices: Mapping[str, Price] = self.price_book.prices
         """Prices imported from providers (``provider/model`` -> price); config prices win."""
-        # config.price_of() of a deployment without its own price, looked up once
-        self._listed_prices = {d.key: d.price for d in self.config.all_deployments()}
+        self._listed_prices = self.config.listed_prices()  # the config never changes here
         self._refresher: asyncio.Task[None] | None = None
         importing = {n for n, p in self.config.providers.items() if p.import_prices}
         static = [
@@ -524,11 +523,12 @@ class WaterfallMiddleware:
         )
 
     def _price(self, deployment: Deployment) -> Price | None:
+        """As ``config.price_of(deployment)``, else the imported price, without walking the
+        config's entries per request."""
         if deployment.price is not None:
             return deployment.price
         key = deployment.key
-        listed = self._listed_prices.get(key)
-        return listed if listed is not None else self.prices.get(key)
+        return self._listed_prices.get(key) or self.prices.get(key)
 
     async def _commit(
         self,
