@@ -23,28 +23,22 @@ def anyio_backend() -> str:
 
 
 class _Timers:
-    """Counts the timers a Deadline sets, and keeps them (to see which were cancelled)."""
+    """Counts the timers ``deadline`` sets, and keeps them (to see which were cancelled)."""
 
-    def __init__(self, deadline: Deadline) -> None:
+    def __init__(self, deadline: Deadline, monkeypatch: pytest.MonkeyPatch) -> None:
         loop = asyncio.get_running_loop()
         self.handles: list[asyncio.TimerHandle] = []
         real = loop.call_at
 
-        def call_at(when: float, callback: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
-            handle = real(when, callback, *args)
-            self.handles.append(handle)
+        def call_at(
+            when: float, callback: Callable[..., Any], *args: Any, **kwargs: Any
+        ) -> asyncio.TimerHandle:
+            handle = real(when, callback, *args, **kwargs)
+            if getattr(callback, "__self__", None) is deadline:  # (not the loop's own timers)
+                self.handles.append(handle)
             return handle
 
-        deadline._loop = _LoopProxy(loop, call_at)  # type: ignore[assignment]
-
-
-class _LoopProxy:
-    def __init__(self, loop: asyncio.AbstractEventLoop, call_at: Callable[..., Any]) -> None:
-        self._loop = loop
-        self.call_at = call_at
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
+        monkeypatch.setattr(loop, "call_at", call_at)
 
 
 async def test_a_scope_that_outlives_its_deadline_raises_timeout_error() -> None:
@@ -86,9 +80,11 @@ async def test_a_scope_in_time_returns_what_it_awaited() -> None:
     deadline.close()
 
 
-async def test_later_deadlines_reuse_one_timer_and_still_expire() -> None:
+async def test_later_deadlines_reuse_one_timer_and_still_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     deadline = Deadline()
-    timers = _Timers(deadline)
+    timers = _Timers(deadline, monkeypatch)
     for _ in range(50):  # each later than the last: only recorded
         async with deadline.after(5):
             await asyncio.sleep(0)
@@ -107,9 +103,9 @@ async def test_later_deadlines_reuse_one_timer_and_still_expire() -> None:
     deadline.close()
 
 
-async def test_an_earlier_deadline_rearms_the_timer() -> None:
+async def test_an_earlier_deadline_rearms_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     deadline = Deadline()
-    timers = _Timers(deadline)
+    timers = _Timers(deadline, monkeypatch)
     async with deadline.after(30):
         pass
     with pytest.raises(TimeoutError):
@@ -204,9 +200,11 @@ async def test_scopes_do_not_nest() -> None:
     deadline.close()
 
 
-async def test_close_drops_the_timer_and_a_new_scope_arms_one_again() -> None:
+async def test_close_drops_the_timer_and_a_new_scope_arms_one_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     deadline = Deadline()
-    timers = _Timers(deadline)
+    timers = _Timers(deadline, monkeypatch)
     async with deadline.after(5):
         pass
     deadline.close()

@@ -93,7 +93,7 @@ class Deadline:
     def __enter__(self) -> Deadline:
         if self._active:
             raise RuntimeError("Deadline scopes do not nest")
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # (with no loop given: a getpid() call)
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task

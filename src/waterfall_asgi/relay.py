@@ -203,7 +203,7 @@ class ClientWatch:
     def __init__(self, receive: Receive, on_gone: Callable[[], object] | None = None) -> None:
         self.gone = False
         self.on_gone = on_gone
-        self._task = asyncio.ensure_future(self._listen(receive))
+        self._task = asyncio.get_running_loop().create_task(self._listen(receive))
 
     async def _listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -220,7 +220,7 @@ class ClientWatch:
         and only cancelled if it has not: a cancelled task leaves reference cycles behind, one
         set per request for the garbage collector."""
         if not self._task.done():
-            asyncio.get_running_loop().call_soon(_cancel_pending, self._task)
+            self._task.get_loop().call_soon(_cancel_pending, self._task)
 
 
 def _cancel_pending(task: asyncio.Task[None]) -> None:
@@ -313,7 +313,7 @@ class _Relay:
         if self.gone or self.task is None:
             return
         self.gone = True
-        self.drain = asyncio.get_running_loop().call_later(self.drain_seconds, self.task.cancel)
+        self.drain = self.task.get_loop().call_later(self.drain_seconds, self.task.cancel)
 
     def take(self, chunk: bytes) -> bytes:
         """Observe the whole events ``chunk`` completes; return what of them to send."""

@@ -362,10 +362,9 @@ class Router:
         read = served.response.read_chunk
         deadline = served.deadline
         assert deadline is not None
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                with deadline.at(min(loop.time() + read_timeout, first_byte)):
+                with deadline.at(min(deadline.after(read_timeout).when, first_byte)):
                     chunk = await read()
             except TimeoutError:
                 raise _Failed("timeout", "no stream event before the first-byte timeout") from None
