@@ -294,6 +294,28 @@ async def test_failure_after_acceptance_ends_with_an_sse_error_event(
     assert result.finished
 
 
+async def test_a_stall_inside_the_first_event_times_out_by_the_read_timeout(
+    clock: Clock,
+) -> None:
+    # The first event comes in 10-byte reads, the second read 5 s late: each read is bounded
+    # by `read` (0.2 s) even while the first-byte deadline (an hour) is far off.
+    app, _ = make(clock, {"a": ["chunking:size=10; slow_chunks:seconds=5"]}, first_byte=3600)
+    with anyio.fail_after(4):  # a hang guard, not a timing assertion
+        result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert result.headers["x-waterfall-attempts"] == "a/fake-small timeout, b/fake-medium 200"
+
+
+async def test_a_first_event_that_trickles_in_past_the_first_byte_timeout_falls_through(
+    clock: Clock,
+) -> None:
+    # Every 10-byte read of the first event comes within `read` (0.2 s), but the whole event
+    # takes seconds: the first-byte deadline (0.3 s) bounds them all.
+    app, _ = make(clock, {"a": ["chunking:size=10; slow_chunks:seconds=0.1"]}, first_byte=0.3)
+    with anyio.fail_after(10):  # a hang guard, not a timing assertion
+        result = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert result.headers["x-waterfall-attempts"] == "a/fake-small timeout, b/fake-medium 200"
+
+
 async def test_accept_on_headers_commits_without_waiting_for_an_event(clock: Clock) -> None:
     app, net = make(clock, {"a": ["truncate:events=0"]}, policy={"accept": "headers"})
     result = await call(app, "POST", "/v1/chat/completions", STREAM)

@@ -363,8 +363,11 @@ class Router:
         deadline = served.deadline
         assert deadline is not None
         while True:
+            # each read within read_timeout, and the first event by first_byte
+            if deadline.after(read_timeout).when > first_byte:
+                deadline.at(first_byte)
             try:
-                with deadline.at(min(deadline.after(read_timeout).when, first_byte)):
+                with deadline:
                     chunk = await read()
             except TimeoutError:
                 raise _Failed("timeout", "no stream event before the first-byte timeout") from None
