@@ -294,23 +294,22 @@ async def test_failure_after_acceptance_ends_with_an_sse_error_event(
     assert result.finished
 
 
-async def test_a_stall_inside_the_first_event_times_out_by_the_read_timeout(
-    clock: Clock,
+@pytest.mark.parametrize(
+    ("gap", "first_byte"),
+    [
+        # the second 10-byte read of the first event comes 5 s late: each read is bounded by
+        # `read` (0.2 s) even while the first-byte deadline (an hour) is far off
+        (5, 3600),
+        # every read comes within `read`, but the whole event takes seconds: the first-byte
+        # deadline (0.3 s) bounds them all
+        (0.1, 0.3),
+    ],
+)
+async def test_a_first_event_late_by_either_timeout_falls_through(
+    clock: Clock, gap: float, first_byte: float
 ) -> None:
-    # The first event comes in 10-byte reads, the second read 5 s late: each read is bounded
-    # by `read` (0.2 s) even while the first-byte deadline (an hour) is far off.
-    app, _ = make(clock, {"a": ["chunking:size=10; slow_chunks:seconds=5"]}, first_byte=3600)
-    with anyio.fail_after(4):  # a hang guard, not a timing assertion
-        result = await call(app, "POST", "/v1/chat/completions", STREAM)
-    assert result.headers["x-waterfall-attempts"] == "a/fake-small timeout, b/fake-medium 200"
-
-
-async def test_a_first_event_that_trickles_in_past_the_first_byte_timeout_falls_through(
-    clock: Clock,
-) -> None:
-    # Every 10-byte read of the first event comes within `read` (0.2 s), but the whole event
-    # takes seconds: the first-byte deadline (0.3 s) bounds them all.
-    app, _ = make(clock, {"a": ["chunking:size=10; slow_chunks:seconds=0.1"]}, first_byte=0.3)
+    script = [f"chunking:size=10; slow_chunks:seconds={gap}"]
+    app, _ = make(clock, {"a": script}, first_byte=first_byte)
     with anyio.fail_after(10):  # a hang guard, not a timing assertion
         result = await call(app, "POST", "/v1/chat/completions", STREAM)
     assert result.headers["x-waterfall-attempts"] == "a/fake-small timeout, b/fake-medium 200"
