@@ -8,7 +8,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waterfall_asgi.usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
+from waterfall_asgi.usage import (
+    StreamObserver,
+    UsageResult,
+    observe_body,
+    usage_only_chunk,
+)
 from waterfall_fakes.strategies import chat_completion_streams, chunkings, sse_encodings
 
 

@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ._fastjson import encoder
 from .ledger import UsageRecord
 
 __all__ = ["LedgerError", "SQLiteLedger", "read_records"]
@@ -117,8 +118,7 @@ class LedgerError(Exception):
 _COLUMN_VALUES = operator.attrgetter(*COLUMNS)
 _ATTEMPTS = COLUMNS.index("attempts")
 _STREAM = COLUMNS.index("stream")
-# made once: json.dumps() with options builds an encoder on every call
-_ENCODE_ATTEMPTS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_ENCODE_ATTEMPTS = encoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _snapshot(record: UsageRecord) -> _Row:

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from ._fastjson import decode, encoder
 from .config import ConfigError, Deployment, Price, RouterConfig, ceil_units, load_config
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .cost import (
@@ -60,6 +61,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ENCODE = encoder()  # as json.dumps
 
 _ENDPOINTS = {
     "/chat/completions": "messages",
@@ -458,7 +461,7 @@ class WaterfallMiddleware:
             if not message.get("more_body", False):
                 break
         try:
-            payload = json.loads(bytes(body))
+            payload = decode(bytes(body))
         except ValueError:
             raise RouterError(
                 400, "The request body is not valid JSON.", code="invalid_json"
@@ -585,7 +588,7 @@ class WaterfallMiddleware:
                 if costs is None:
                     return None
                 data = {"id": record.id, "cost": costs[0], "unit": costs[1]}  # as in the ledger
-                return b"event: waterfall.cost\ndata: " + json.dumps(data).encode() + b"\n\n"
+                return b"event: waterfall.cost\ndata: " + _ENCODE(data).encode() + b"\n\n"
 
         outcome = await relay_stream(
             served,

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._fastjson import encoder
 from .config import Deployment, RouterConfig
 from .cooldown import CooldownStore, preemptive_hint, retry_hint
 from .deadline import Deadline
@@ -59,7 +60,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "accept-encoding",
 }
 _ERROR_PEEK = 64 * 1024
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # made once (json.dumps(...) makes one)
+_ENCODE = encoder(ensure_ascii=False)
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

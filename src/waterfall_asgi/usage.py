@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._fastjson import decode
 from .sse import SSEParser
 
 __all__ = ["StreamObserver", "UsageResult", "observe_body", "usage_only_chunk"]
@@ -232,7 +233,7 @@ class StreamObserver:
 
     def _look(self, data: str) -> Any:
         try:
-            obj = json.loads(data)
+            obj = decode(data)
         except ValueError:
             return None
         _take(self.result, obj)
@@ -243,7 +244,7 @@ def observe_body(body: bytes) -> UsageResult:
     """The same facts from a whole (non-streaming) JSON response body."""
     result = UsageResult()
     try:
-        obj = json.loads(body)
+        obj = decode(body)
     except ValueError:
         return result
     result.complete = isinstance(obj, dict)
