@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -24,6 +25,8 @@ from typing import ClassVar
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from waterfall_asgi.ledger import LedgerStore, UsageRecord, new_request_id
 from waterfall_asgi.ledger_sqlite import APPLICATION_ID, LedgerError, SQLiteLedger, read_records
@@ -234,8 +237,9 @@ async def test_a_batch_is_written_in_few_statements_and_the_last_save_of_an_id_w
             await ledger.save(record(n, completion_tokens=2 * n, error="second"))
     assert ledger.transactions == 1
     inserts = [s for s in ledger.statements if s.startswith("INSERT")]
-    # 130 distinct ids, 19 values each: three statements (52 + 52 + 26 rows), not 195
-    assert [s.count("('r") for s in inserts] == [52, 52, 26]
+    # 130 distinct ids, in two groups by the columns they leave NULL (65 each): 52 rows to a
+    # statement, then powers of two; 8 statements, not 195
+    assert sorted(s.count("('r") for s in inserts) == sorted([52, 8, 4, 1] * 2)
     rows = {r.id: r for r in read_records(db)}
     assert len(rows) == 130
     for n in range(130):
@@ -617,3 +621,40 @@ def test_request_ids_are_uuid7_ordered_by_their_millisecond_and_distinct() -> No
     stamps = [int(rid[:12], 16) for rid in ids]
     assert stamps == sorted(stamps)  # made one after another: never earlier
     assert abs(stamps[-1] / 1000 - time.time()) < 60  # the Unix time, in milliseconds
+
+
+_NULLABLE = [
+    f.name
+    for f in dataclasses.fields(UsageRecord)
+    if f.name not in ("id", "started_at", "route", "stream", "attempts", "status")
+]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    masks=st.lists(
+        st.tuples(*[st.tuples(st.booleans(), st.booleans()) for _ in _NULLABLE]),
+        min_size=1,
+        max_size=70,
+    )
+)
+def test_none_is_written_as_null_in_any_column_and_replaces_a_value(
+    masks: list[tuple[tuple[bool, bool], ...]],
+) -> None:
+    # the rows of a batch go in groups by their NULL columns (None is written, not bound):
+    # each record, saved with some columns None and then, in a later batch, with others
+    def version(n: int, save: int) -> UsageRecord:
+        nulls = {name: None for name, pair in zip(_NULLABLE, masks[n], strict=True) if pair[save]}
+        return dataclasses.replace(FULL, id=f"r{n}", started_at=FULL.started_at + n, **nulls)
+
+    async def main(db: Path) -> None:
+        for save in (0, 1):
+            async with _opened(SQLiteLedger(db, flush_interval=0)) as ledger:
+                for n in range(len(masks)):
+                    await ledger.save(version(n, save))
+            assert (ledger.written, ledger.failures) == (len(masks), 0)
+
+    with tempfile.TemporaryDirectory() as directory:
+        db = Path(directory) / "usage.db"
+        anyio.run(main, db)
+        assert read_records(db) == [version(n, 1) for n in range(len(masks))]

@@ -37,7 +37,7 @@ import operator
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -84,21 +84,53 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (f"ALTER TABLE {TABLE} ADD COLUMN reference_cost INTEGER",),
 )
 
-_ROW_VALUES = f"({', '.join('?' * len(COLUMNS))})"
 _ON_CONFLICT = (
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
 )
 _ROWS_PER_STATEMENT = 999 // len(COLUMNS)
-"""How many rows one upsert statement carries: 999 is the fewest variables any SQLite allows
+"""The most rows one upsert statement carries: 999 is the fewest variables any SQLite allows
 in a statement. One statement for many rows is one call into SQLite (one hand-over of the GIL
 and back) for them all, instead of one per row."""
 
 
-@functools.lru_cache(maxsize=8)
-def _upsert_many(count: int) -> str:
-    """The upsert of ``count`` rows (distinct ids) in one statement."""
-    values = ", ".join([_ROW_VALUES] * count)
+@functools.lru_cache(maxsize=64)
+def _upsert(nulls: tuple[bool, ...], count: int) -> str:
+    """The upsert of ``count`` rows (distinct ids) in one statement, each with ``NULL`` written
+    in the columns ``nulls`` marks and a parameter in the others."""
+    row = "(" + ", ".join("NULL" if null else "?" for null in nulls) + ")"
+    values = ", ".join([row] * count)
     return f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {values} {_ON_CONFLICT}"
+
+
+def _statements(rows: Sequence[_Row]) -> Iterator[tuple[str, list[Any]]]:
+    """The upserts (and their parameters) that write ``rows`` (distinct ids).
+
+    A ``None`` is written as ``NULL`` in the statement, not bound: the sqlite3 module binds a
+    ``None`` only after an adapter lookup that fails by raising (and clearing) an
+    ``AttributeError``, which costs several times what binding the rest of the row does. So
+    rows go in groups with their ``None`` in the same columns; a group's statements carry
+    ``_ROWS_PER_STATEMENT`` rows, then a power of two, so that few statements are ever made
+    (and SQLite's prepared ones are reused)."""
+    groups: dict[tuple[bool, ...], list[_Row]] = {}
+    for row in rows:
+        nulls = tuple([value is None for value in row])
+        group = groups.get(nulls)
+        if group is None:
+            groups[nulls] = [row]
+        else:
+            group.append(row)
+    for nulls, group in groups.items():
+        start, left = 0, len(group)
+        while left:
+            count = (
+                _ROWS_PER_STATEMENT if left >= _ROWS_PER_STATEMENT else 1 << left.bit_length() - 1
+            )
+            part = group[start : start + count]
+            start, left = start + count, left - count
+            yield (
+                _upsert(nulls, count),
+                [value for row in part for value in row if value is not None],
+            )
 
 
 _INTERRUPT = (
@@ -517,9 +549,8 @@ class SQLiteLedger:
         rows, lost, error = _rows(batch)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                part = rows[start : start + _ROWS_PER_STATEMENT]
-                conn.execute(_upsert_many(len(part)), [value for row in part for value in row])
+            for statement, parameters in _statements(rows):
+                conn.execute(statement, parameters)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -532,7 +563,8 @@ class SQLiteLedger:
         row = _to_row(snapshot)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            conn.execute(_upsert_many(1), row)
+            for statement, parameters in _statements([row]):
+                conn.execute(statement, parameters)
         finally:
             conn.close()
 
