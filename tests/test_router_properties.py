@@ -19,7 +19,8 @@ from asgi_helpers import call
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waterfall_asgi.middleware import WaterfallMiddleware
+from waterfall_asgi.middleware import WaterfallMiddleware, _client_headers
+from waterfall_asgi.router import _NOT_FORWARDED, forwarded_headers
 from waterfall_fakes import FakeNetwork, FakeProvider
 
 NOW = 1_800_000_000.0
@@ -217,3 +218,41 @@ def test_cooling_entries_are_never_called_and_cooldowns_never_shrink(
         await app.shutdown()
 
     asyncio.run(run())
+
+
+_NAMES = st.sampled_from(
+    ["Authorization", "x-api-key", "Cookie", "host", "Content-Length", "TE", "Keep-Alive",
+     "accept", "User-Agent", "x-custom", "X-Private", "openai-organization"]
+)  # fmt: skip
+_HEADERS = st.lists(
+    st.one_of(
+        st.tuples(_NAMES, st.text(st.characters(codec="latin-1"), max_size=6)),
+        st.tuples(
+            st.sampled_from(["connection", "Connection"]),
+            st.lists(st.sampled_from(["keep-alive", " X-Private", "x-custom ", "close"])).map(
+                ",".join
+            ),
+        ),
+    ),
+    max_size=8,
+)
+
+
+def _forwarded_reference(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What may go upstream, written plainly: neither a never-forwarded name nor one that a
+    Connection header names, compared without case; the rest in order, as written."""
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(k, v) for k, v in pairs if k.lower() not in _NOT_FORWARDED | named]
+
+
+@given(headers=_HEADERS)
+def test_only_headers_that_may_go_upstream_are_forwarded(headers: list[tuple[str, str]]) -> None:
+    assert forwarded_headers(headers) == _forwarded_reference(headers)
+    # the middleware drops what the router would before decoding: the same headers go upstream
+    scope = {"headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
+    assert forwarded_headers(_client_headers(scope)) == _forwarded_reference(headers)

@@ -48,7 +48,7 @@ from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
 from .pricing import PriceBook, missing_prices
 from .relay import ClientWatch, relay_stream
-from .router import Attempt, Exhausted, Router, Served
+from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
 
@@ -681,8 +681,18 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
+# What the router never forwards (see forwarded_headers), dropped before the headers are
+# decoded; but for Connection: what it names is dropped too, so the router must see it.
+_NOT_DECODED = frozenset(name.encode() for name in _NOT_FORWARDED if name != "connection")
+
+
 def _client_headers(scope: Scope) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    """The request's headers for the router, decoded, less those it would drop anyway."""
+    return [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k.lower() not in _NOT_DECODED
+    ]
 
 
 def _trail(attempts: list[Attempt]) -> str:

@@ -64,19 +64,19 @@ _ENCODE = encoder(ensure_ascii=False)
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The client's headers that may travel upstream (no credentials, no hop-by-hop headers)."""
-    pairs = list(client_headers)
-    named_in_connection = {
-        token.strip().lower()
-        for name, value in pairs
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    return [
-        (k, v)
-        for k, v in pairs
-        if k.lower() not in _NOT_FORWARDED and k.lower() not in named_in_connection
-    ]
+    """The client's headers that may travel upstream (no credentials, no hop-by-hop headers,
+    none a ``Connection`` header names), in their order and as they were written."""
+    kept: list[tuple[str, str]] = []
+    named: set[str] = set()  # what the Connection headers name (hop-by-hop too)
+    for name, value in client_headers:
+        key = name.lower()
+        if key not in _NOT_FORWARDED:
+            kept.append((name, value))
+        elif key == "connection":
+            named.update(token.strip().lower() for token in value.split(","))
+    if named:
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 @dataclass(frozen=True)
