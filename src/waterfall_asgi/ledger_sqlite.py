@@ -5,7 +5,8 @@ Saving never blocks the event loop on SQLite. :meth:`SQLiteLedger.save` snapshot
 last save of an id in a batch) into an in-memory queue and returns; a writer task takes the
 queue in batches (up to
 ``batch_size`` records, or whatever arrived within ``flush_interval`` seconds of the first) and
-upserts each batch in one transaction, 52 rows to a statement: one call into SQLite, so one
+upserts each batch in one transaction, up to 52 rows to a statement (a ``None`` written as
+``NULL``, not bound: see ``_statements``): one call into SQLite, so one
 hand-over of the GIL between the threads, for many rows instead of one per row. Every SQLite
 call runs in one thread that the ledger owns (a single-worker executor): a :mod:`sqlite3`
 connection belongs to the thread that made it, so the connection is made, used and closed
