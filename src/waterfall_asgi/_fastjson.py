@@ -22,8 +22,9 @@ _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 def decode(data: str | bytes) -> Any:
     """``json.loads(data)``, without its encoding check and its two whitespace scans when
-    ``data`` is one JSON object from its first character to its last, in UTF-8 if bytes (a
-    request's body and an event's data always are, as clients and providers write them).
+    ``data`` is one JSON value from its first character to its last (bytes: an object, in
+    UTF-8). A request's body and an event's data always are, as clients and providers write
+    them; anything else goes to ``json.loads``.
 
     >>> decode(b'{"a": [1, 2.5, null]}')
     {'a': [1, 2.5, None]}

@@ -124,7 +124,7 @@ def _statements(rows: Sequence[_Row]) -> Iterator[tuple[str, list[Any]]]:
         start, left = 0, len(group)
         while left:
             count = (
-                _ROWS_PER_STATEMENT if left >= _ROWS_PER_STATEMENT else 1 << left.bit_length() - 1
+                _ROWS_PER_STATEMENT if left >= _ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
             )
             part = group[start : start + count]
             start, left = start + count, left - count
