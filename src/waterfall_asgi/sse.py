@@ -156,25 +156,22 @@ class SSEParser:
         is its line after ``data: ``. Otherwise take nothing and return ``(0, 0)``. As with
         :meth:`data_spans`, ``chunk[end:]`` must go to :meth:`feed` next.
 
-        The check: with ``n`` line feeds up to ``end`` (even, so ``n / 2`` events), the chunk
-        starts with ``data: ``, holds no CR, and ``\n\ndata: `` occurs ``n / 2 - 1`` times;
-        then every line feed is one of a pair, each pair but the last is followed by
-        ``data: ``, and no run of line feeds is longer than two."""
+        The check: the chunk starts with ``data: ``, and with every ``\n\ndata: `` taken out
+        of ``chunk[:end]`` (``k`` of them), what is left holds no CR and no line feed but its
+        last two; then every line feed is one of a pair, each pair but the last is followed by
+        ``data: ``, and no run of line feeds is longer than two: ``k + 1`` events. (One
+        ``replace`` and a ``memchr``: counting the line feeds instead, a byte at a time, costs
+        more than both.)"""
         if not self._between_events():
             return 0, 0
         end = chunk.rfind(b"\n\n") + 2
         if end < 8 or end > self.max_bytes or not chunk.startswith(b"data: "):
             return 0, 0  # nothing whole, or events that may be over the cap: one at a time
-        newlines = chunk.count(b"\n", 0, end)
-        count = newlines // 2
-        if (
-            newlines % 2
-            or chunk.count(b"\n\ndata: ", 0, end) != count - 1
-            or chunk.find(b"\r", 0, end) >= 0
-        ):
+        rest = (chunk if end == len(chunk) else chunk[:end]).replace(b"\n\ndata: ", b"")
+        if rest.find(b"\n") != len(rest) - 2 or rest.find(b"\r") >= 0:
             return 0, 0
         self._at_start = False
-        return end, count
+        return end, (end - len(rest)) // 8 + 1
 
     def data_spans(self, chunk: bytes, spans: list[tuple[int, int]]) -> int:
         """The fast path, for a parser between events: take each leading ``data: ...\n\n``
