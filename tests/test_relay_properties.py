@@ -178,13 +178,18 @@ def test_take_hands_over_every_whole_event_at_once_and_holds_only_an_unfinished_
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
-def test_the_usage_chunk_is_cut_out_exactly_wherever_the_reads_split(eol: bytes) -> None:
+@pytest.mark.parametrize("usage_last", [False, True])
+def test_the_usage_chunk_is_cut_out_exactly_wherever_the_reads_split(
+    eol: bytes, usage_last: bool
+) -> None:
     """Every way of cutting the stream in two reads: the client gets the stream less exactly the
-    usage event (its lines and the blank line after it), nothing more, nothing less."""
+    usage event (its lines and the blank line after it), nothing more, nothing less. Last in
+    the stream (after ``[DONE]``), with CRLF line ends, its blank line's final LF is what the
+    relay holds back when the stream ends: it goes too."""
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}' + eol + eol
     before = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}' + eol + eol
     after = b": keep-alive" + eol + b"data: [DONE]" + eol + eol
-    body = before + usage + after
+    body = before + after + usage if usage_last else before + usage + after
     for cut in range(1, len(body)):
         client, outcome = asyncio.run(relay([body[:cut], body[cut:]], strip=True))
         assert client == before + after, cut

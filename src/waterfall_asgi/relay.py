@@ -360,9 +360,10 @@ class _Relay:
             outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
         else:
             tail = aligner.flush()
-            observer.feed(tail)  # held back only for want of a blank line: whole, as far as it goes
-            if self.stripper is not None:
-                tail = self.stripper.strip(tail, observer.plain, observer.usage_only)
+            if tail:  # held back only for want of a blank line: whole, as far as it goes
+                observer.feed(tail)
+                if self.stripper is not None:
+                    tail = self.stripper.strip(tail, observer.plain, observer.usage_only)
             if closing_event is not None and usage.error is None:  # only after a clean stream
                 tail += closing_event(usage) or b""
             outcome = RelayOutcome("success", usage)
