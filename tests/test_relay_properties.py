@@ -6,6 +6,7 @@ reading the whole stream at once."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -42,8 +43,22 @@ class Chunks:
         pass
 
 
-async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, RelayOutcome]:
-    response = Chunks(chunks)
+class ChunksThatKnowTheirEnd(Chunks):
+    """The same, telling when the body has been read to its end (``at_end``, as aiohttp's
+    responses can); once it has said so, it must not be read again."""
+
+    def at_end(self) -> bool:
+        return self.pulled == len(self.chunks)
+
+    async def read_chunk(self) -> bytes:
+        assert not self.at_end(), "read again after at_end() said the body was over"
+        return await super().read_chunk()
+
+
+async def relay(
+    chunks: list[bytes], strip: bool, *, knows_end: bool = False
+) -> tuple[bytes, RelayOutcome]:
+    response = ChunksThatKnowTheirEnd(chunks) if knows_end else Chunks(chunks)
     served = Served(Deployment(provider="p", model="m"), response, b"", False)
     sent: list[dict[str, Any]] = []
     stay = asyncio.Event()
@@ -57,7 +72,10 @@ async def relay(chunks: list[bytes], strip: bool) -> tuple[bytes, RelayOutcome]:
 
     outcome = await relay_stream(served, send, receive, strip_usage=strip)  # type: ignore[arg-type]
     assert not sent[-1]["more_body"]
-    assert all(m["more_body"] for m in sent[:-1])
+    assert all(m["more_body"] and m["body"] for m in sent[:-1])
+    if knows_end:
+        # the last read's events went with the end of the body: one message per read at most
+        assert len(sent) <= max(1, len(response.chunks))
     return b"".join(m["body"] for m in sent), outcome
 
 
@@ -82,13 +100,13 @@ def upstreams(draw: st.DrawFn) -> tuple[bytes, bool, list[bytes]]:
     return body, done, draw(chunkings(body), label="chunks")
 
 
-@given(upstream=upstreams(), strip=st.booleans())
+@given(upstream=upstreams(), strip=st.booleans(), knows_end=st.booleans())
 def test_client_bytes_are_the_upstream_bytes_less_only_the_injected_chunk(
-    upstream: tuple[bytes, bool, list[bytes]], strip: bool
+    upstream: tuple[bytes, bool, list[bytes]], strip: bool, knows_end: bool
 ) -> None:
     body, done, chunks = upstream
-    client, outcome = asyncio.run(relay(chunks, strip))
-    # the same bytes whatever the chunking
+    client, outcome = asyncio.run(relay(chunks, strip, knows_end=knows_end))
+    # the same bytes whatever the chunking, and whether the response can tell its end or not
     assert asyncio.run(relay([body], strip))[0] == client
     upstream_events = events(body)
     kept = [e for e in upstream_events if not (strip and usage_only_chunk(e))]
@@ -151,6 +169,38 @@ def test_a_slow_client_holds_the_upstream_back() -> None:
     assert max(ahead) <= 1  # never more than the chunk being sent
 
 
+def test_a_served_body_read_whole_is_at_its_end_and_reads_nothing_more() -> None:
+    response = ChunksThatKnowTheirEnd([b"never read"])
+    whole = Served(Deployment(provider="p", model="m"), response, b"{}", True)
+    assert whole.at_end()
+    assert asyncio.run(whole.read_chunk()) == b""
+    assert response.pulled == 0
+    streamed = Served(Deployment(provider="p", model="m"), Chunks([b"data: x\n\n"]), b"", False)
+    assert not streamed.at_end()  # a response that cannot tell: never at its end
+
+
+@pytest.mark.parametrize("knows_end", [False, True])
+def test_a_server_that_raises_on_the_last_send_is_a_client_gone(knows_end: bool) -> None:
+    """Some servers report a client that left by raising ``OSError`` from ``send``: on the
+    message that ends the body too (which carries the last events when the response knows its
+    end), that is a client gone, not a failure of the request."""
+    body = b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\ndata: [DONE]\n\n'
+    response = ChunksThatKnowTheirEnd([body]) if knows_end else Chunks([body])
+    served = Served(Deployment(provider="p", model="m"), response, b"", False)
+
+    async def send(message: dict[str, Any]) -> None:
+        if not message["more_body"]:
+            raise OSError("the connection is gone")
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    outcome = asyncio.run(relay_stream(served, send, receive))  # type: ignore[arg-type]
+    assert (outcome.status, outcome.client_gone) == ("client_disconnected", True)
+    assert outcome.usage.prompt_tokens == 3  # read to the end all the same
+
+
 _SSE_BYTES = [b"data: ", b"x", b":", b"\r", b"\n", b"\r\n", b'{"a":1}', "é".encode()]
 
 
@@ -190,8 +240,8 @@ def test_the_usage_chunk_is_cut_out_exactly_wherever_the_reads_split(
     before = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}' + eol + eol
     after = b": keep-alive" + eol + b"data: [DONE]" + eol + eol
     body = before + after + usage if usage_last else before + usage + after
-    for cut in range(1, len(body)):
-        client, outcome = asyncio.run(relay([body[:cut], body[cut:]], strip=True))
+    for cut, knows_end in itertools.product(range(1, len(body)), (False, True)):
+        client, outcome = asyncio.run(relay([body[:cut], body[cut:]], True, knows_end=knows_end))
         assert client == before + after, cut
         assert outcome.status == "success"
         assert outcome.usage.prompt_tokens == 1

@@ -14,8 +14,9 @@ import json
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from types import SimpleNamespace
 from typing import Any, Literal
-from unittest.mock import ANY
+from unittest.mock import ANY, Mock
 
 import aiohttp
 import httpx
@@ -31,6 +32,7 @@ from waterfall_asgi.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamTransportError,
+    _AiohttpResponse,
     as_upstream,
 )
 from waterfall_fakes import FakeProvider, FakeServer, LoopbackServer, Reply
@@ -258,6 +260,71 @@ async def test_a_streamed_sse_response_chunk_by_chunk(
         assert len(chunks) > 1
 
 
+async def read_all_trusting_at_end(response: UpstreamResponse) -> list[bytes]:
+    """As :func:`read_all`, checking before each read that a response which says it is at its
+    end (``at_end()``) is: the read gives ``b""``."""
+    chunks: list[bytes] = []
+    for _ in range(MAX_CHUNKS):
+        said = response.at_end()  # type: ignore[attr-defined]
+        chunk = await response.read_chunk()
+        assert not (said and chunk), f"at_end() said the end, then {len(chunk)} bytes came"
+        if not chunk:
+            return chunks
+        chunks.append(chunk)
+    raise AssertionError(f"no end of body after {MAX_CHUNKS} chunks")
+
+
+@both
+@pytest.mark.parametrize("body", [CHAT_BODY, STREAM_BODY])
+@pytest.mark.parametrize("behaviour", ["", "chunking:size=7", "slow_chunks:seconds=0.01"])
+async def test_at_end_tells_only_an_end_that_has_come(
+    kind: Kind, body: bytes, behaviour: str, fake_server: FakeServer
+) -> None:
+    """What lets the relay send a stream's last events with the end of the response: aiohttp
+    knows once the end has arrived; an httpx stream read from the network never says."""
+    async with opened(kind) as upstream:
+        response = await post(upstream, fake_server, behaviour, body)
+        try:
+            assert not response.at_end()  # type: ignore[attr-defined]
+            chunks = await read_all_trusting_at_end(response)
+            ended = response.at_end()  # type: ignore[attr-defined]
+        finally:
+            await response.aclose()
+    (reply,) = replies(fake_server.provider)
+    assert b"".join(chunks) == reply.body
+    assert ended is (kind == "aiohttp")
+
+
+async def test_an_aiohttp_body_with_a_failure_waiting_is_not_at_its_end() -> None:
+    """The end has arrived, and a failure after it (aiohttp's reader raises it on the next read):
+    the read must happen, so at_end() says no."""
+    content = aiohttp.StreamReader(Mock(), 2**16, loop=asyncio.get_running_loop())
+    response = _AiohttpResponse(SimpleNamespace(content=content, raw_headers=()))  # type: ignore[arg-type]
+    content.feed_data(b"data: [DONE]\n\n")
+    content.feed_eof()
+    assert not response.at_end()
+    assert await response.read_chunk() == b"data: [DONE]\n\n"
+    assert response.at_end()
+    content.set_exception(aiohttp.ClientPayloadError("cut"))
+    assert not response.at_end()
+    with pytest.raises(UpstreamTransportError):
+        await response.read_chunk()
+
+
+async def test_at_end_of_a_response_httpx_read_whole_comes_after_its_one_chunk() -> None:
+    """A response made from bytes (``httpx.MockTransport``, respx) has been read already: its
+    body is one chunk, and the response knows that nothing follows it."""
+    body = b'{"object":"chat.completion"}'
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await HttpxUpstream(client).request(
+            "POST", "http://up/v1/chat/completions", [JSON_TYPE], CHAT_BODY, QUICK
+        )
+        assert await read_all_trusting_at_end(response) == [body]
+        assert response.at_end()  # type: ignore[attr-defined]
+        await response.aclose()
+
+
 @both
 @pytest.mark.parametrize(
     ("behaviour", "status", "reason", "header"),
@@ -469,10 +536,12 @@ async def test_a_cut_body_gives_the_bytes_before_the_cut_then_a_transport_error(
                 await cut_server.finished()
                 await asyncio.sleep(0.05)  # the client's loop takes the bytes and the close in
             got, exc = await read_until_error(response)
+            cut_ended = response.at_end()  # type: ignore[attr-defined]
         finally:
             await response.aclose()
     (reply,) = replies(cut_server.provider)
     assert reply.cut
+    assert not cut_ended  # a cut body never reached its end
     size = int(behaviour.split("=")[1].split(";")[0])
     assert got == reply.body
     assert len(got) == size

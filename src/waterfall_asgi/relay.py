@@ -260,12 +260,19 @@ async def relay_stream(
     if watcher.gone:
         state.client_left()
     failure: BaseException | None = None
+    out = b""  # what to send next: sent at once, unless the upstream has nothing more to send
     try:
-        if out := state.take(served.prefix):
-            await state.forward(out)
-        async for chunk in served.rest():
-            if out := state.take(chunk):
+        out = state.take(served.prefix)
+        # The stream's end already here (it often came in the same read as the last events):
+        # those events go with the end of the response, in one message.
+        while not served.at_end():
+            if out:
                 await state.forward(out)
+                out = b""
+            chunk = await served.read_chunk()
+            if not chunk:
+                break
+            out = state.take(chunk)
     except (TimeoutError, UpstreamError) as exc:
         failure = exc
     except asyncio.CancelledError:
@@ -279,7 +286,7 @@ async def relay_stream(
         if state.drain is not None:
             state.drain.cancel()
         await served.aclose()
-    return await state.end(failure, closing_event)
+    return await state.end(out, failure, closing_event)
 
 
 class _Relay:
@@ -336,14 +343,16 @@ class _Relay:
 
     async def end(
         self,
+        held: bytes,
         failure: BaseException | None,
         closing_event: Callable[[UsageResult], bytes | None] | None,
     ) -> RelayOutcome:
-        """Send the stream's last piece; say how it ended."""
+        """Send the stream's last piece (``held``, whole events not sent yet, first); say how
+        it ended."""
         aligner, observer = self.aligner, self.observer
         usage = observer.result
         if self.gone:
-            return RelayOutcome("client_disconnected", usage, "client went away", client_gone=True)
+            return _gone(usage)
         if failure is not None:
             kind = failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
             reason = "timed out" if isinstance(failure, TimeoutError) else "failed"
@@ -369,8 +378,16 @@ class _Relay:
             outcome = RelayOutcome("success", usage)
         if usage.error is not None:
             outcome = RelayOutcome("upstream_error", usage, f"error event: {_code(usage.error)}")
-        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+        body = held + tail if held else tail
+        try:
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        except OSError:  # a server that reports the gone client by raising (see forward)
+            return _gone(usage)
         return outcome
+
+
+def _gone(usage: UsageResult) -> RelayOutcome:
+    return RelayOutcome("client_disconnected", usage, "client went away", client_gone=True)
 
 
 def _code(error: dict[str, Any]) -> str:

@@ -132,6 +132,25 @@ class Served:
                 return
             yield chunk
 
+    async def read_chunk(self) -> bytes:
+        """The next body chunk within the read timeout, ``b""`` at the end (as :meth:`rest`)."""
+        if self.complete:
+            return b""
+        deadline = self.deadline
+        if deadline is None:
+            deadline = self.deadline = Deadline()
+        with deadline.after(self.read_timeout):
+            return await self.response.read_chunk()
+
+    def at_end(self) -> bool:
+        """Whether the body has been read to its end already, so that the next read returns
+        ``b""`` at once: as the response tells (see
+        :class:`~waterfall_asgi.upstream.UpstreamResponse`; one that cannot tell: never)."""
+        if self.complete:
+            return True
+        at_end = getattr(self.response, "at_end", None)
+        return at_end is not None and bool(at_end())
+
     async def aclose(self) -> None:
         """Release the upstream connection (and the timer)."""
         if self.deadline is not None:

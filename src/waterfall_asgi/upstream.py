@@ -19,7 +19,7 @@ from __future__ import annotations
 import http.cookiejar
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -62,7 +62,14 @@ class UpstreamTransportError(UpstreamError):
 
 class UpstreamResponse(Protocol):
     """A response whose status and headers have arrived; its body is read with
-    :meth:`read_chunk`."""
+    :meth:`read_chunk`.
+
+    A response may also have an ``at_end()`` method (both shipped ones do): whether the body has
+    been read to its end already, so that the next :meth:`read_chunk` would return ``b""`` at
+    once. The relay then sends a stream's last events together with the end of the response,
+    one message (and one write to the client's socket) instead of two. Without it, or when it
+    says ``False``, the relay reads on until ``b""``.
+    """
 
     @property
     def status(self) -> int:
@@ -112,14 +119,14 @@ class Upstream(Protocol):
 
 
 class _HttpxResponse:
-    __slots__ = ("_chunks", "_response", "headers")
+    __slots__ = ("_chunks", "_response", "_whole", "headers")
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        # a response made from bytes (respx, MockTransport) has been read already
-        self._chunks = (
-            _once(response.content) if response.is_stream_consumed else response.aiter_raw()
-        )
+        # a response made from bytes (respx, MockTransport) has been read already: its body is
+        # one chunk, and then the end (b"")
+        self._whole = response.content if response.is_stream_consumed else None
+        self._chunks = response.aiter_raw()
         # multi_items: a repeated header keeps its last value (items() would join them)
         self.headers = {k.lower(): v for k, v in response.headers.multi_items()}
 
@@ -131,7 +138,14 @@ class _HttpxResponse:
     def reason(self) -> str:
         return self._response.reason_phrase
 
+    def at_end(self) -> bool:
+        """The body was read whole already, and handed over (a streamed one cannot tell)."""
+        return self._whole == b""
+
     async def read_chunk(self) -> bytes:
+        if self._whole is not None:
+            chunk, self._whole = self._whole, b""
+            return chunk
         try:
             while True:
                 chunk = await anext(self._chunks)
@@ -156,10 +170,6 @@ class _NoCookies(http.cookiejar.CookieJar):
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         pass
-
-
-async def _once(content: bytes) -> AsyncIterator[bytes]:
-    yield content
 
 
 class HttpxUpstream:
@@ -235,6 +245,11 @@ class _AiohttpResponse:
     @property
     def reason(self) -> str:
         return self._response.reason or ""
+
+    def at_end(self) -> bool:
+        """The whole body has arrived and been read (and no failure is waiting to be raised)."""
+        content = self._content
+        return content.at_eof() and content.exception() is None
 
     async def read_chunk(self) -> bytes:
         content = self._content
