@@ -180,17 +180,22 @@ def test_a_served_body_read_whole_is_at_its_end_and_reads_nothing_more() -> None
 
 
 @pytest.mark.parametrize("knows_end", [False, True])
-def test_a_server_that_raises_on_the_last_send_is_a_client_gone(knows_end: bool) -> None:
-    """Some servers report a client that left by raising ``OSError`` from ``send``: on the
-    message that ends the body too (which carries the last events when the response knows its
-    end), that is a client gone, not a failure of the request."""
-    body = b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\ndata: [DONE]\n\n'
-    response = ChunksThatKnowTheirEnd([body]) if knows_end else Chunks([body])
+@pytest.mark.parametrize("failing", ["first", "last"])
+def test_a_server_that_raises_on_a_send_is_a_client_gone(knows_end: bool, failing: str) -> None:
+    """Some servers report a client that left by raising ``OSError`` from ``send``: in the
+    middle of the stream, or on the message that ends the body (which carries the last events
+    when the response knows its end), that is a client gone, not a failure of the request; the
+    upstream is still read to its end for the usage."""
+    chunks = [b'data: {"choices":[]}\n\n', b'data: {"choices":[],"usage":{"prompt_tokens":3}}\n\n']
+    response = ChunksThatKnowTheirEnd(chunks) if knows_end else Chunks(chunks)
+    response.chunks.append(b"data: [DONE]\n\n")
     served = Served(Deployment(provider="p", model="m"), response, b"", False)
+    sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
-        if not message["more_body"]:
+        if (failing == "first") is bool(message["more_body"]):
             raise OSError("the connection is gone")
+        sent.append(message)
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()
@@ -199,6 +204,9 @@ def test_a_server_that_raises_on_the_last_send_is_a_client_gone(knows_end: bool)
     outcome = asyncio.run(relay_stream(served, send, receive))  # type: ignore[arg-type]
     assert (outcome.status, outcome.client_gone) == ("client_disconnected", True)
     assert outcome.usage.prompt_tokens == 3  # read to the end all the same
+    assert outcome.usage.complete
+    if failing == "first":
+        assert sent == []  # nothing more is sent to a client gone
 
 
 _SSE_BYTES = [b"data: ", b"x", b":", b"\r", b"\n", b"\r\n", b'{"a":1}', "é".encode()]

@@ -118,27 +118,18 @@ class Served:
     async def rest(self) -> AsyncIterator[bytes]:
         """The remaining body chunks, each within the read timeout (raises ``TimeoutError`` or
         :class:`~waterfall_asgi.upstream.UpstreamError`)."""
-        if self.complete:
-            return
-        read = self.response.read_chunk
-        deadline = self.deadline
-        if deadline is None:
-            deadline = self.deadline = Deadline()
-        while True:
-            # one timer for every read of the stream, moved lazily (see Deadline)
-            with deadline.after(self.read_timeout):
-                chunk = await read()
-            if not chunk:
-                return
+        while chunk := await self.read_chunk():
             yield chunk
 
     async def read_chunk(self) -> bytes:
-        """The next body chunk within the read timeout, ``b""`` at the end (as :meth:`rest`)."""
+        """The next body chunk within the read timeout, ``b""`` at the end (raises as
+        :meth:`rest`)."""
         if self.complete:
             return b""
         deadline = self.deadline
         if deadline is None:
             deadline = self.deadline = Deadline()
+        # one timer for every read of the stream, moved lazily (see Deadline)
         with deadline.after(self.read_timeout):
             return await self.response.read_chunk()
 
