@@ -175,8 +175,14 @@ def test_a_served_body_read_whole_is_at_its_end_and_reads_nothing_more() -> None
     assert whole.at_end()
     assert asyncio.run(whole.read_chunk()) == b""
     assert response.pulled == 0
-    streamed = Served(Deployment(provider="p", model="m"), Chunks([b"data: x\n\n"]), b"", False)
+    chunks = [b"data: x\n\n", b"data: y\n\n"]
+    streamed = Served(Deployment(provider="p", model="m"), Chunks(chunks), b"", False)
     assert not streamed.at_end()  # a response that cannot tell: never at its end
+
+    async def rest_twice() -> tuple[list[bytes], list[bytes]]:
+        return [c async for c in streamed.rest()], [c async for c in streamed.rest()]
+
+    assert asyncio.run(rest_twice()) == (chunks, [])  # in order, then nothing: at its end
 
 
 @pytest.mark.parametrize("knows_end", [False, True])

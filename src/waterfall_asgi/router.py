@@ -356,7 +356,7 @@ class Router:
         # A whole body (JSON, or an error sent back as is): read it before committing anything.
         chunks = []
         try:
-            async for chunk in served.rest():
+            while chunk := await served.read_chunk():
                 chunks.append(chunk)
         except TimeoutError:
             raise _Failed("timeout", "timed out reading the body") from None
