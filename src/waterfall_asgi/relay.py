@@ -378,9 +378,8 @@ class _Relay:
             outcome = RelayOutcome("success", usage)
         if usage.error is not None:
             outcome = RelayOutcome("upstream_error", usage, f"error event: {_code(usage.error)}")
-        body = held + tail if held else tail
         try:
-            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+            await self.send({"type": "http.response.body", "body": held + tail, "more_body": False})
         except OSError:  # a server that reports the gone client by raising (see forward)
             return _gone(usage)
         return outcome

@@ -116,14 +116,14 @@ class Served:
     """The timer of the request's upstream waits (made on the first read if not given)."""
 
     async def rest(self) -> AsyncIterator[bytes]:
-        """The remaining body chunks, each within the read timeout (raises ``TimeoutError`` or
-        :class:`~waterfall_asgi.upstream.UpstreamError`)."""
+        """The remaining body chunks, each within the read timeout (raises as
+        :meth:`read_chunk`)."""
         while chunk := await self.read_chunk():
             yield chunk
 
     async def read_chunk(self) -> bytes:
-        """The next body chunk within the read timeout, ``b""`` at the end (raises as
-        :meth:`rest`)."""
+        """The next body chunk within the read timeout, ``b""`` at the end (raises
+        ``TimeoutError`` or :class:`~waterfall_asgi.upstream.UpstreamError`)."""
         if self.complete:
             return b""
         deadline = self.deadline
