@@ -156,8 +156,8 @@ def test_the_numbers_the_pages_quote_are_the_codes_defaults() -> None:
     assert "at most **64 KiB**" in usage
     assert f"`ledger.drain_seconds` ({LedgerSettings().drain_seconds:g} by default)" in usage
     sqlite = inspect.signature(SQLiteLedger).parameters
-    assert (sqlite["batch_size"].default, sqlite["flush_interval"].default) == (256, 0.25)
-    assert "up to 256 records, or whatever arrived within 0.25 s" in ledger
+    assert (sqlite["batch_size"].default, sqlite["flush_interval"].default) == (1024, 0.25)
+    assert "up to 1024 records, or whatever arrived within 0.25 s" in ledger
     assert sqlite["max_pending"].default == 10_000
     assert "bounded (10 000 records)" in ledger
     assert "`waterfall_asgi.usage`" in usage

@@ -237,9 +237,9 @@ async def test_a_batch_is_written_in_few_statements_and_the_last_save_of_an_id_w
             await ledger.save(record(n, completion_tokens=2 * n, error="second"))
     assert ledger.transactions == 1
     inserts = [s for s in ledger.statements if s.startswith("INSERT")]
-    # 130 distinct ids, in two groups by the columns they leave NULL (65 each): 52 rows to a
-    # statement, then powers of two; 8 statements, not 195
-    assert sorted(s.count("('r") for s in inserts) == sorted([52, 8, 4, 1] * 2)
+    # 130 distinct ids, in two groups by the columns they leave NULL (65 each): powers of two
+    # (up to 256 rows a statement); 4 statements, not 195
+    assert sorted(s.count("('r") for s in inserts) == [1, 1, 64, 64]
     rows = {r.id: r for r in read_records(db)}
     assert len(rows) == 130
     for n in range(130):
@@ -249,6 +249,31 @@ async def test_a_batch_is_written_in_few_statements_and_the_last_save_of_an_id_w
         else:
             assert (got.status, got.completion_tokens, got.error) == ("success", 2 * n, "second")
     assert (ledger.written, ledger.failures) == (195, 0)
+
+
+class _FewVariablesLedger(_TracedLedger):
+    """A connection that allows 999 variables a statement, as SQLite before 3.32 did."""
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+
+@pytest.mark.parametrize(
+    ("cls", "sizes"), [(_TracedLedger, [256, 256, 8]), (_FewVariablesLedger, [52] * 10)]
+)
+async def test_a_statement_carries_as_many_rows_as_sqlite_allows(
+    db: Path, cls: type[_TracedLedger], sizes: list[int]
+) -> None:
+    ledger = cls(db, batch_size=1000, flush_interval=60)
+    async with _opened(ledger):
+        for n in range(520):
+            await ledger.save(record(n))
+    inserts = [s for s in ledger.statements if s.startswith("INSERT")]
+    assert ledger.transactions == 1
+    assert sorted((s.count("('r") for s in inserts), reverse=True) == sizes
+    assert len(read_records(db)) == 520
 
 
 async def test_a_full_batch_is_written_without_waiting_for_the_interval(db: Path) -> None:

@@ -88,10 +88,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 _ON_CONFLICT = (
     f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
 )
-_ROWS_PER_STATEMENT = 999 // len(COLUMNS)
-"""The most rows one upsert statement carries: 999 is the fewest variables any SQLite allows
-in a statement. One statement for many rows is one call into SQLite (one hand-over of the GIL
-and back) for them all, instead of one per row."""
+_MAX_ROWS_PER_STATEMENT = 256
+"""The most rows one upsert statement carries (fewer where the SQLite build allows fewer
+variables a statement: see :func:`_rows_per_statement`). The sqlite3 module lets go of the GIL
+around its calls into SQLite, several times per statement; while the event loop's thread is
+busy, each time costs a hand-over of the GIL to it and back. So a batch goes in as few
+statements as its rows allow. (256 rows of bench records: about 5,000 variables, a prepared
+statement of a few hundred KiB, made once per size and kept by the connection's cache.)"""
+
+
+def _rows_per_statement(conn: sqlite3.Connection) -> int:
+    """How many rows one upsert statement of ``conn`` may carry: 999 variables a statement is
+    the fewest any SQLite allows (before 3.32); most builds allow far more."""
+    variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, min(_MAX_ROWS_PER_STATEMENT, variables // len(COLUMNS)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,15 +113,16 @@ def _upsert(nulls: tuple[bool, ...], count: int) -> str:
     return f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {values} {_ON_CONFLICT}"
 
 
-def _statements(rows: Sequence[_Row]) -> Iterator[tuple[str, list[Any]]]:
+def _statements(rows: Sequence[_Row], most: int) -> Iterator[tuple[str, list[Any]]]:
     """The upserts (and their parameters) that write ``rows`` (distinct ids).
 
     A ``None`` is written as ``NULL`` in the statement, not bound: the sqlite3 module binds a
     ``None`` only after an adapter lookup that fails by raising (and clearing) an
     ``AttributeError``, which costs several times what binding the rest of the row does. So
     rows go in groups with their ``None`` in the same columns; a group's statements carry
-    ``_ROWS_PER_STATEMENT`` rows, then a power of two, so that few statements are ever made
-    (and SQLite's prepared ones are reused)."""
+    ``most`` rows (see :func:`_rows_per_statement`), then a power of two, so that a batch takes
+    few statements and only a few distinct ones are ever made (SQLite's prepared ones are
+    reused)."""
     groups: dict[tuple[bool, ...], list[_Row]] = {}
     for row in rows:
         nulls = tuple([value is None for value in row])
@@ -123,9 +134,7 @@ def _statements(rows: Sequence[_Row]) -> Iterator[tuple[str, list[Any]]]:
     for nulls, group in groups.items():
         start, left = 0, len(group)
         while left:
-            count = (
-                _ROWS_PER_STATEMENT if left >= _ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
-            )
+            count = most if left >= most else 1 << (left.bit_length() - 1)
             part = group[start : start + count]
             start, left = start + count, left - count
             yield (
@@ -273,7 +282,7 @@ class SQLiteLedger:
         self,
         path: str | os.PathLike[str],
         *,
-        batch_size: int = 256,
+        batch_size: int = 1024,
         flush_interval: float = 0.25,
         max_pending: int = 10_000,
         busy_timeout: float = 5.0,
@@ -300,6 +309,7 @@ class SQLiteLedger:
         self._open_lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only in the executor's thread
+        self._per_statement = 1  # the most rows an upsert of _conn carries (set with _conn)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Future[None] | None = None
         self._failing = False
@@ -515,6 +525,7 @@ class SQLiteLedger:
                 raise LedgerError(f"cannot open the usage ledger {self.path!r}: {exc}") from exc
             raise
         self._conn = conn
+        self._per_statement = _rows_per_statement(conn)
         return interrupted
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -550,7 +561,7 @@ class SQLiteLedger:
         rows, lost, error = _rows(batch)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement, parameters in _statements(rows):
+            for statement, parameters in _statements(rows, self._per_statement):
                 conn.execute(statement, parameters)
             conn.execute("COMMIT")
         except BaseException:
@@ -564,7 +575,7 @@ class SQLiteLedger:
         row = _to_row(snapshot)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            for statement, parameters in _statements([row]):
+            for statement, parameters in _statements([row], 1):
                 conn.execute(statement, parameters)
         finally:
             conn.close()
