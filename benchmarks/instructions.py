@@ -137,6 +137,7 @@ def make_app(proxy: str, directory: str) -> ASGIApp:
     config = {
         "providers": {"up": {"base_url": "http://up/v1"}},
         "chains": {"bench": [f"up/{run.FAKE_MODEL}"]},
+        "client_keys": [run.CLIENT_KEY],
         "ledger": {"path": ledger},
     }
     app: ASGIApp = create_app(config, upstream=StubUpstream())
@@ -159,6 +160,7 @@ async def request(app: ASGIApp, body: bytes) -> list[Message]:
             (b"host", b"127.0.0.1"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {run.CLIENT_KEY}".encode()),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
@@ -201,7 +203,9 @@ async def drive(proxy: str, workload: str, requests: int, concurrency: int) -> f
             if part:
                 started = time.process_time()
             for _ in range(-(-total // concurrency)):  # (whole rounds, as main() counts them)
-                await asyncio.gather(*(request(app, body) for _ in range(concurrency)))
+                answers = await asyncio.gather(*(request(app, body) for _ in range(concurrency)))
+                if not part and any(sent[0].get("status") != 200 for sent in answers):
+                    raise RuntimeError(f"{proxy} did not answer 200: {answers[0][:2]!r}")
         spent = time.process_time() - started
         await inbox.put({"type": "lifespan.shutdown"})
         await outbox.get()

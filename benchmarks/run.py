@@ -53,6 +53,7 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 PATH = "/v1/chat/completions"
 FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
 STREAM_EVENTS = 20  # data events in the stream, [DONE] included
+CLIENT_KEY = "sk-bench-client"  # the router's client key: auth is on, as in production
 PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "serve", "router/httpx")
 STACKS = {"standard": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}  # loop, http
 WORKLOADS = ("json", "stream")
@@ -313,12 +314,13 @@ def httpx_passthrough(upstream: str) -> ASGIApp:
 
 
 def router_app(upstream: str, ledger_path: str | None, client: str = "aiohttp") -> ASGIApp:
-    """The router standalone: one provider, a one-entry chain ``bench``."""
+    """The router standalone: one provider, a one-entry chain ``bench``, a client key."""
     from waterfall_asgi import create_app
 
     config = {
         "providers": {"up": {"base_url": upstream + "/v1"}},
         "chains": {"bench": [f"up/{FAKE_MODEL}"]},
+        "client_keys": [CLIENT_KEY],
         "ledger": {"path": ledger_path},
         "upstream": {"client": client},
     }
@@ -487,7 +489,8 @@ async def one_round(
 
     url = f"http://127.0.0.1:{server.port}{PATH}"
     body = request_body(stream)
-    headers = {"content-type": "application/json"}
+    # (the passthroughs get the key too, and ignore it)
+    headers = {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}
     issued = 0
     measuring = False
     deadline = 0.0

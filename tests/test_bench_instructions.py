@@ -94,3 +94,16 @@ def test_without_valgrind_it_says_so(
     monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
     assert instructions.main([]) == 2
     assert "valgrind is not installed" in capsys.readouterr().err
+
+
+def test_the_router_in_the_bench_checks_the_client_key(
+    instructions: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auth is on in the bench, as the performance targets ask: a wrong key gets a 401."""
+
+    async def go() -> list[dict[str, object]]:
+        app = instructions.make_app("router", str(tmp_path))
+        monkeypatch.setattr(instructions.run, "CLIENT_KEY", "sk-not-the-key")
+        return await instructions.request(app, instructions.run.request_body(False))
+
+    assert asyncio.run(go())[0]["status"] == 401
