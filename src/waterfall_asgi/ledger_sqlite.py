@@ -5,9 +5,10 @@ Saving never blocks the event loop on SQLite. :meth:`SQLiteLedger.save` snapshot
 last save of an id in a batch) into an in-memory queue and returns; a writer task takes the
 queue in batches (up to
 ``batch_size`` records, or whatever arrived within ``flush_interval`` seconds of the first) and
-upserts each batch in one transaction, up to 52 rows to a statement (a ``None`` written as
-``NULL``, not bound: see ``_statements``): one call into SQLite, so one
-hand-over of the GIL between the threads, for many rows instead of one per row. Every SQLite
+upserts each batch in one transaction, up to 256 rows to a statement where SQLite allows
+that many variables (52 where it allows the fewest; a ``None`` written as ``NULL``, not bound:
+see ``_statements``): few calls into SQLite, so few hand-overs of the GIL between the threads,
+for many rows instead of one per row. Every SQLite
 call runs in one thread that the ledger owns (a single-worker executor): a :mod:`sqlite3`
 connection belongs to the thread that made it, so the connection is made, used and closed
 there, and nothing else shares that thread.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import http.cookiejar
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -124,9 +124,13 @@ class _HttpxResponse:
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
         # a response made from bytes (respx, MockTransport) has been read already: its body is
-        # one chunk, and then the end (b"")
-        self._whole = response.content if response.is_stream_consumed else None
-        self._chunks = response.aiter_raw()
+        # one chunk, and then the end (b""); only a streamed one is read from the network
+        self._whole: bytes | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
+        if response.is_stream_consumed:
+            self._whole = response.content
+        else:
+            self._chunks = response.aiter_raw()
         # multi_items: a repeated header keeps its last value (items() would join them)
         self.headers = {k.lower(): v for k, v in response.headers.multi_items()}
 
@@ -143,12 +147,13 @@ class _HttpxResponse:
         return self._whole == b""
 
     async def read_chunk(self) -> bytes:
-        if self._whole is not None:
-            chunk, self._whole = self._whole, b""
+        chunks = self._chunks
+        if chunks is None:
+            chunk, self._whole = self._whole or b"", b""
             return chunk
         try:
             while True:
-                chunk = await anext(self._chunks)
+                chunk = await anext(chunks)
                 if chunk:
                     return chunk
         except StopAsyncIteration:
