@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from typing import Any
 
@@ -357,3 +358,80 @@ async def test_the_memory_ledger_keeps_the_latest_records_only() -> None:
     assert len(MemoryLedger(max_records=None).records) == 0
     with pytest.raises(ValueError, match="max_records"):
         MemoryLedger(max_records=0)
+
+
+PLAIN = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=6)
+)
+
+
+@given(
+    fields=st.fixed_dictionaries(
+        {
+            "id": st.text(min_size=1, max_size=8),
+            "started_at": st.floats(allow_nan=False),
+            "route": st.text(max_size=8),
+            "stream": st.booleans(),
+            "status": st.sampled_from(["pending", *sorted(TERMINAL_STATUSES)]),
+            "attempts": st.lists(st.dictionaries(st.text(max_size=6), PLAIN), max_size=4),
+            "prompt_tokens": st.none() | st.integers(min_value=0),
+            "error": st.none() | st.text(max_size=8),
+        }
+    )
+)
+def test_a_memory_ledger_reads_back_what_was_saved(fields: dict[str, Any]) -> None:
+    record = UsageRecord(**fields)
+    ledger = MemoryLedger()
+    asyncio.run(ledger.save(record))
+    kept = ledger.records[record.id]
+    assert kept == record
+    saved = record.to_dict()
+    assert list(kept.to_dict().items()) == list(saved.items())  # the order too
+    for attempt in record.attempts:  # a copy: later changes are not seen until saved again
+        attempt["changed"] = True
+    record.attempts.append({})
+    record.status = "rejected"
+    assert ledger.records[record.id].to_dict() == saved
+
+
+async def test_what_the_memory_ledger_reads_out_is_a_copy_too() -> None:
+    ledger = MemoryLedger()
+    attempt = {"entry": "a/m", "outcome": "success", "status": 200}
+    await ledger.save(UsageRecord(id="r", started_at=0.0, route="/v1/x", attempts=[attempt]))
+    read = ledger.records["r"]
+    read.status = "success"
+    read.attempts[0]["status"] = 500
+    assert ledger.records["r"].status == "pending"
+    assert ledger.records["r"].attempts == [attempt]
+    assert ledger.records == {
+        "r": UsageRecord(id="r", started_at=0.0, route="/v1/x", attempts=[attempt])
+    }
+    with pytest.raises(TypeError):
+        ledger.records["r"] = read  # type: ignore[index]
+
+
+async def test_the_memory_ledger_marks_what_it_kept_pending_as_interrupted() -> None:
+    ledger = MemoryLedger()
+    await ledger.save(UsageRecord(id="p", started_at=0.0, route="/v1/x"))
+    await ledger.save(UsageRecord(id="s", started_at=0.0, route="/v1/x", status="success"))
+    await ledger.open()
+    assert {r.id: r.status for r in ledger.records.values()} == {
+        "p": "interrupted",
+        "s": "success",
+    }
+
+
+async def test_the_collector_does_not_walk_what_the_memory_ledger_keeps() -> None:
+    """Records kept are plain values: a full collection does not visit them again and again
+    (10,000 kept records would be 50,000 objects on its lists)."""
+    ledger = MemoryLedger(max_records=1000)
+    attempts = [{"entry": "a/m", "outcome": "rate_limited", "status": 429, "cooldown_s": 2.5}]
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(2000):
+        record = UsageRecord(id=f"r{n}", started_at=0.0, route="/v1/x", attempts=attempts * 2)
+        await ledger.save(record)
+    del record
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
+    assert len(ledger.records) == 1000

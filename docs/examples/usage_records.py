@@ -20,7 +20,7 @@ config = {
     },
     "chains": {"fast": ["openai/fake-small", "groq/fake-medium"]},
 }
-ledger = MemoryLedger()  # records in a dict, nothing on disk
+ledger = MemoryLedger()  # records in memory, nothing on disk
 finished: list[UsageRecord] = []  # what the hook was given, in order
 app = WaterfallMiddleware(
     None, config, transport=upstreams, ledger=ledger, on_complete=finished.append

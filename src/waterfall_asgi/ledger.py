@@ -4,7 +4,7 @@ A :class:`UsageRecord` is saved when the response is accepted (time to first byt
 ``pending``) and saved again, finished, at the end, with tokens, cost, duration and a terminal
 status. A request answered by the router itself (a bad request, all providers exhausted) is saved
 once, already finished. Stores sit behind the small async :class:`LedgerStore` protocol;
-:class:`MemoryLedger` keeps records in a dict (tests, or no persistence), and
+:class:`MemoryLedger` keeps records in memory (tests, or no persistence), and
 :class:`~waterfall_asgi.ledger_sqlite.SQLiteLedger` is the embedded default.
 
 Statuses:
@@ -24,9 +24,11 @@ Statuses:
 from __future__ import annotations
 
 import dataclasses
+import operator
 import random
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -155,10 +157,11 @@ class LedgerStore(Protocol):
 
 
 class MemoryLedger:
-    """Records in a dict, in this process: for tests, or when nothing should be persisted.
+    """Records in memory, in this process: for tests, or when nothing should be persisted.
 
     It keeps the latest ``max_records`` requests (``None``: all of them), so that a router
     left running with ``ledger.path = None`` does not grow without end; the oldest go first.
+    :attr:`records` reads them.
 
     >>> import asyncio
     >>> ledger = MemoryLedger(max_records=2)
@@ -171,27 +174,89 @@ class MemoryLedger:
     def __init__(self, max_records: int | None = 10_000) -> None:
         if max_records is not None and max_records < 1:
             raise ValueError("max_records must be at least 1 (or None)")
-        self.records: dict[str, UsageRecord] = {}
+        # A record is kept as one flat tuple of plain values (see _row), which the garbage
+        # collector stops tracking at its first look, where a record (an object, its dict, a
+        # list, a dict an attempt) would stay on its lists, walked by every full collection for
+        # as long as it is kept. The OrderedDict forgets its oldest in O(1) (a dict finds its
+        # first key by skipping every key deleted before it).
+        self._rows: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self.max_records = max_records
         self.opened = self.closed = False
+
+    @property
+    def records(self) -> Mapping[str, UsageRecord]:
+        """The records kept, by ``id``, oldest first: a read-only view, whose every read is a
+        new :class:`UsageRecord` (changing it changes nothing here)."""
+        return _Records(self._rows)
 
     async def open(self) -> None:
         """Mark records left ``pending`` (from before a restart) as ``interrupted``."""
         self.opened = True
-        for record in self.records.values():
-            if record.status == "pending":
-                record.status = "interrupted"
+        rows = self._rows
+        for key, row in rows.items():
+            if row[_STATUS] == "pending":
+                values = list(row)
+                values[_STATUS] = "interrupted"
+                rows[key] = tuple(values)
 
     async def save(self, record: UsageRecord) -> None:
         """Keep a copy of ``record`` (so later changes to it are not seen until saved again)."""
-        records = self.records
-        snapshot = object.__new__(UsageRecord)  # a shallow copy, without __init__'s checks
-        snapshot.__dict__.update(record.__dict__)
-        snapshot.attempts = list(record.attempts)
-        records[record.id] = snapshot
-        if self.max_records is not None and len(records) > self.max_records:
-            del records[next(iter(records))]  # the oldest request (dicts keep their order)
+        rows = self._rows
+        rows[record.id] = _row(record)
+        if self.max_records is not None and len(rows) > self.max_records:
+            rows.popitem(last=False)  # the oldest request (a save again keeps the place)
 
     async def close(self) -> None:
         """Nothing to flush."""
         self.closed = True
+
+
+_SCALARS = tuple(f.name for f in dataclasses.fields(UsageRecord) if f.name != "attempts")
+_SCALAR_VALUES = operator.attrgetter(*_SCALARS)
+_STATUS = _SCALARS.index("status")
+_ATTEMPTS_AT = len(_SCALARS)
+
+
+def _row(record: UsageRecord) -> tuple[Any, ...]:
+    """``record`` as one flat tuple: every field but ``attempts``, in order, then each attempt as
+    its number of items, its keys and its values."""
+    values = list(_SCALAR_VALUES(record))
+    for attempt in record.attempts:
+        values.append(len(attempt))
+        values += attempt.keys()
+        values += attempt.values()
+    return tuple(values)
+
+
+def _record(row: tuple[Any, ...]) -> UsageRecord:
+    """The record :func:`_row` made ``row`` of."""
+    attempts: list[dict[str, Any]] = []
+    at, end = _ATTEMPTS_AT, len(row)
+    while at < end:
+        n = row[at]
+        keys, values = row[at + 1 : at + 1 + n], row[at + 1 + n : at + 1 + 2 * n]
+        attempts.append(dict(zip(keys, values, strict=True)))
+        at += 1 + 2 * n
+    scalars = zip(_SCALARS, row[:_ATTEMPTS_AT], strict=True)
+    return UsageRecord(**dict(scalars), attempts=attempts)
+
+
+class _Records(Mapping[str, UsageRecord]):
+    """A :class:`MemoryLedger`'s records, as :class:`UsageRecord` objects made on each read."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: OrderedDict[str, tuple[Any, ...]]) -> None:
+        self._rows = rows
+
+    def __getitem__(self, key: str) -> UsageRecord:
+        return _record(self._rows[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self)!r})"
