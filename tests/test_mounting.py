@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from waterfall_asgi import TERMINAL_STATUSES, MemoryLedger
+from waterfall_asgi import TERMINAL_STATUSES, MemoryLedger, WatchStarter
 from waterfall_asgi.middleware import WaterfallMiddleware
 from waterfall_fakes import FakeNetwork, FakeProvider, Reply
 
@@ -566,6 +566,20 @@ async def test_client_gone_during_the_waterfall_sends_nothing_and_stops() -> Non
     for _ in range(10):
         await asyncio.sleep(0)
     assert asyncio.all_tasks() == before
+    await mw.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_request_over_before_its_watch_would_start_never_listens() -> None:
+    mw = WaterfallMiddleware(None, router_config(), transport=network())
+    mw._watches = WatchStarter(delay=3600)  # (these take milliseconds; this makes it certain)
+    for stream in (False, True):
+        body = json.dumps({**CHAT, "stream": stream}).encode()
+        ex = Exchange("POST", "/v1/chat/completions", body)
+        await ex.run(mw)
+        assert ex.start["status"] == 200
+        assert ex.receives == 1  # the request body only: no task listened for a disconnect
+    assert mw._watches.waiting == 0
     await mw.shutdown()
 
 

@@ -62,7 +62,14 @@ from .pricing import (
     models_url,
     parse_models,
 )
-from .relay import ClientWatch, EventAligner, RelayOutcome, error_event, relay_stream
+from .relay import (
+    ClientWatch,
+    EventAligner,
+    RelayOutcome,
+    WatchStarter,
+    error_event,
+    relay_stream,
+)
 from .router import Attempt, Exhausted, Router, Served, forwarded_headers
 from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
 from .upstream import (
@@ -138,6 +145,7 @@ __all__ = [
     "UsageRecord",
     "UsageReport",
     "UsageResult",
+    "WatchStarter",
     "WaterfallMiddleware",
     "after_last_blank_line",
     "as_upstream",

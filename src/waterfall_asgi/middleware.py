@@ -47,7 +47,7 @@ from .cost import (
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
 from .pricing import PriceBook, missing_prices
-from .relay import ClientWatch, relay_stream
+from .relay import ClientWatch, WatchStarter, relay_stream
 from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
@@ -141,6 +141,7 @@ class WaterfallMiddleware:
         self.clock = clock
         self._router: Router | None = None
         self._lock = asyncio.Lock()
+        self._watches = WatchStarter()
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
 
@@ -191,6 +192,7 @@ class WaterfallMiddleware:
                     await self._upstream.aclose()
                 self._upstream = None
             self._router = None
+            self._watches.close()
 
     async def _get_router(self) -> Router:
         if self._router is None:
@@ -355,11 +357,12 @@ class WaterfallMiddleware:
                 label, plan = router.plan(model)
             record.model = label
             upstream_payload, injected = with_usage(payload) if stream else (payload, False)
-            # One task listens for a disconnect for the rest of the request: until an upstream
-            # is accepted, a disconnect cancels the waterfall; then the relay takes it over.
+            # One task listens for a disconnect for the rest of the request (if it runs long
+            # enough to start it: see WatchStarter): until an upstream is accepted, a
+            # disconnect cancels the waterfall; then the relay takes it over.
             current = asyncio.current_task()
             assert current is not None
-            watch = ClientWatch(receive, current.cancel)
+            watch = self._watches.watch(receive, current.cancel)
             try:
                 served = await router.run(
                     label, plan, endpoint, upstream_payload, _client_headers(scope), stream

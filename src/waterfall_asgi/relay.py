@@ -36,7 +36,14 @@ from .sse import BLANK_LINE, SSEParser, after_last_blank_line
 from .upstream import UpstreamError
 from .usage import _EMPTY_CHOICES, StreamObserver, UsageResult, usage_only_chunk
 
-__all__ = ["ClientWatch", "EventAligner", "RelayOutcome", "error_event", "relay_stream"]
+__all__ = [
+    "ClientWatch",
+    "EventAligner",
+    "RelayOutcome",
+    "WatchStarter",
+    "error_event",
+    "relay_stream",
+]
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -196,14 +203,40 @@ class ClientWatch:
     Whoever holds the request at the time says what a disconnect does (:attr:`on_gone`, called
     once, from the watch's task); :attr:`gone` tells whether it came. Servers drop sends to a
     client that left without saying so, so this is the only way to learn it.
+
+    With ``start=False`` it listens only once :meth:`start` is called: the router starts the
+    watches of the requests still running after a few tens of milliseconds (see
+    :class:`WatchStarter`), so a quick request never pays for a task of its own.
     """
 
-    __slots__ = ("_task", "gone", "on_gone")
+    __slots__ = ("_receive", "_starter", "_task", "gone", "on_gone")
 
-    def __init__(self, receive: Receive, on_gone: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        on_gone: Callable[[], object] | None = None,
+        *,
+        start: bool = True,
+    ) -> None:
         self.gone = False
         self.on_gone = on_gone
-        self._task = asyncio.get_running_loop().create_task(self._listen(receive))
+        self._receive: Receive | None = receive
+        self._task: asyncio.Task[None] | None = None
+        self._starter: WatchStarter | None = None
+        if start:
+            self.start()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the watch's task has been started."""
+        return self._task is not None
+
+    def start(self) -> None:
+        """Start listening, if it has not yet and :meth:`close` has not been called."""
+        receive = self._receive
+        if self._task is None and receive is not None:
+            self._starter = None
+            self._task = asyncio.get_running_loop().create_task(self._listen(receive))
 
     async def _listen(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -213,19 +246,89 @@ class ClientWatch:
             self.on_gone()
 
     def close(self) -> None:
-        """Stop listening (the request is over).
+        """Stop listening (the request is over); a watch not started never starts.
 
         A server answers a pending ``receive()`` with ``http.disconnect`` once the response is
         complete (uvicorn does), so the watch is let end by itself on the next turn of the loop
         and only cancelled if it has not: a cancelled task leaves reference cycles behind, one
         set per request for the garbage collector."""
-        if not self._task.done():
-            self._task.get_loop().call_soon(_cancel_pending, self._task)
+        self._receive = None
+        if self._starter is not None:
+            self._starter.discard(self)
+            self._starter = None
+        task = self._task
+        if task is not None and not task.done():
+            task.get_loop().call_soon(_cancel_pending, task)
 
 
 def _cancel_pending(task: asyncio.Task[None]) -> None:
     if not task.done():
         task.cancel()
+
+
+class WatchStarter:
+    """Starts the :class:`ClientWatch` of each request still running ``delay`` to ``2 * delay``
+    seconds after :meth:`watch` made it, on one timer shared by all requests (that runs only
+    while some watch waits). Most requests end sooner and never start theirs: a task, its
+    coroutine, context and futures, and its wake-ups on the loop are saved on each of them.
+    A client that leaves is then noticed at most ``2 * delay`` seconds later than with a watch
+    started at once. It works on one event loop at a time (a new loop starts afresh)."""
+
+    __slots__ = ("_handle", "_loop", "_tick", "_waiting", "delay")
+
+    def __init__(self, delay: float = 0.025) -> None:
+        if not delay > 0:
+            raise ValueError("delay must be positive")
+        self.delay = delay
+        self._waiting: dict[ClientWatch, int] = {}  # each watch: the tick it was added at
+        self._tick = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, receive: Receive, on_gone: Callable[[], object] | None = None) -> ClientWatch:
+        """A watch for a request that begins now, started later if the request still runs."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # (the watches of another loop are that loop's)
+            self.close()
+            self._loop = loop
+        watch = ClientWatch(receive, on_gone, start=False)
+        watch._starter = self
+        self._waiting[watch] = self._tick
+        if self._handle is None:
+            self._handle = loop.call_later(self.delay, self._run)
+        return watch
+
+    def discard(self, watch: ClientWatch) -> None:
+        """Forget ``watch`` (its request is over)."""
+        self._waiting.pop(watch, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many watches wait to be started."""
+        return len(self._waiting)
+
+    def _run(self) -> None:
+        tick = self._tick
+        self._tick = tick + 1
+        due = []
+        for watch, added in self._waiting.items():  # (oldest first)
+            if added >= tick:  # added since the last run: less than `delay` ago, maybe
+                break
+            due.append(watch)
+        for watch in due:
+            del self._waiting[watch]
+            watch.start()
+        loop = self._loop
+        self._handle = loop.call_later(self.delay, self._run) if self._waiting and loop else None
+
+    def close(self) -> None:
+        """Stop the timer and forget the waiting watches (they never start)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        for watch in self._waiting:
+            watch._starter = None
+        self._waiting.clear()
 
 
 @dataclass
