@@ -9,6 +9,7 @@ with a recording ``receive``/``send`` pair, so that the exact message sequence i
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
@@ -581,6 +582,45 @@ async def test_a_request_over_before_its_watch_would_start_never_listens() -> No
         assert ex.receives == 1  # the request body only: no task listened for a disconnect
     assert mw._watches.waiting == 0
     await mw.shutdown()
+
+
+@pytest.mark.anyio
+async def test_the_request_json_is_let_go_while_the_stream_is_relayed() -> None:
+    marker = "a prompt that need not stay in memory while its answer streams"
+    net = FakeNetwork(
+        {"a": FakeProvider(name="a", reply_words=4, script=["slow_chunks:seconds=0.01"])}
+    )
+    cfg = {
+        "providers": {"a": {"base_url": "http://a/v1"}},
+        "chains": {"fast": ["a/fake-small"]},
+        "ledger": {"path": None},
+    }
+    mw = WaterfallMiddleware(None, cfg, transport=net)
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": marker}], "stream": True})
+    ex = Exchange("POST", "/v1/chat/completions", body.encode())
+    held: list[bool] = []
+
+    def on_send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not held:  # the relay is under way
+            held.append(any(_holds(o, marker) for o in gc.get_objects()))
+
+    ex.on_send = on_send
+    await ex.run(mw)
+    assert held == [False]
+    assert ex.bodies[-1][1] is False  # and the stream went on to its end
+    await mw.shutdown()
+
+
+def _holds(obj: object, marker: str) -> bool:
+    """Whether ``obj`` is the client's request as the router decoded it, with ``marker`` as a
+    message (its model is the chain's name: what the fake upstream keeps has the provider's
+    model; and a dict of strings only is not tracked by the collector, so the request dict,
+    which holds a list, is looked for)."""
+    if type(obj) is not dict or obj.get("model") != "fast":
+        return False
+    if type(messages := obj.get("messages")) is not list:
+        return False
+    return any(type(m) is dict and m.get("content") == marker for m in messages)
 
 
 class _CountingStream(httpx.AsyncByteStream):

@@ -375,6 +375,9 @@ class WaterfallMiddleware:
                 return
             finally:
                 watch.on_gone = None  # no await since run() returned: nothing cancels now
+            # The request's JSON is not needed while the answer is relayed (a stream may take
+            # minutes): let it go now, not at the end.
+            del payload, upstream_payload
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
