@@ -174,3 +174,15 @@ async def test_a_watch_made_to_start_at_once_listens_at_once() -> None:
     await settle()
     watch.start()  # closed: never again
     assert client.calls == 1
+
+
+@pytest.mark.anyio
+async def test_a_watch_started_by_hand_no_longer_waits_on_its_starter() -> None:
+    starter = WatchStarter(delay=3600)
+    client = Client()
+    watch = starter.watch(client.receive)
+    watch.start()
+    await settle()
+    assert (watch.listening, client.calls, starter.waiting) == (True, 1, 0)
+    watch.close()
+    starter.close()

@@ -176,7 +176,7 @@ class MemoryLedger:
             raise ValueError("max_records must be at least 1 (or None)")
         # A record is kept as one flat tuple of plain values (see _row), which the garbage
         # collector stops tracking at its first look, where a record (an object, its dict, a
-        # list, a dict an attempt) would stay on its lists, walked by every full collection for
+        # list, a dict per attempt) would stay on its lists, walked by every full collection for
         # as long as it is kept. The OrderedDict forgets its oldest in O(1) (a dict finds its
         # first key by skipping every key deleted before it).
         self._rows: OrderedDict[str, tuple[Any, ...]] = OrderedDict()

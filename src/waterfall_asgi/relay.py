@@ -235,7 +235,9 @@ class ClientWatch:
         """Start listening, if it has not yet and :meth:`close` has not been called."""
         receive = self._receive
         if self._task is None and receive is not None:
-            self._starter = None
+            if self._starter is not None:  # (started by hand: its starter need not wait)
+                self._starter.discard(self)
+                self._starter = None
             self._task = asyncio.get_running_loop().create_task(self._listen(receive))
 
     async def _listen(self, receive: Receive) -> None:
