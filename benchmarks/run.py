@@ -19,8 +19,9 @@ Every server runs on one stack, ``--stack``: ``standard`` (the default; uvloop a
 A load generator (aiohttp, in this process, on uvloop with the standard stack) sends a fixed
 number of requests per round, with concurrency 1 and 32, for a JSON chat completion and for a
 20-event SSE stream, interleaving the proxies round by round. The server's CPU time is read per
-process (psutil if installed, else ``/proc/<pid>/stat``) before and after each round; its peak
-RSS is read from ``/proc``.
+process (on Linux its CPU clock, to the nanosecond; elsewhere psutil if installed, else
+``/proc/<pid>/stat``) before and after each round; its peak RSS is read from ``/proc``. After the
+table, the ratios to the passthrough are printed round by round too (median and range).
 
 Run ``python benchmarks/run.py`` (about 2 minutes) or ``--quick`` (about 20 s).
 """
@@ -35,10 +36,11 @@ import multiprocessing
 import os
 import platform
 import socket
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from multiprocessing.connection import Connection
@@ -434,8 +436,36 @@ except ImportError:  # pragma: no cover - psutil is optional
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _process_clock(pid: int) -> int:
+    """Linux's CPU clock of process ``pid`` (``CPUCLOCK_SCHED``, as ``clock_getcpuclockid``
+    makes it): the time every thread of it, exited ones too, spent on a CPU, user and system, to
+    the nanosecond. The tick-based counts of ``/proc/<pid>/stat`` and psutil move in 10 ms
+    steps, which is a few percent of a round."""
+    return ((~pid) << 3) | 2
+
+
+def _precise() -> bool:
+    try:
+        time.clock_gettime(_process_clock(os.getpid()))
+    except (AttributeError, OSError):  # not Linux
+        return False
+    return sys.platform == "linux"
+
+
+PRECISE_CPU = _precise()
+CPU_SOURCE = (
+    "the process CPU clock (clock_gettime, ns)"
+    if PRECISE_CPU
+    else "psutil"
+    if psutil is not None
+    else "/proc/<pid>/stat"
+)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
+    if PRECISE_CPU:
+        return time.clock_gettime(_process_clock(pid))
     if psutil is not None:
         times = psutil.Process(pid).cpu_times()
         return float(times.user + times.system)
@@ -469,6 +499,8 @@ class Cell:
     cpu: float = 0.0
     latencies: list[float] = field(default_factory=list)
     ttfbs: list[float] = field(default_factory=list)
+    rounds: list[tuple[int, float, float]] = field(default_factory=list)
+    """Each round's requests, seconds and CPU seconds (for :func:`round_ratios`)."""
 
 
 def request_body(stream: bool) -> bytes:
@@ -545,6 +577,7 @@ async def one_round(
     cell.requests += issued
     cell.seconds += elapsed
     cell.cpu += cpu_after - cpu_before
+    cell.rounds.append((issued, elapsed, cpu_after - cpu_before))
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -575,7 +608,7 @@ def describe_machine() -> str:
         f"machine: {platform.machine()}, {cores} cores ({usable} usable), "
         f"{platform.system()} {platform.release()}\n"
         f"python {platform.python_version()} ({platform.python_implementation()}); {versions}; "
-        f"cpu measured with {'psutil' if psutil is not None else '/proc/<pid>/stat'}"
+        f"cpu measured with {CPU_SOURCE}"
     )
 
 
@@ -626,6 +659,11 @@ def table(cells: dict[tuple[str, str, int], Cell], rss: dict[str, float | None])
                         f"{rate / base_rate:.2f}" if base_rate else "-",
                     )
                 )
+    return _grid(header, rows)
+
+
+def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    """A Markdown table, its columns padded to their widest cell."""
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:
@@ -633,6 +671,45 @@ def table(cells: dict[tuple[str, str, int], Cell], rss: dict[str, float | None])
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def round_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
+    """Each proxy's ratios to ``aiohttp`` round by round: the median and the range.
+
+    A proxy's round runs next to the passthrough's round of the same number, so each ratio
+    compares two measurements a few seconds apart; the median of them shrugs off a round that a
+    hiccup of the machine hit, which the sums of the main table do not."""
+    columns = [(w, c) for w in WORKLOADS for c in CONCURRENCY]
+    header = ("proxy", *(f"{w} c={c}" for w, c in columns))
+    sections = []
+
+    def cpu_per_request(r: tuple[int, float, float]) -> float | None:
+        return r[2] / r[0] if r[0] else None
+
+    def rate(r: tuple[int, float, float]) -> float | None:
+        return r[0] / r[1] if r[0] and r[1] else None
+
+    for title, of in (("CPU/req ×", cpu_per_request), ("req/s ×", rate)):
+        rows: list[tuple[str, ...]] = []
+        for proxy in PROXIES[1:]:
+            row = [proxy]
+            for workload, concurrency in columns:
+                base = cells.get(("aiohttp", workload, concurrency))
+                cell = cells.get((proxy, workload, concurrency))
+                ratios: list[float] = []
+                if base is not None and cell is not None:
+                    for mine, theirs in zip(cell.rounds, base.rounds, strict=False):
+                        a, b = of(mine), of(theirs)
+                        if a is not None and b:
+                            ratios.append(a / b)
+                row.append(
+                    f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                    if ratios
+                    else "-"
+                )
+            rows.append(tuple(row))
+        sections.append(f"{title}, round by round: median (lowest-highest)\n" + _grid(header, rows))
+    return "\n".join(sections)
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -732,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in reversed(started):
             stop(server)
     print(table(cells, rss))
+    print(round_ratios(cells))
     errors = sum(c.errors for c in cells.values())
     if errors:
         print(f"{errors} request(s) failed", file=sys.stderr)

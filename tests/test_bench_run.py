@@ -1,0 +1,68 @@
+"""benchmarks/run.py's arithmetic: the CPU clock it reads and the round-by-round ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # (dataclasses look their module up)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["bench_run"]
+    return module
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the process CPU clock is Linux's")
+def test_the_cpu_clock_of_a_process_is_read_to_the_nanosecond(run: ModuleType) -> None:
+    assert run.PRECISE_CPU
+    before, mine_before = run.cpu_seconds(os.getpid()), time.process_time()
+    while time.process_time() - mine_before < 0.02:  # burn a little CPU
+        pass
+    after, mine_after = run.cpu_seconds(os.getpid()), time.process_time()
+    # the same clock as the process's own, read from outside: no 10 ms ticks
+    assert after - before == pytest.approx(mine_after - mine_before, abs=0.002)
+
+
+def cell(run: ModuleType, rounds: list[tuple[int, float, float]]) -> object:
+    c = run.Cell()
+    for requests, seconds, cpu in rounds:
+        c.requests += requests
+        c.seconds += seconds
+        c.cpu += cpu
+        c.rounds.append((requests, seconds, cpu))
+    return c
+
+
+def test_round_ratios_pair_each_round_with_the_passthroughs(run: ModuleType) -> None:
+    cells = {
+        # the passthrough: 0.1 s of CPU per 100 requests, then a round the machine slowed
+        ("aiohttp", "stream", 32): cell(run, [(100, 1.0, 0.1), (100, 1.0, 0.1), (100, 2.0, 0.4)]),
+        # the router: twice the passthrough's CPU in every round, half its rate
+        ("router", "stream", 32): cell(run, [(100, 2.0, 0.2), (100, 2.0, 0.2), (100, 4.0, 0.8)]),
+        ("serve", "stream", 32): cell(run, [(100, 1.0, 0.1), (100, 1.0, 0.3), (100, 1.0, 0.2)]),
+    }
+    text = run.round_ratios(cells)
+    cpu_part, rate_part = text.split("req/s ×")
+    lines = {line.split("|")[1].strip(): line for line in cpu_part.splitlines() if "|" in line}
+    assert "2.00 (2.00-2.00)" in lines["router"]
+    assert "1.00 (0.50-3.00)" in lines["serve"]  # ratios 1, 3, 0.5: the median is the middle
+    assert lines["router"].count(" - ") == 3  # no rounds of the other workloads: no ratio
+    rates = {line.split("|")[1].strip(): line for line in rate_part.splitlines() if "|" in line}
+    assert "0.50 (0.50-0.50)" in rates["router"]
+    assert "1.00 (1.00-2.00)" in rates["serve"]
