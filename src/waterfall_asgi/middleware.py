@@ -299,7 +299,6 @@ class WaterfallMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         request_id = new_request_id()
         started = time.monotonic()
-        id_header = ("x-waterfall-request-id", request_id)
         record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
         watch: ClientWatch | None = None
         accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
@@ -375,9 +374,10 @@ class WaterfallMiddleware:
                 return
             finally:
                 watch.on_gone = None  # no await since run() returned: nothing cancels now
-            # The request's JSON is not needed while the answer is relayed (a stream may take
-            # minutes): let it go now, not at the end.
-            del payload, upstream_payload
+            # The request's JSON and the plan are not needed while the answer is relayed (a
+            # stream may take minutes): let them go now, not at the end. (What a request holds
+            # while it waits also sets the garbage collector off sooner: see the benchmarks.)
+            del payload, upstream_payload, plan
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
@@ -391,7 +391,7 @@ class WaterfallMiddleware:
             record.error = exc.code
             if isinstance(exc, Exhausted):
                 record.attempts = [_attempt_log(a) for a in exc.attempts]
-            await send_error(send, exc, [id_header])
+            await send_error(send, exc, [("x-waterfall-request-id", request_id)])
         except _Disconnected:
             record.status = "client_disconnected"
             record.error = "client went away"
@@ -585,16 +585,7 @@ class WaterfallMiddleware:
         except BaseException:  # the relay never starts: release the upstream here
             await served.aclose()
             raise
-
-        cost_event: Callable[[UsageResult], bytes | None] | None = None
-        if self.config.ledger.cost_event:
-
-            def cost_event(usage: UsageResult) -> bytes | None:
-                costs = charge.costs(usage)
-                if costs is None:
-                    return None
-                data = {"id": record.id, "cost": costs[0], "unit": costs[1]}  # as in the ledger
-                return b"event: waterfall.cost\ndata: " + _ENCODE(data).encode() + b"\n\n"
+        del headers  # sent: not held while the stream is relayed
 
         outcome = await relay_stream(
             served,
@@ -603,11 +594,24 @@ class WaterfallMiddleware:
             strip_usage=injected,
             drain_seconds=self.config.ledger.drain_seconds,
             request_id=record.id,
-            closing_event=cost_event,
+            closing_event=_cost_event(charge, record.id) if self.config.ledger.cost_event else None,
             watch=watch,
         )
         charge.apply(record, outcome.usage)
         record.status, record.error = outcome.status, outcome.error
+
+
+def _cost_event(charge: _Charge, request_id: str) -> Callable[[UsageResult], bytes | None]:
+    """The ``waterfall.cost`` event a clean stream ends with (see ``ledger.cost_event``)."""
+
+    def cost_event(usage: UsageResult) -> bytes | None:
+        costs = charge.costs(usage)
+        if costs is None:
+            return None
+        data = {"id": request_id, "cost": costs[0], "unit": costs[1]}  # as in the ledger
+        return b"event: waterfall.cost\ndata: " + _ENCODE(data).encode() + b"\n\n"
+
+    return cost_event
 
 
 @dataclass(frozen=True)
