@@ -24,7 +24,7 @@ from waterfall_asgi import EventAligner, InMemoryCooldownStore, RouterConfig, St
 from waterfall_asgi.cost import rank
 from waterfall_asgi.ledger import UsageRecord
 from waterfall_asgi.ledger_sqlite import SQLiteLedger
-from waterfall_asgi.relay import _UsageStripper
+from waterfall_asgi.relay import _strip_usage
 from waterfall_asgi.sse import SSEParser
 from waterfall_fakes import FakeProvider
 
@@ -92,12 +92,12 @@ def bench_streams(repeat: int) -> list[tuple[str, str]]:
     def relay_path() -> None:
         # what the relay does with each read: take its whole events in one piece, observe them,
         # and cut the usage chunk it injected where the observer found it
-        a, o, s = EventAligner(), StreamObserver(), _UsageStripper()
+        a, o, skip_lf = EventAligner(), StreamObserver(), False
         for chunk in reads:
             whole = a.take(chunk)
             if whole:
                 o.feed(whole)
-                s.strip(whole, o.plain, o.usage_only)
+                whole, skip_lf = _strip_usage(whole, o.plain, o.usage_only, skip_lf)
         assert o.result.complete
 
     rows = []

@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from waterfall_asgi.sse import SSEParser
 from waterfall_asgi.usage import (
     StreamObserver,
     UsageResult,
@@ -191,3 +192,32 @@ def test_the_model_of_a_nested_object_is_not_the_events() -> None:
     # an id-less first chunk that names a model: its model stays the first one
     body = b'data: {"id":"","model":"m1"}\n\ndata: {"id":"c2","model":"m2"}\n\n'
     assert (feed_all([body]).result.id, feed_all([body]).result.model) == ("c2", "m1")
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_a_bom_counts_only_at_the_start_of_the_stream_whoever_parses() -> None:
+    # The first reads of plain events are read without a parser; the one made later must know
+    # that the stream has begun: a BOM there is part of a field name (see the SSE parser).
+    first, second = b'data: {"id":"a"}\n\n', b'data: {"id":"b"}\n\n'
+    later = feed_all([first, BOM + second]).result
+    assert (later.events, later.id) == (1, "a")
+    assert later == feed_all([first + BOM + second]).result
+    at_start = feed_all([BOM + first, second]).result
+    assert (at_start.events, at_start.id) == (2, "a")
+
+
+@given(st.data())
+def test_the_events_are_the_parsers_whoever_reads_them(data: st.DataObject) -> None:
+    stream = data.draw(chat_completion_streams(max_size=4), label="stream")
+    lines = [b"data: " + json.dumps(chunk).encode() for chunk in stream] + [b"data: [DONE]"]
+    events = [line + b"\n\n" for line in lines]
+    for at in data.draw(st.lists(st.integers(0, len(events)), max_size=2), label="boms"):
+        events.insert(at, BOM + b'data: {"id":"bom"}\n\n')  # an event only at the start
+    body = b"".join(events)
+    expected = SSEParser().feed(body)
+    for chunks in ([body], events, data.draw(chunkings(body), label="chunks")):
+        result = feed_all(chunks).result
+        assert result.events == len(expected)
+        assert result.id == json.loads(expected[0].data).get("id")

@@ -26,7 +26,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -384,7 +383,22 @@ class WaterfallMiddleware:
             record.http_status = served.response.status
             record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
             await self._save(record)  # accepted: the record exists from now on
-            await self._commit(send, receive, served, record, injected, ranking, watch)
+            charge = await self._commit(send, served, record, ranking)
+            if not served.complete:  # (relayed from here: one coroutine fewer held meanwhile)
+                outcome = await relay_stream(
+                    served,
+                    send,
+                    receive,
+                    strip_usage=injected,
+                    drain_seconds=self.config.ledger.drain_seconds,
+                    request_id=request_id,
+                    closing_event=(
+                        _cost_event(charge, request_id) if self.config.ledger.cost_event else None
+                    ),
+                    watch=watch,
+                )
+                charge.apply(record, outcome.usage)
+                record.status, record.error = outcome.status, outcome.error
         except RouterError as exc:
             record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
             record.http_status = exc.status
@@ -540,15 +554,10 @@ class WaterfallMiddleware:
         return self._listed_prices.get(key) or self.prices.get(key)
 
     async def _commit(
-        self,
-        send: Send,
-        receive: Receive,
-        served: Served,
-        record: UsageRecord,
-        injected: bool,
-        ranking: Ranking | None = None,
-        watch: ClientWatch | None = None,
-    ) -> None:
+        self, send: Send, served: Served, record: UsageRecord, ranking: Ranking | None
+    ) -> _Charge:
+        """Send the response start (and a whole body, recorded); return how to price the
+        tokens of a stream, which the caller then relays."""
         response = served.response
         headers = [
             (b"content-type", _header(response.headers.get("content-type", "application/json"))),
@@ -560,9 +569,7 @@ class WaterfallMiddleware:
         price = self._price(served.deployment)
         charge = _Charge(self.config, price)
         if ranking is not None:
-            chosen = next(c for c in ranking.ranked if c.deployment.key == served.deployment.key)
-            estimate = ceil_units(chosen.estimate or Decimal(0))
-            headers.append((b"x-waterfall-estimated-cost", _header(f"{estimate} {ranking.unit}")))
+            headers.append((b"x-waterfall-estimated-cost", _estimate(ranking, served.deployment)))
             reference = ranking.reference.price if ranking.reference else None
             charge = _Charge(self.config, price, ranking.unit, reference)
         if served.complete:
@@ -576,7 +583,7 @@ class WaterfallMiddleware:
                 record.status = "success"
             else:  # a 4xx passed back as it was: the request itself was refused upstream
                 record.status, record.error = "rejected", f"upstream HTTP {response.status}"
-            return
+            return charge
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         try:
             await send(
@@ -585,20 +592,14 @@ class WaterfallMiddleware:
         except BaseException:  # the relay never starts: release the upstream here
             await served.aclose()
             raise
-        del headers  # sent: not held while the stream is relayed
+        return charge
 
-        outcome = await relay_stream(
-            served,
-            send,
-            receive,
-            strip_usage=injected,
-            drain_seconds=self.config.ledger.drain_seconds,
-            request_id=record.id,
-            closing_event=_cost_event(charge, record.id) if self.config.ledger.cost_event else None,
-            watch=watch,
-        )
-        charge.apply(record, outcome.usage)
-        record.status, record.error = outcome.status, outcome.error
+
+def _estimate(ranking: Ranking, deployment: Deployment) -> bytes:
+    """The ``x-waterfall-estimated-cost`` of the ranked candidate that served."""
+    key = deployment.key
+    chosen = next(c for c in ranking.ranked if c.deployment.key == key)
+    return _header(f"{ceil_units(chosen.estimate or Decimal(0))} {ranking.unit}")
 
 
 def _cost_event(charge: _Charge, request_id: str) -> Callable[[UsageResult], bytes | None]:
@@ -614,15 +615,20 @@ def _cost_event(charge: _Charge, request_id: str) -> Callable[[UsageResult], byt
     return cost_event
 
 
-@dataclass(frozen=True)
 class _Charge:
     """How a request's tokens are priced: the deployment that served, the unit to record the
     cost in (a route's, or the price's own), and what the route's reference would have cost."""
 
-    config: RouterConfig
-    price: Price | None
-    unit: str | None = None
-    reference: Price | None = None
+    __slots__ = ("config", "price", "reference", "unit")
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        price: Price | None,
+        unit: str | None = None,
+        reference: Price | None = None,
+    ) -> None:
+        self.config, self.price, self.unit, self.reference = config, price, unit, reference
 
     def apply(self, record: UsageRecord, usage: UsageResult) -> None:
         """Copy the tokens a response reported into ``record``, and price them exactly."""

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .deadline import Deadline
 from .errors import error_body
 from .ledger import Status
 from .router import Served
@@ -140,54 +141,49 @@ def _only_whole_comments(pending: bytes) -> bool:
     return all(not line or line.startswith(b":") for line in lines)
 
 
-class _UsageStripper:
-    """Cuts the usage-only events out of what the aligner hands over. An event is cut from its
-    first line to the end of the blank line after it (CRLF included, even when its LF comes in
-    the next piece): the same bytes whatever the reads were."""
+def _strip_usage(
+    whole: bytes, plain: int, usage_only: Sequence[tuple[int, int]], skip_lf: bool
+) -> tuple[bytes, bool]:
+    """``whole`` (a piece the aligner handed over) without its usage-only events, and whether
+    an LF that begins the next piece is to be cut too.
 
-    __slots__ = ("skip_lf",)
-
-    def __init__(self) -> None:
-        self.skip_lf = False  # a cut event ended with CR: an LF next is its line end's
-
-    def strip(
-        self, whole: bytes, plain: int = 0, usage_only: Sequence[tuple[int, int]] = ()
-    ) -> bytes:
-        """``whole`` without its usage-only events. The observer may have read them already:
-        ``whole[:plain]`` is plain events, and ``usage_only`` where the usage-only ones among
-        them lie (:attr:`StreamObserver.plain`, :attr:`StreamObserver.usage_only`); only the
-        rest is searched."""
-        if self.skip_lf and whole[:1] == b"\n":  # (then it is no piece of plain events)
-            whole = whole[1:]
-        self.skip_lf = False
-        kept, start = [], 0  # start: where the bytes still to keep begin
-        for begin, end in usage_only:
-            kept.append(whole[start:begin])
-            start = end
-        for found in _EMPTY_CHOICES.finditer(whole, plain):  # most pieces have none: no work
-            at = found.start()
-            if at < start:
-                continue
-            # the event around it: from the end of the blank line before to the one after
-            begin = max(start, after_last_blank_line(whole, at))
-            after = BLANK_LINE.search(whole, found.end())
-            if after is None:  # an oversized event's unfinished part: as it is
-                break
-            end = after.end()
-            block = whole[begin:end]
-            if not _is_usage_block(block):
-                continue
-            kept.append(whole[start : end - len(block.lstrip(b"\r\n"))])  # blank lines stay
-            start = end
-            if whole[end - 1 : end] == b"\r":  # the LF of a CRLF is the event's too
-                if whole[end : end + 1] == b"\n":
-                    start += 1
-                elif end == len(whole):
-                    self.skip_lf = True
-        if not kept:
-            return whole
-        kept.append(whole[start:])
-        return b"".join(kept)
+    An event is cut from its first line to the end of the blank line after it (CRLF included,
+    even when its LF comes in the next piece: ``skip_lf`` says the last piece's cut event ended
+    with CR): the same bytes whatever the reads were. The observer may have read the events
+    already: ``whole[:plain]`` is plain events, and ``usage_only`` where the usage-only ones
+    among them lie (:attr:`StreamObserver.plain`, :attr:`StreamObserver.usage_only`); only
+    the rest is searched."""
+    if skip_lf and whole[:1] == b"\n":  # (then it is no piece of plain events)
+        whole = whole[1:]
+    skip_lf = False
+    kept, start = [], 0  # start: where the bytes still to keep begin
+    for begin, end in usage_only:
+        kept.append(whole[start:begin])
+        start = end
+    for found in _EMPTY_CHOICES.finditer(whole, plain):  # most pieces have none: no work
+        at = found.start()
+        if at < start:
+            continue
+        # the event around it: from the end of the blank line before to the one after
+        begin = max(start, after_last_blank_line(whole, at))
+        after = BLANK_LINE.search(whole, found.end())
+        if after is None:  # an oversized event's unfinished part: as it is
+            break
+        end = after.end()
+        block = whole[begin:end]
+        if not _is_usage_block(block):
+            continue
+        kept.append(whole[start : end - len(block.lstrip(b"\r\n"))])  # blank lines stay
+        start = end
+        if whole[end - 1 : end] == b"\r":  # the LF of a CRLF is the event's too
+            if whole[end : end + 1] == b"\n":
+                start += 1
+            elif end == len(whole):
+                skip_lf = True
+    if not kept:
+        return whole, skip_lf
+    kept.append(whole[start:])
+    return b"".join(kept), skip_lf
 
 
 def _is_usage_block(block: bytes) -> bool:
@@ -366,18 +362,25 @@ async def relay_stream(
         state.client_left()
     failure: BaseException | None = None
     out = b""  # what to send next: sent at once, unless the upstream has nothing more to send
+    # Each read as Served.read_chunk makes it, without a coroutine of its own per read (what a
+    # stream holds while it waits is walked by every young collection).
+    read, read_timeout = served.response.read_chunk, served.read_timeout
+    deadline = served.deadline
+    if deadline is None:
+        deadline = served.deadline = Deadline()
     try:
-        out = state.take(served.prefix)
+        out = state.relay(served.prefix)
         # The stream's end already here (it often came in the same read as the last events):
         # those events go with the end of the response, in one message.
         while not served.at_end():
             if out:
                 await state.forward(out)
                 out = b""
-            chunk = await served.read_chunk()
+            with deadline.after(read_timeout):
+                chunk = await read()
             if not chunk:
                 break
-            out = state.take(chunk)
+            out = state.relay(chunk)
     except (TimeoutError, UpstreamError) as exc:
         failure = exc
     except asyncio.CancelledError:
@@ -394,26 +397,28 @@ async def relay_stream(
     return await state.end(out, failure, closing_event)
 
 
-class _Relay:
-    """One relayed stream's state (see :func:`relay_stream`)."""
+class _Relay(EventAligner):
+    """One relayed stream's state (see :func:`relay_stream`): the aligner's, and the rest, in
+    one object (what a stream holds while it waits is walked by every young collection)."""
 
     __slots__ = (
-        "aligner",
         "drain",
         "drain_seconds",
         "gone",
         "observer",
         "send",
-        "stripper",
+        "skip_lf",
+        "strip_usage",
         "task",
     )
 
     def __init__(
         self, send: Send, strip_usage: bool, drain_seconds: float, request_id: str | None
     ) -> None:
+        super().__init__()
         self.observer = StreamObserver(request_id=request_id)
-        self.aligner = EventAligner()
-        self.stripper = _UsageStripper() if strip_usage else None
+        self.strip_usage = strip_usage
+        self.skip_lf = False  # (see _strip_usage)
         self.send = send
         self.drain_seconds = drain_seconds
         self.task = asyncio.current_task()
@@ -427,17 +432,19 @@ class _Relay:
         self.gone = True
         self.drain = self.task.get_loop().call_later(self.drain_seconds, self.task.cancel)
 
-    def take(self, chunk: bytes) -> bytes:
+    def relay(self, chunk: bytes) -> bytes:
         """Observe the whole events ``chunk`` completes; return what of them to send."""
-        whole = self.aligner.take(chunk)
+        whole = self.take(chunk)
         if not whole:
             return whole
         observer = self.observer
         observer.feed(whole)
         if self.gone:
             return b""
-        if self.stripper is not None:
-            whole = self.stripper.strip(whole, observer.plain, observer.usage_only)
+        if self.strip_usage:
+            whole, self.skip_lf = _strip_usage(
+                whole, observer.plain, observer.usage_only, self.skip_lf
+            )
         return whole
 
     async def forward(self, body: bytes) -> None:
@@ -454,30 +461,32 @@ class _Relay:
     ) -> RelayOutcome:
         """Send the stream's last piece (``held``, whole events not sent yet, first); say how
         it ended."""
-        aligner, observer = self.aligner, self.observer
+        observer = self.observer
         usage = observer.result
         if self.gone:
             return _gone(usage)
         if failure is not None:
             kind = failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
             reason = "timed out" if isinstance(failure, TimeoutError) else "failed"
-            tail = aligner.fail(
+            tail = self.fail(
                 error_event(
                     f"The upstream stream {reason} after it began ({kind}).", "stream_interrupted"
                 )
             )
             outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
         elif not usage.complete:
-            tail = aligner.fail(
+            tail = self.fail(
                 error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
             )
             outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
         else:
-            tail = aligner.flush()
+            tail = self.flush()
             if tail:  # held back only for want of a blank line: whole, as far as it goes
                 observer.feed(tail)
-                if self.stripper is not None:
-                    tail = self.stripper.strip(tail, observer.plain, observer.usage_only)
+                if self.strip_usage:
+                    tail, self.skip_lf = _strip_usage(
+                        tail, observer.plain, observer.usage_only, self.skip_lf
+                    )
             if closing_event is not None and usage.error is None:  # only after a clean stream
                 tail += closing_event(usage) or b""
             outcome = RelayOutcome("success", usage)

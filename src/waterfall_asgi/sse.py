@@ -154,24 +154,13 @@ class SSEParser:
         a blank line: what most providers send), take them all in a few scans of the bytes and
         return ``(end, count)``: ``chunk[:end]`` holds ``count`` events, and each event's data
         is its line after ``data: ``. Otherwise take nothing and return ``(0, 0)``. As with
-        :meth:`data_spans`, ``chunk[end:]`` must go to :meth:`feed` next.
-
-        The check: the chunk starts with ``data: ``, and with every ``\n\ndata: `` taken out
-        of ``chunk[:end]`` (``k`` of them), what is left holds no CR and no line feed but its
-        last two; then every line feed is one of a pair, each pair but the last is followed by
-        ``data: ``, and no run of line feeds is longer than two: ``k + 1`` events. (One
-        ``replace`` and a ``memchr``: counting the line feeds instead, a byte at a time, costs
-        more than both.)"""
+        :meth:`data_spans`, ``chunk[end:]`` must go to :meth:`feed` next."""
         if not self._between_events():
             return 0, 0
-        end = chunk.rfind(b"\n\n") + 2
-        if end < 8 or end > self.max_bytes or not chunk.startswith(b"data: "):
-            return 0, 0  # nothing whole, or events that may be over the cap: one at a time
-        rest = (chunk if end == len(chunk) else chunk[:end]).replace(b"\n\ndata: ", b"")
-        if rest.find(b"\n") != len(rest) - 2 or rest.find(b"\r") >= 0:
-            return 0, 0
-        self._at_start = False
-        return end, (end - len(rest)) // 8 + 1
+        end, count = _plain_events(chunk, self.max_bytes)
+        if end:
+            self._at_start = False
+        return end, count
 
     def data_spans(self, chunk: bytes, spans: list[tuple[int, int]]) -> int:
         """The fast path, for a parser between events: take each leading ``data: ...\n\n``
@@ -253,3 +242,20 @@ class SSEParser:
                 self._id = self.last_event_id = value
         elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
+
+
+def _plain_events(chunk: bytes, max_bytes: int) -> tuple[int, int]:
+    """:meth:`SSEParser.plain_events` for a stream between events, without a parser.
+
+    The check: the chunk starts with ``data: ``, and with every ``\n\ndata: `` taken out of
+    ``chunk[:end]`` (``k`` of them), what is left holds no CR and no line feed but its last two;
+    then every line feed is one of a pair, each pair but the last is followed by ``data: ``, and
+    no run of line feeds is longer than two: ``k + 1`` events. (One ``replace`` and a
+    ``memchr``: counting the line feeds instead, a byte at a time, costs more than both.)"""
+    end = chunk.rfind(b"\n\n") + 2
+    if end < 8 or end > max_bytes or not chunk.startswith(b"data: "):
+        return 0, 0  # nothing whole, or events that may be over the cap: one at a time
+    rest = (chunk if end == len(chunk) else chunk[:end]).replace(b"\n\ndata: ", b"")
+    if rest.find(b"\n") != len(rest) - 2 or rest.find(b"\r") >= 0:
+        return 0, 0
+    return end, (end - len(rest)) // 8 + 1

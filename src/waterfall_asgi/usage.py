@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._fastjson import decode
-from .sse import SSEParser
+from .sse import SSEParser, _plain_events
 
 __all__ = ["StreamObserver", "UsageResult", "observe_body", "usage_only_chunk"]
 
@@ -123,24 +124,29 @@ def _take(result: UsageResult, obj: Any) -> None:
 
 
 class StreamObserver:
-    """Feed it the bytes of a stream as they pass; read :attr:`result` at any time."""
+    """Feed it the bytes of a stream as they pass; read :attr:`result` at any time.
+
+    A stream of plain one-line ``data:`` events, each read ending on a blank line (what
+    providers send, as the relay hands it over), is read without an SSE parser: one is made at
+    the first read that needs it."""
 
     def __init__(self, max_bytes: int = 64 * 1024, *, request_id: str | None = None) -> None:
         self.result = UsageResult()
         self.plain = 0
         """After :meth:`feed`: how many leading bytes of the chunk were plain ``data:`` events,
         each read where it lies (see :meth:`SSEParser.plain_events`)."""
-        self.usage_only: list[tuple[int, int]] = []
+        self.usage_only: Sequence[tuple[int, int]] = ()
         """After :meth:`feed`: where the usage-only chunks (see :func:`usage_only_chunk`) among
         those plain events lie in the chunk, each from ``data:`` to its blank line."""
-        self._parser = SSEParser(max_bytes)
+        self._max_bytes = max_bytes
+        self._parser: SSEParser | None = None  # (made when a read is not plain events)
         self._request_id = request_id
         self._logged = False
 
     @property
     def buffered(self) -> int:
         """Bytes the parser holds right now (never more than its cap)."""
-        return self._parser.buffered
+        return 0 if self._parser is None else self._parser.buffered
 
     def feed(self, chunk: bytes) -> None:
         """Observe ``chunk``; never raises."""
@@ -150,14 +156,23 @@ class StreamObserver:
             # Plain one-line events are looked at where they lie: a content delta is neither
             # decoded nor parsed, only searched for what could matter (a whole read of them in
             # one search).
-            start, count = parser.plain_events(chunk)
+            if parser is None:  # every read so far was plain events: no parser yet
+                start, count = _plain_events(chunk, self._max_bytes)
+            else:
+                start, count = parser.plain_events(chunk)
             self.plain = start
             if self.usage_only:
-                self.usage_only = []
+                self.usage_only = ()
             if start:
                 result.events += count
                 self._look_plain(chunk, start)
-            else:
+                if start == len(chunk):
+                    return
+            if parser is None:
+                parser = self._parser = SSEParser(self._max_bytes)
+                if result.events:  # the stream began before (and any BOM with it)
+                    parser._at_start = False
+            if not start:
                 spans: list[tuple[int, int]] = []
                 start = parser.data_spans(chunk, spans)
                 result.events += len(spans)
@@ -229,7 +244,10 @@ class StreamObserver:
             and _EMPTY_CHOICES.search(chunk, begin, stop)
             and chunk.find(b'"usage"', begin, stop) >= 0
         ):
-            self.usage_only.append((begin, stop + 2))
+            if isinstance(self.usage_only, list):
+                self.usage_only.append((begin, stop + 2))
+            else:  # (the first of this read)
+                self.usage_only = [(begin, stop + 2)]
 
     def _look(self, data: str) -> Any:
         try:
