@@ -60,6 +60,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "accept-encoding",
 }
 _ERROR_PEEK = 64 * 1024
+_EVENT_CAP = 64 * 1024  # the largest first event parsed (SSEParser's max_bytes)
 _ENCODE = encoder(ensure_ascii=False)
 
 
@@ -367,7 +368,7 @@ class Router:
         return served
 
     async def _first_event(self, served: Served, first_byte: float, read_timeout: float) -> bytes:
-        parser = SSEParser()
+        parser: SSEParser | None = None  # (made only if the first read is not the usual one)
         buffered = bytearray()
         fed = 0  # how much of ``buffered`` the parser has seen: only up to the first event
         read = served.response.read_chunk
@@ -392,7 +393,7 @@ class Router:
                 # The usual first read: a one-line event first, looked at where it lies.
                 line_end = chunk.find(b"\n\n")
                 if (
-                    0 < line_end <= parser.max_bytes  # (the parser's cap counts the line)
+                    0 < line_end <= _EVENT_CAP  # (the parser's cap counts the line)
                     and chunk.find(b"\n", 0, line_end) < 0
                     and chunk.find(b"\r", 0, line_end) < 0
                 ):
@@ -402,6 +403,8 @@ class Router:
                         raise _Failed("error_event", "stream began with an error event")
                     return chunk
             buffered += chunk
+            if parser is None:
+                parser = SSEParser(_EVENT_CAP)
             # Parse block by block, to the first event only: a first read often holds the
             # whole stream, and the relay's observer parses it anyway.
             while (end := BLANK_LINE.search(buffered, fed)) is not None:
