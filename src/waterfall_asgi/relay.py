@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .deadline import Deadline
 from .errors import error_body
 from .ledger import Status
 from .router import Served
@@ -362,12 +361,6 @@ async def relay_stream(
         state.client_left()
     failure: BaseException | None = None
     out = b""  # what to send next: sent at once, unless the upstream has nothing more to send
-    # Each read as Served.read_chunk makes it, without a coroutine of its own per read (what a
-    # stream holds while it waits is walked by every young collection).
-    read, read_timeout = served.response.read_chunk, served.read_timeout
-    deadline = served.deadline
-    if deadline is None:
-        deadline = served.deadline = Deadline()
     try:
         out = state.relay(served.prefix)
         # The stream's end already here (it often came in the same read as the last events):
@@ -376,8 +369,7 @@ async def relay_stream(
             if out:
                 await state.forward(out)
                 out = b""
-            with deadline.after(read_timeout):
-                chunk = await read()
+            chunk = await served.read_chunk()
             if not chunk:
                 break
             out = state.relay(chunk)
