@@ -6,7 +6,9 @@ run :func:`create_app` on its own; configure it with :class:`RouterConfig` or a 
 """
 
 from .app import GC_YOUNG_THRESHOLD, create_app, tune_gc
+from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import (
+    CircuitPolicy,
     ConfigError,
     Deployment,
     LedgerSettings,
@@ -70,7 +72,15 @@ from .relay import (
     error_event,
     relay_stream,
 )
-from .router import Attempt, Exhausted, Router, Served, forwarded_headers
+from .router import (
+    NO_CALL,
+    Attempt,
+    Exhausted,
+    Router,
+    Served,
+    forwarded_headers,
+    is_context_length_error,
+)
 from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
 from .upstream import (
     AiohttpUpstream,
@@ -78,7 +88,9 @@ from .upstream import (
     Upstream,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamLocalError,
     UpstreamResponse,
+    UpstreamStaleConnection,
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
@@ -93,10 +105,13 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "NO_CALL",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
+    "Circuit",
+    "CircuitPolicy",
     "ClientWatch",
     "ConfigError",
     "CooldownStore",
@@ -112,6 +127,7 @@ __all__ = [
     "LedgerSettings",
     "LedgerStore",
     "Limits",
+    "LocalHealth",
     "MemoryLedger",
     "ModelInfo",
     "NoFittingDeployment",
@@ -123,6 +139,7 @@ __all__ = [
     "Ranking",
     "Rate",
     "RelayOutcome",
+    "RetryBudget",
     "Route",
     "Router",
     "RouterConfig",
@@ -138,8 +155,10 @@ __all__ = [
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamLocalError",
     "UpstreamResponse",
     "UpstreamSettings",
+    "UpstreamStaleConnection",
     "UpstreamTimeout",
     "UpstreamTransportError",
     "UsageRecord",
@@ -156,6 +175,7 @@ __all__ = [
     "error_event",
     "estimate_prompt_tokens",
     "forwarded_headers",
+    "is_context_length_error",
     "load_config",
     "missing_prices",
     "models_url",
