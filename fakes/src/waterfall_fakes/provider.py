@@ -49,6 +49,7 @@ from .behaviours import (
     parse_behaviours,
 )
 from .catalog import DEFAULT_MODELS, FakeModel, count_prompt_tokens, dumps, reply_words
+from .journal import Delivery, usage_sent
 from .ratelimit import Limits, RateLimiter, rate_limit_headers, remaining_headers
 
 __all__ = ["FakeConfig", "FakeProvider", "RecordedRequest", "Reply", "chunk_bytes"]
@@ -105,7 +106,23 @@ class FakeConfig(BaseModel):
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request a fake received, kept for assertions."""
+    """One request a fake received and how it was answered, kept for assertions.
+
+    The same fields as an entry of the control plane's journal (``GET /_fake/journal``):
+
+    - ``index``: its place in the journal since the last reset, from 0;
+    - ``number``: its place among the requests the script and rules count (chat, completions,
+      embeddings), from 0; ``None`` for the others (``/health``, ``/v1/models``, unknown paths);
+    - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "header")``; empty when
+      it was answered normally;
+    - ``behaviours`` and ``status``: what was applied, and the status sent;
+    - ``response_headers``: the headers sent with it;
+    - ``usage``: the ``usage`` object the reply carried (``None``: none);
+    - ``received_at``: when it arrived, on the fake's clock (seconds);
+    - ``client``: the client's ``host:port`` over TCP (``None`` in-process);
+    - ``delivery``: how the reply went out (:class:`~waterfall_fakes.journal.Delivery`), filled in
+      while it is sent.
+    """
 
     method: str
     path: str
@@ -114,6 +131,14 @@ class RecordedRequest:
     json: Any
     behaviours: tuple[Behaviour, ...]
     status: int
+    index: int = 0
+    number: int | None = None
+    answered_by: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    usage: dict[str, Any] | None = None
+    received_at: float = 0.0
+    client: str | None = None
+    delivery: Delivery = field(default_factory=Delivery, compare=False)
 
 
 @dataclass(frozen=True)
@@ -291,6 +316,20 @@ class FakeProvider:
         body: bytes,
     ) -> Reply:
         """Answer one request. ``headers`` may be a mapping or (name, value) pairs."""
+        return self.handle_recorded(method, path, headers, body)[0]
+
+    def handle_recorded(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        client: str | None = None,
+    ) -> tuple[Reply, RecordedRequest]:
+        """Answer one request like :meth:`handle`; also return its record (in :attr:`requests`),
+        whose ``delivery`` the caller fills in as it sends the reply."""
+        received_at = self.clock()
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         hdrs = {k.lower(): v for k, v in pairs}
         path = "/" + path.strip("/")
@@ -308,11 +347,24 @@ class FakeProvider:
                 "invalid_request_error",
                 "invalid_fake_behaviour",
             )
+        usage = usage_sent(reply)
         with self._lock:
-            self.requests.append(
-                RecordedRequest(method.upper(), path, hdrs, body, payload, behaviours, reply.status)
+            record = RecordedRequest(
+                method.upper(),
+                path,
+                hdrs,
+                body,
+                payload,
+                behaviours,
+                reply.status,
+                index=len(self.requests),
+                response_headers=reply.headers,
+                usage=usage,
+                received_at=received_at,
+                client=client,
             )
-        return reply
+            self.requests.append(record)
+        return reply, record
 
     def _route(
         self, method: str, path: str, hdrs: dict[str, str], body: bytes
