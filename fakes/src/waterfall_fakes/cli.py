@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
 import tomllib
 import typing
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 from .asgi import FakeApp
 from .behaviours import Behaviour, BehaviourError, parse_behaviours
 from .provider import FakeConfig, FakeProvider
-from .server import _FILTER, _Server
+from .server import _FILTER, _listen, _Server
 
 __all__ = ["load_config", "main"]
 
@@ -69,13 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ValidationError, BehaviourError) as exc:
         print(f"waterfall-fakes: bad config: {exc}", file=sys.stderr)
         return 2
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        sock = _listen(args.host, args.port)
     except OSError as exc:
-        sock.close()
         print(f"waterfall-fakes: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     sock.listen(128)  # connections made as soon as the URL is printed wait in the backlog
