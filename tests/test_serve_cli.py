@@ -177,8 +177,8 @@ BAD_CONFIGS = {
     "typo": (
         '[providers.a]\nbase_ur = "http://127.0.0.1:9/v1"\n',
         [
-            "providers.a.base_url: Field required",
-            "providers.a.base_ur: Extra inputs are not permitted",
+            "providers.a.base_url: a required setting, not given",
+            "providers.a.base_ur: unknown setting (did you mean 'base_url'?)",
         ],
     ),
     "bad-url": (
