@@ -480,9 +480,10 @@ class Router:
             return served
         raise Exhausted(label, attempts, await self._retry_after(plan))
 
-    def _spent(self, attempts: list[Attempt]) -> bool:
-        """Whether the request has made as many upstream calls as it may."""
-        calls = sum(1 for a in attempts if a.outcome not in NO_CALL)
+    def _spent(self, attempts: list[Attempt], more: int = 0) -> bool:
+        """Whether the request has made as many upstream calls as it may (counting ``more``
+        not yet recorded)."""
+        calls = sum(1 for a in attempts if a.outcome not in NO_CALL) + more
         return calls >= self.config.policy.max_attempts
 
     async def _failed(
@@ -505,6 +506,7 @@ class Router:
                 and hint is not None
                 and hint <= policy.max_wait
                 and not any(a.entry == d.key and a.outcome == "waited" for a in attempts)
+                and not self._spent(attempts, 1)
             ):
                 attempts.append(
                     Attempt(
@@ -542,7 +544,14 @@ class Router:
             again = failure.kind == _STALE and not any(
                 a.entry == d.key and a.outcome == "local_error" for a in attempts
             )
-            if not again and tries < policy.retries and self.retry_budget.take():
+            if again and self._spent(attempts, 1):
+                again = False
+            elif (
+                not again
+                and tries < policy.retries
+                and not self._spent(attempts, 1)
+                and self.retry_budget.take()
+            ):
                 again = True
                 await asyncio.sleep(self._backoff(tries))
             attempts.append(
@@ -558,6 +567,7 @@ class Router:
             and not opened
             and not kind
             and tries < policy.retries
+            and not self._spent(attempts, 1)
             and self.retry_budget.take()
         ):
             attempts.append(
