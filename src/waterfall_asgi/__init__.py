@@ -62,6 +62,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
+from .redact import REDACTED, Redactor
 from .relay import (
     ClientWatch,
     EventAligner,
@@ -82,6 +83,7 @@ from .upstream import (
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
+    decoded,
 )
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
@@ -93,6 +95,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "REDACTED",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
@@ -122,6 +125,7 @@ __all__ = [
     "Provider",
     "Ranking",
     "Rate",
+    "Redactor",
     "RelayOutcome",
     "Route",
     "Router",
@@ -152,6 +156,7 @@ __all__ = [
     "ceil_units",
     "convert",
     "create_app",
+    "decoded",
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
