@@ -70,7 +70,16 @@ def _serve(args: argparse.Namespace) -> int:
         if args.cycle:
             overrides["cycle"] = True
         provider = FakeProvider(config, **overrides)
-    except (OSError, ValueError, ValidationError, BehaviourError) as exc:
+    except ValidationError as exc:  # one line per problem, by key: no dump, no values
+        print(f"waterfall-fakes: bad config: {args.config or 'options'}", file=sys.stderr)
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in error["loc"]) or "config"
+            message = error["msg"].removeprefix("Value error, ").replace("Input should", "should")
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            print(f"  {where}: {message}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, BehaviourError) as exc:
         print(f"waterfall-fakes: bad config: {exc}", file=sys.stderr)
         return 2
     try:
