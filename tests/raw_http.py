@@ -92,8 +92,8 @@ class RawUpstream:
             self.requests.append(request)
             await self.handler(request, writer)
             await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # (cancelled: by __aexit__, which waits for it; the task ends normally)
         finally:
             self._tasks.discard(task)
             writer.close()

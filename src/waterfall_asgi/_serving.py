@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 from typing import Any
 
 import h11
@@ -35,12 +36,19 @@ def _response(status: int, reason: str, message: str, code: str) -> bytes:
     return head.encode("ascii") + body
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a head, as h11 finds it
+_LINGER = 2.0  # seconds a refused connection is read (and dropped) before it is closed
+
+
 class _GuardedH11(H11Protocol):
     header_timeout = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False  # an error was sent: what the client still sends is dropped
+        self._head = 0  # bytes of the current request's head received so far
+        self._tail = b""  # its last bytes (a blank line may straddle two reads)
 
     def _arm(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
@@ -59,8 +67,23 @@ class _GuardedH11(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is None and self.conn.their_state is h11.IDLE:
-            self._arm()  # the first bytes of a next request on a kept-alive connection
+        if self._refused:
+            return
+        if self.conn.their_state is h11.IDLE:  # (a head is arriving: its bytes are counted)
+            if self._header_timer is None:
+                self._arm()  # the first bytes of a next request on a kept-alive connection
+            # h11 refuses an unfinished head over the limit, but not one that arrives whole
+            probe = self._tail + data
+            end = _BLANK_LINE.search(probe)
+            size = len(data) if end is None else end.end() - len(self._tail)
+            if self._head + size > self._max_head:
+                self._disarm()
+                self.send_400_response("too large")
+                return
+            if end is None:
+                self._head, self._tail = self._head + size, probe[-2:]
+            else:
+                self._head, self._tail = 0, b""
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the whole head has arrived (or failed)
             self._disarm()
@@ -71,7 +94,7 @@ class _GuardedH11(H11Protocol):
             return
         if self.conn.trailing_data[0]:  # part of a request: say why it is refused
             self.logger.warning("Request headers not received within %gs.", self.header_timeout)
-            self.transport.write(
+            self._refuse(
                 _response(
                     408,
                     "Request Timeout",
@@ -79,17 +102,31 @@ class _GuardedH11(H11Protocol):
                     "request_timeout",
                 )
             )
-        self.transport.close()
+        else:
+            self.transport.close()
+
+    def _refuse(self, response: bytes) -> None:
+        """Send ``response`` and close, lingering: a client still sending gets the answer
+        rather than a reset (what arrives meanwhile is dropped; closed after 2 s at most)."""
+        self._refused = True
+        transport = self.transport
+        transport.write(response)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(_LINGER, transport.close)
+
+    @property
+    def _max_head(self) -> int:
+        return self.conn._max_incomplete_event_size
 
     def send_400_response(self, msg: str) -> None:
         buffered = len(self.conn.trailing_data[0])
-        if buffered >= self.conn._max_incomplete_event_size:
+        if msg == "too large" or buffered >= self._max_head:
             status, reason = 431, "Request Header Fields Too Large"
             message, code = "The request headers are too large.", "headers_too_large"
         else:
             status, reason, message, code = 400, "Bad Request", msg, "invalid_request"
-        self.transport.write(_response(status, reason, message, code))
-        self.transport.close()
+        self._refuse(_response(status, reason, message, code))
 
 
 def guarded_h11(header_timeout: float) -> type[H11Protocol]:

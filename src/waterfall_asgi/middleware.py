@@ -571,6 +571,7 @@ class WaterfallMiddleware:
                 408,
                 f"The request body did not arrive within {timeout:g}s.",
                 code="request_timeout",
+                headers=[("connection", "close")],  # the rest of the body is not awaited
             ) from None
         try:
             payload = decode_request(bytes(body), self.config.limits.max_json_depth)
