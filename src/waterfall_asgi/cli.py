@@ -35,6 +35,11 @@ def _check(path: str) -> int:
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
     print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
+    url = config.ledger.database_url()
+    if url is not None:
+        from .ledger_postgres import redact_url
+
+        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
     return 0
 
 
@@ -219,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="a tour on embedded defaults: fake providers on loopback")
     usage = sub.add_parser("usage", help="what the usage ledger recorded, grouped and totalled")
     usage.add_argument(
-        "--db", default="waterfall-usage.db", help="the ledger file (default: %(default)s)"
+        "--db",
+        default="waterfall-usage.db",
+        help="the ledger: a SQLite file, or a postgresql:// URL (default: %(default)s)",
     )
     usage.add_argument(
         "--since", type=_since, help="only requests since: a span (30m, 1h, 2d) or an ISO date/time"
