@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from ._config_words import did_you_mean, plain_errors
+
 __all__ = [
     "ConfigError",
     "Deployment",
@@ -422,10 +424,16 @@ class RouterConfig(_Model):
                 problems.append(f"chains.{name}: a chain needs at least one entry")
             for i, d in enumerate(entries):
                 if d.provider not in self.providers:
-                    problems.append(f"chains.{name}.{i}: unknown provider {d.provider!r}")
+                    problems.append(
+                        f"chains.{name}.{i}: unknown provider {d.provider!r}"
+                        + did_you_mean(d.provider, self.providers)
+                    )
         for i, d in enumerate(self.deployments):
             if d.provider not in self.providers:
-                problems.append(f"deployments.{i}: unknown provider {d.provider!r}")
+                problems.append(
+                    f"deployments.{i}: unknown provider {d.provider!r}"
+                    + did_you_mean(d.provider, self.providers)
+                )
         for name, route in self.routes.items():
             if name in self.chains:
                 problems.append(f"routes.{name}: a chain has that name too")
@@ -436,9 +444,13 @@ class RouterConfig(_Model):
                 if d.provider not in self.providers:
                     problems.append(
                         f"routes.{name}.deployments.{i}: unknown provider {d.provider!r}"
+                        + did_you_mean(d.provider, self.providers)
                     )
         if self.default_chain is not None and self.default_chain not in self.chains:
-            problems.append(f"default_chain: no chain named {self.default_chain!r}")
+            problems.append(
+                f"default_chain: no chain named {self.default_chain!r}"
+                + did_you_mean(self.default_chain, self.chains)
+            )
         if problems:  # each names its own key: _explain splits them on the newlines
             raise ValueError("\n".join(problems))
         return self
@@ -466,13 +478,8 @@ class RouterConfig(_Model):
         return list(seen.values())
 
 
-def _explain(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines += [f"{where}: {msg}"] if where else msg.split("\n")
-    return "\n".join(lines)
+def _explain(exc: ValidationError, data: Any) -> str:
+    return "\n".join(plain_errors(exc, data, RouterConfig))
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -506,6 +513,12 @@ def _parse(path: Path, text: str) -> Any:
     try:
         return tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except ValueError as exc:  # tomllib.TOMLDecodeError, json.JSONDecodeError: no source text
+        if suffix not in (".toml", ".json"):  # read as JSON only because nothing else fits
+            raise ConfigError(
+                f"{path}: not a config format this reads: a config is TOML (.toml), YAML "
+                "(.yaml, .yml) or JSON (.json; also any other name, but this is not valid "
+                f"JSON: {exc})"
+            ) from None
         raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
 
 
@@ -538,4 +551,4 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, data)) from None

@@ -89,6 +89,13 @@ class WaterfallMiddleware:
     in-memory cooldown store; ``ledger`` the usage store (default: SQLite at
     ``config.ledger.path``), opened and closed with the middleware; ``on_complete`` receives each
     finished record; ``prompt_estimator`` estimates a request's prompt tokens for cost routes.
+
+    A config that cannot be used does not raise here (Starlette and FastAPI build their
+    middleware lazily, inside the server's first lifespan or request call, where an exception
+    would be hidden): it is kept in :attr:`config_error` and reported at startup, which fails
+    (``lifespan.startup.failed`` with the message; :meth:`startup` raises it). Where the server
+    speaks no lifespan, the router's routes and its health path answer 503
+    ``router_misconfigured`` while every other path still reaches ``app``.
     """
 
     def __init__(
@@ -107,7 +114,12 @@ class WaterfallMiddleware:
         prompt_estimator: PromptEstimator = estimate_prompt_tokens,
     ) -> None:
         self.app = app
-        self.config = load_config(config)
+        self.config_error: ConfigError | None = None
+        """Why the config cannot be used (``None``: it can); see the class docs."""
+        try:
+            self.config = load_config(config)
+        except ConfigError as exc:
+            self.config, self.config_error = _unconfigured(config), exc
         self.health_path = health_path
         self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
         self.on_complete = on_complete
@@ -123,15 +135,16 @@ class WaterfallMiddleware:
             for key in missing_prices(self.config, self.price_book)
             if key.partition("/")[0] not in importing
         ]
-        if static:  # no import can ever price these: the config is wrong
-            raise ConfigError(f"routes: no price for {', '.join(static)}")
+        if static and self.config_error is None:  # no import can ever price these
+            self.config_error = ConfigError(f"routes: no price for {', '.join(static)}")
         for name, route in self.config.routes.items():
             reference = self.config.price_of(route.reference) if route.reference else None
             if reference is not None and route.unit is not None:
                 try:
                     convert(Decimal(1), reference.unit, route.unit, self.config)
                 except LookupError as exc:
-                    raise ConfigError(f"routes.{name}.reference: {exc}") from None
+                    if self.config_error is None:
+                        self.config_error = ConfigError(f"routes.{name}.reference: {exc}")
         self._transport = transport
         self._given_client = client
         self._given = upstream
@@ -141,12 +154,15 @@ class WaterfallMiddleware:
         self._router: Router | None = None
         self._lock = asyncio.Lock()
         self._watches = WatchStarter()
+        self._told = False  # whether the config error has been logged
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
 
     # -- resources -----------------------------------------------------------------------------
     async def startup(self) -> None:
         """Open the upstream client (done by lifespan, or on the first request)."""
+        if self.config_error is not None:
+            raise ConfigError(str(self.config_error))
         async with self._lock:
             if self._router is not None:
                 return
@@ -194,6 +210,8 @@ class WaterfallMiddleware:
             self._watches.close()
 
     async def _get_router(self) -> Router:
+        if self.config_error is not None:
+            raise self._misconfigured()
         if self._router is None:
             await self.startup()
         assert self._router is not None
@@ -223,7 +241,27 @@ class WaterfallMiddleware:
             return
         await self.app(scope, receive, send)
 
+    def _misconfigured(self) -> RouterError:
+        """The answer of the router's routes while its config cannot be used (the details go
+        to the log, once: a client never sees the config)."""
+        if not self._told:
+            self._told = True
+            logger.error("%s", _startup_failure(self.config_error))
+        return RouterError(
+            503,
+            "The router's config is invalid, so it serves no requests: the server's log says "
+            "why (`waterfall-asgi check-config FILE` checks a config file).",
+            "server_error",
+            "router_misconfigured",
+        )
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.config_error is not None:  # the server must not start, nor pretend to
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                failure = _startup_failure(self.config_error)
+                await send({"type": "lifespan.startup.failed", "message": failure})
+            return
         state = {"startup": False, "answered": False, "done": False}
 
         async def wrapped_receive() -> Message:
@@ -260,7 +298,11 @@ class WaterfallMiddleware:
             message = await receive()
             if message["type"] != "lifespan.startup":  # pragma: no cover - protocol violation
                 return
-        await self.startup()
+        try:
+            await self.startup()
+        except ConfigError as exc:  # e.g. prices that could not be imported
+            await send({"type": "lifespan.startup.failed", "message": _startup_failure(exc)})
+            return
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
             pass
@@ -268,6 +310,9 @@ class WaterfallMiddleware:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _health(self, scope: Scope, send: Send) -> None:
+        if self.config_error is not None:
+            await send_error(send, self._misconfigured())
+            return
         body = b'{"status":"ok"}'
         status = 200 if scope["method"] in ("GET", "HEAD") else 405
         if status == 405:
@@ -403,9 +448,13 @@ class WaterfallMiddleware:
             record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
             record.http_status = exc.status
             record.error = exc.code
+            extra = [("x-waterfall-request-id", request_id)]
             if isinstance(exc, Exhausted):
                 record.attempts = [_attempt_log(a) for a in exc.attempts]
-            await send_error(send, exc, [("x-waterfall-request-id", request_id)])
+                # the trail a served answer carries, where a user needs it most
+                trail = _trail(exc.attempts).encode("latin-1", "replace").decode("latin-1")
+                extra.append(("x-waterfall-attempts", trail))
+            await send_error(send, exc, extra)
         except _Disconnected:
             record.status = "client_disconnected"
             record.error = "client went away"
@@ -678,6 +727,22 @@ def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     merged = {**options} if isinstance(options, Mapping) else {}
     merged["include_usage"] = True
     return {**payload, "stream_options": merged}, True
+
+
+def _unconfigured(source: object) -> RouterConfig:
+    """The stand-in config of a middleware whose own config cannot be used: no providers, and
+    the given prefix when it can be read, so that the router's routes still answer (503)."""
+    prefix = source.get("prefix") if isinstance(source, Mapping) else None
+    try:
+        return RouterConfig.model_validate({"providers": {}, "prefix": prefix or "/v1"})
+    except ValueError:
+        return RouterConfig.model_validate({"providers": {}})
+
+
+def _startup_failure(error: ConfigError | None) -> str:
+    """What a failed startup says about a config that cannot be used."""
+    lines = "\n".join(f"  {line}" for line in str(error).splitlines())
+    return f"waterfall-asgi: the router's config is invalid, so it cannot start:\n{lines}"
 
 
 def _default_ledger(config: RouterConfig) -> LedgerStore:

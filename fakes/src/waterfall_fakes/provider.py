@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sse_starlette.event import ServerSentEvent
 
 from .behaviours import (
@@ -30,6 +30,8 @@ from .behaviours import (
     BehaviourError,
     BigEvent,
     Chunking,
+    ContentFilter,
+    ContextLengthExceeded,
     Cut,
     DoubleDone,
     ErrorEvent,
@@ -41,14 +43,25 @@ from .behaviours import (
     MalformedEvent,
     NoDone,
     NoUsage,
+    Prefill,
     RateLimit,
     SlowChunks,
     SlowFirstByte,
+    Stall,
     Status,
     Truncate,
+    When,
     parse_behaviours,
 )
-from .catalog import DEFAULT_MODELS, FakeModel, count_prompt_tokens, dumps, reply_words
+from .catalog import (
+    DEFAULT_MODELS,
+    FakeModel,
+    count_prompt_tokens,
+    dumps,
+    message_text,
+    reply_words,
+)
+from .journal import Delivery, usage_sent
 from .ratelimit import Limits, RateLimiter, rate_limit_headers, remaining_headers
 
 __all__ = ["FakeConfig", "FakeProvider", "RecordedRequest", "Reply", "chunk_bytes"]
@@ -75,9 +88,9 @@ class FakeConfig(BaseModel):
     """Everything that makes one fake behave the way it does.
 
     ``script`` is a list of steps, one per chat/embeddings request, each step a behaviour list
-    (or its header text); when the script runs out the fake answers normally, or starts again
-    from the top with ``cycle``. Behaviours from the ``x-fake-behaviour`` header are added to the
-    step's own.
+    (or its header text); when the script runs out the fake answers normally, starts again
+    from the top with ``cycle``, or repeats its last step forever with ``repeat_last``.
+    Behaviours from the ``x-fake-behaviour`` header are added to the step's own.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,6 +100,7 @@ class FakeConfig(BaseModel):
     models: tuple[FakeModel, ...] = DEFAULT_MODELS
     script: tuple[tuple[Behaviour, ...], ...] = ()
     cycle: bool = False
+    repeat_last: bool = False
     limits: Limits | None = None
     api_key: str | None = Field(default=None, repr=False)
     reply_words: int = Field(default=12, ge=0)
@@ -102,10 +116,32 @@ class FakeConfig(BaseModel):
         except BehaviourError as exc:
             raise ValueError(str(exc)) from None
 
+    @model_validator(mode="after")
+    def _one_ending(self) -> FakeConfig:
+        if self.cycle and self.repeat_last:
+            raise ValueError("a script either cycles or repeats its last step, not both")
+        return self
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request a fake received, kept for assertions."""
+    """One request a fake received and how it was answered, kept for assertions.
+
+    The same fields as an entry of the control plane's journal (``GET /_fake/journal``):
+
+    - ``index``: its place in the journal since the last reset, from 0;
+    - ``number``: its place among the requests the script and rules count (chat, completions,
+      embeddings), from 0; ``None`` for the others (``/health``, ``/v1/models``, unknown paths);
+    - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "header")``; empty when
+      it was answered normally;
+    - ``behaviours`` and ``status``: what was applied, and the status sent;
+    - ``response_headers``: the headers sent with it;
+    - ``usage``: the ``usage`` object the reply carried (``None``: none);
+    - ``received_at``: when it arrived, on the fake's clock (seconds);
+    - ``client``: the client's ``host:port`` over TCP (``None`` in-process);
+    - ``delivery``: how the reply went out (:class:`~waterfall_fakes.journal.Delivery`), filled in
+      while it is sent.
+    """
 
     method: str
     path: str
@@ -114,6 +150,14 @@ class RecordedRequest:
     json: Any
     behaviours: tuple[Behaviour, ...]
     status: int
+    index: int = 0
+    number: int | None = None
+    answered_by: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    usage: dict[str, Any] | None = None
+    received_at: float = 0.0
+    client: str | None = None
+    delivery: Delivery = field(default_factory=Delivery, compare=False)
 
 
 @dataclass(frozen=True)
@@ -121,14 +165,14 @@ class Reply:
     """What to send back, byte for byte and moment by moment.
 
     ``headers_delay`` is the wait before the headers (``None``: forever). ``delays[i]`` is the wait
-    before ``chunks[i]``. With ``cut`` the connection is cut after the last chunk instead of
-    ending cleanly.
+    before ``chunks[i]`` (``None``: forever, a stall). With ``cut`` the connection is cut after
+    the last chunk instead of ending cleanly.
     """
 
     status: int
     headers: tuple[tuple[str, str], ...]
     chunks: tuple[bytes, ...]
-    delays: tuple[float, ...] = ()
+    delays: tuple[float | None, ...] = ()
     headers_delay: float | None = 0.0
     cut: bool = False
 
@@ -137,8 +181,8 @@ class Reply:
         """All the body bytes joined."""
         return b"".join(self.chunks)
 
-    def delay_before(self, index: int) -> float:
-        """The wait before chunk ``index``."""
+    def delay_before(self, index: int) -> float | None:
+        """The wait before chunk ``index`` (``None``: forever)."""
         return self.delays[index] if index < len(self.delays) else 0.0
 
 
@@ -185,6 +229,7 @@ class _Event:
     comment: str | None = None
     event: str | None = None
     id: str | None = None
+    tokens: int = 0  # the completion tokens this event carries
 
     def encode(self, sep: str) -> bytes:
         return ServerSentEvent(
@@ -220,6 +265,20 @@ def _enlarge(events: list[_Event], big: BigEvent) -> None:
         return
 
 
+def _split_at(chunks: list[bytes], offset: int) -> tuple[list[bytes], int]:
+    """``chunks`` split so that one begins at byte ``offset`` (an empty one at the very end),
+    and its index."""
+    pos = 0
+    for i, c in enumerate(chunks):
+        if pos == offset:
+            return chunks, i
+        if offset < pos + len(c):
+            head, tail = c[: offset - pos], c[offset - pos :]
+            return [*chunks[:i], head, tail, *chunks[i + 1 :]], i + 1
+        pos += len(c)
+    return [*chunks, b""], len(chunks)
+
+
 @dataclass
 class _Draft:
     """A reply under construction; the behaviours edit it, then it is frozen into a Reply."""
@@ -229,13 +288,30 @@ class _Draft:
     body: bytes = b""
     events: list[_Event] | None = None
     natural: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # where each data event begins
+    token_spans: list[tuple[int, int]] = field(default_factory=list)  # each token's event
+
+
+@dataclass
+class _Gate:
+    """What one gate (a ``when`` behaviour, in its place) has seen so far."""
+
+    seen: int = 0
+    hits: int = 0
+
+
+def _draw(seed: int, key: str, number: int) -> float:
+    """A number in [0, 1) that depends on the seed, the gate and the candidate's number only."""
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{number}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class FakeProvider:
     """One fake provider: its config, state and the requests it received.
 
-    ``clock`` gives wall-clock seconds (for the rate limiter, HTTP dates and reset timestamps);
-    pass your own to control time in tests.
+    ``clock`` gives wall-clock seconds (for the rate limiter, HTTP dates, reset timestamps and
+    the time windows of ``when`` gates, which count from the fake's creation or its last
+    :meth:`reset`); pass your own to control time in tests.
     """
 
     def __init__(
@@ -254,16 +330,22 @@ class FakeProvider:
         self._count = 0
         self._limiter = RateLimiter(self.config.limits, clock) if self.config.limits else None
         self._models = {m.id: m for m in self.config.models}
+        self._gates: dict[str, _Gate] = {}
+        self._started = clock()
+        self._first: float | None = None
 
     def __repr__(self) -> str:
         return f"FakeProvider(name={self.config.name!r}, requests={len(self.requests)})"
 
     # -- state ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget received requests, rewind the script and empty the rate limiter."""
+        """Forget received requests, rewind the script and the gates' counts, restart the time
+        windows and empty the rate limiter."""
         with self._lock:
             self.requests.clear()
             self._step = self._count = 0
+            self._gates.clear()
+            self._started, self._first = self.clock(), None
             if self._limiter:
                 self._limiter.reset()
 
@@ -271,16 +353,60 @@ class FakeProvider:
         """The recorded requests to ``path``."""
         return [r for r in self.requests if r.path == path]
 
-    def _next_step(self) -> tuple[int, tuple[Behaviour, ...]]:
+    def _next_step(self, header: str | None) -> tuple[int, tuple[Behaviour, ...]]:
+        """The request's number and the behaviours that apply to it: its script step's and
+        its header's, each let through (or not) by its gates."""
+        header_behaviours = parse_behaviours(header)
         with self._lock:
             number = self._count
             self._count += 1
+            now = self.clock()
+            if self._first is None:
+                self._first = now
             script = self.config.script
-            if not script:
-                return number, ()
-            index = self._step % len(script) if self.config.cycle else self._step
-            self._step += 1
-            return number, script[index] if index < len(script) else ()
+            step: tuple[Behaviour, ...] = ()
+            if script:
+                index = self._step
+                if self.config.cycle:
+                    index %= len(script)
+                elif self.config.repeat_last:
+                    index = min(index, len(script) - 1)
+                self._step += 1
+                if index < len(script):
+                    step = self._gated(f"step:{index}", script[index], now)
+            if header_behaviours:
+                key = f"header:{(header or '').strip()}"
+                step += self._gated(key, header_behaviours, now)
+            return number, step
+
+    def _gated(
+        self, key: str, behaviours: Iterable[Behaviour], now: float
+    ) -> tuple[Behaviour, ...]:
+        """``behaviours`` less their gates if every gate lets this request through, else ()."""
+        behaviours = tuple(behaviours)
+        gates = [b for b in behaviours if isinstance(b, When)]
+        for i, gate in enumerate(gates):
+            if not self._passes(f"{key}:{i}" if i else key, gate, now):
+                return ()
+        return tuple(b for b in behaviours if not isinstance(b, When)) if gates else behaviours
+
+    def _passes(self, key: str, gate: When, now: float) -> bool:
+        """Whether ``gate`` (whose counts are kept under ``key``) hits this request."""
+        origin = self._started if gate.since == "start" else (self._first or now)
+        elapsed = now - origin
+        if (gate.start is not None and elapsed < gate.start) or (
+            gate.end is not None and elapsed >= gate.end
+        ):
+            return False
+        state = self._gates.setdefault(key, _Gate())
+        number = state.seen
+        state.seen += 1
+        if number < gate.skip or (gate.times is not None and state.hits >= gate.times):
+            return False
+        if gate.p < 1 and _draw(self.config.seed, key, number) >= gate.p:
+            return False
+        state.hits += 1
+        return True
 
     # -- the entry point -----------------------------------------------------------------------
     def handle(
@@ -291,6 +417,20 @@ class FakeProvider:
         body: bytes,
     ) -> Reply:
         """Answer one request. ``headers`` may be a mapping or (name, value) pairs."""
+        return self.handle_recorded(method, path, headers, body)[0]
+
+    def handle_recorded(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        client: str | None = None,
+    ) -> tuple[Reply, RecordedRequest]:
+        """Answer one request like :meth:`handle`; also return its record (in :attr:`requests`),
+        whose ``delivery`` the caller fills in as it sends the reply."""
+        received_at = self.clock()
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         hdrs = {k.lower(): v for k, v in pairs}
         path = "/" + path.strip("/")
@@ -308,11 +448,24 @@ class FakeProvider:
                 "invalid_request_error",
                 "invalid_fake_behaviour",
             )
+        usage = usage_sent(reply)
         with self._lock:
-            self.requests.append(
-                RecordedRequest(method.upper(), path, hdrs, body, payload, behaviours, reply.status)
+            record = RecordedRequest(
+                method.upper(),
+                path,
+                hdrs,
+                body,
+                payload,
+                behaviours,
+                reply.status,
+                index=len(self.requests),
+                response_headers=reply.headers,
+                usage=usage,
+                received_at=received_at,
+                client=client,
             )
-        return reply
+            self.requests.append(record)
+        return reply, record
 
     def _route(
         self, method: str, path: str, hdrs: dict[str, str], body: bytes
@@ -342,9 +495,8 @@ class FakeProvider:
         if handler is None:
             data = [m.listing(self.config.created) for m in self.config.models]
             return self._json(200, {"object": "list", "data": data}), ()
-        number, step = self._next_step()
         header_spec = hdrs.get(BEHAVIOUR_HEADER) or hdrs.get("x-fake-behavior")
-        behaviours = (*step, *parse_behaviours(header_spec))
+        number, behaviours = self._next_step(header_spec)
         if (
             self.config.api_key is not None
             and hdrs.get("authorization") != f"Bearer {self.config.api_key}"
@@ -412,11 +564,76 @@ class FakeProvider:
             )
         return req, None
 
+    def _context_error(
+        self, model: str, prompt: int, completion: int | None, param: str, message: str | None
+    ) -> Reply:
+        """OpenAI's 400 for a prompt (plus ``max_tokens``) over the model's context window; the
+        token count said is at least one more than the window."""
+        window = self._models[model].context_length if model in self._models else 0
+        if message is None:
+            head = f"This model's maximum context length is {window} tokens. However, "
+            if completion is None:
+                said = max(prompt, window + 1)
+                message = (
+                    f"{head}your messages resulted in {said} tokens. "
+                    "Please reduce the length of the messages."
+                )
+            else:
+                total = max(prompt + completion, window + 1)
+                message = (
+                    f"{head}you requested {total} tokens ({prompt} in the messages, "
+                    f"{total - prompt} in the completion). "
+                    "Please reduce the length of the messages or completion."
+                )
+        return self._error(
+            400, message, "invalid_request_error", "context_length_exceeded", param=param
+        )
+
+    def _content_filter(self, code: str) -> Reply:
+        if code == "content_filter":  # Azure OpenAI's prompt filter
+            filtered = {"filtered": True, "severity": "high"}
+            safe = {"filtered": False, "severity": "safe"}
+            return self._json(
+                400,
+                {
+                    "error": {
+                        "message": "The response was filtered due to the prompt triggering "
+                        "Azure OpenAI's content management policy. Please modify your prompt "
+                        "and retry.",
+                        "type": None,
+                        "param": "prompt",
+                        "code": "content_filter",
+                        "status": 400,
+                        "innererror": {
+                            "code": "ResponsibleAIPolicyViolation",
+                            "content_filter_result": {
+                                "hate": safe,
+                                "jailbreak": {"filtered": False, "detected": False},
+                                "self_harm": safe,
+                                "sexual": safe,
+                                "violence": filtered,
+                            },
+                        },
+                    }
+                },
+            )
+        return self._error(
+            400,
+            "Your request was rejected as a result of our safety system. Your prompt may "
+            "contain text that is not allowed by our safety system.",
+            "invalid_request_error",
+            "content_policy_violation",
+        )
+
     def _failure(
-        self, behaviours: tuple[Behaviour, ...], tokens: int
+        self,
+        behaviours: tuple[Behaviour, ...],
+        tokens: int,
+        context: tuple[str, int, int | None, str] = ("", 0, None, "messages"),
     ) -> tuple[Reply | None, list[tuple[str, str]]]:
         """A reply that replaces the normal answer (the limiter's 429, or a scripted error), and
-        the limiter's headers for a success."""
+        the limiter's headers for a success. ``context`` is the model, the prompt tokens, the
+        completion tokens asked for and the prompt's parameter name, for a context error."""
         now = self.clock()
         ok_headers: list[tuple[str, str]] = []
         if self._limiter is not None:
@@ -457,6 +674,10 @@ class FakeProvider:
                     b.code, ("server_error", f"http_{b.code}", f"Error {b.code}.")
                 )
                 return self._error(b.code, b.message or default, type_, code), []
+            if isinstance(b, ContextLengthExceeded):
+                return self._context_error(*context, b.message), []
+            if isinstance(b, ContentFilter) and b.after is None:
+                return self._content_filter(b.code), []
         return None, ok_headers
 
     # -- endpoints -----------------------------------------------------------------------------
@@ -502,26 +723,62 @@ class FakeProvider:
                 ),
                 behaviours,
             )
+        model = self._models[req["model"]]
         count = self.config.reply_words
         limit = req.get("max_completion_tokens", req.get("max_tokens"))
         if not isinstance(limit, int) or isinstance(limit, bool):
             limit = None
+        # chat: 3 per message plus its words; text completions: the prompt's words
+        prompt = sum(len(t.split()) for t in given) if legacy else count_prompt_tokens(given)
+        lead = ""  # before the first word: a space when it continues a prefill
+        skip = 0  # the words of the answer a prefill already holds
+        last = given[-1] if given and not legacy else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            override = _first(behaviours, Prefill)
+            mode = override.mode if override is not None else model.prefill
+            if mode == "reject":
+                return self._finish(
+                    self._error(
+                        400,
+                        "This model does not support assistant message prefill. "
+                        "The conversation must end with a user message.",
+                        "invalid_request_error",
+                        "prefill_not_supported",
+                        param="messages",
+                    ),
+                    behaviours,
+                )
+            if mode == "honour":
+                text = message_text(last.get("content"))
+                skip = len(text.split())
+                lead = " " if text and not text[-1].isspace() else ""
+                count = max(count - skip, 0)
+        if model.enforce_context and prompt + max(limit or 0, 0) > model.context_length:
+            asked = None if limit is None else max(limit, 0)
+            return self._finish(
+                self._context_error(model.id, prompt, asked, field, None), behaviours
+            )
         finish = "stop"
         if limit is not None and limit < count:
             count, finish = max(limit, 0), "length"
-        # chat: 3 per message plus its words; text completions: the prompt's words
-        prompt = sum(len(t.split()) for t in given) if legacy else count_prompt_tokens(given)
         failed, ok_headers = self._failure(
-            behaviours, prompt + (max(limit, 0) if limit is not None else count) * n
+            behaviours,
+            prompt + (max(limit, 0) if limit is not None else count) * n,
+            (model.id, prompt, None if limit is None else max(limit, 0), field),
         )
         if failed is not None:
             return self._finish(failed, behaviours)
+        filtered = _first(behaviours, ContentFilter)
+        if filtered is not None and filtered.after is not None:
+            count, finish = min(count, filtered.after), "content_filter"
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": count * n,
             "total_tokens": prompt + count * n,
         }
-        words = [reply_words(self.config.seed, number, c, body, count) for c in range(n)]
+        words = [
+            reply_words(self.config.seed, number, c, body, skip + count)[skip:] for c in range(n)
+        ]
         digest = hashlib.sha256(b"%d:%d" % (self.config.seed, number)).hexdigest()
         base = {
             "id": f"{'cmpl' if legacy else 'chatcmpl'}-{digest[:24]}",
@@ -535,7 +792,13 @@ class FakeProvider:
             opts = req.get("stream_options")
             include = isinstance(opts, dict) and opts.get("include_usage") is True
             events = self._stream_events(
-                base, words, finish, usage if include and not no_usage else None, include, legacy
+                base,
+                words,
+                finish,
+                usage if include and not no_usage else None,
+                include,
+                legacy,
+                lead,
             )
             draft = _Draft(
                 200,
@@ -560,7 +823,7 @@ class FakeProvider:
                         else {
                             "message": {
                                 "role": "assistant",
-                                "content": " ".join(w),
+                                "content": (lead if w else "") + " ".join(w),
                                 "refusal": None,
                             }
                         }
@@ -585,7 +848,9 @@ class FakeProvider:
             for i in inputs
         ]
         prompt = sum(max(1, len(t.split())) for t in texts)
-        failed, ok_headers = self._failure(behaviours, prompt)
+        failed, ok_headers = self._failure(
+            behaviours, prompt, (req["model"], prompt, None, "input")
+        )
         if failed is not None:
             return self._finish(failed, behaviours)
         as_base64 = req.get("encoding_format") == "base64"
@@ -611,14 +876,15 @@ class FakeProvider:
         usage: dict[str, int] | None,
         include: bool,
         legacy: bool = False,
+        lead: str = "",
     ) -> list[_Event]:
         kind = "text_completion" if legacy else "chat.completion.chunk"
 
-        def chunk(choices: list[dict[str, Any]], last_usage: Any = None) -> _Event:
+        def chunk(choices: list[dict[str, Any]], last_usage: Any = None, tokens: int = 0) -> _Event:
             obj = {**base, "object": kind, "choices": choices}
             if include:
                 obj["usage"] = last_usage
-            return _Event(data=dumps(obj).decode())
+            return _Event(data=dumps(obj).decode(), tokens=tokens)
 
         def choice(c: int, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
             if legacy:  # text completions carry the text itself, not a delta
@@ -637,9 +903,8 @@ class FakeProvider:
         )
         for i in range(len(words[0])):
             for c in range(n):
-                events.append(
-                    chunk([choice(c, {"content": words[c][i] if i == 0 else " " + words[c][i]})])
-                )
+                text = (lead if i == 0 else " ") + words[c][i]
+                events.append(chunk([choice(c, {"content": text})], tokens=1))
         events += [chunk([choice(c, {}, finish)]) for c in range(n)]
         if usage is not None:
             events.append(chunk([], usage))
@@ -693,11 +958,16 @@ class FakeProvider:
         style = _first(behaviours, LineEndings)
         sep = _LINE_ENDS[style.style if style else "lf"]
         encoded = [e.encode(sep) for e in events]
-        offsets, pos = [], 0
-        for piece in encoded[:-1]:
+        pos = 0
+        for e, piece in zip(events, encoded, strict=True):
+            if e.data is not None:
+                draft.starts.append(pos)
+            if e.tokens:
+                draft.token_spans.append((pos, pos + len(piece)))
             pos += len(piece)
-            offsets.append(pos)
-        draft.body, draft.natural = b"".join(encoded), offsets
+            draft.natural.append(pos)
+        draft.natural = draft.natural[:-1]
+        draft.body = b"".join(encoded)
         return self._timed(draft, behaviours)
 
     def _finish(self, reply: Reply, behaviours: tuple[Behaviour, ...]) -> Reply:
@@ -706,9 +976,23 @@ class FakeProvider:
 
     def _timed(self, draft: _Draft, behaviours: tuple[Behaviour, ...]) -> Reply:
         chunks = chunk_bytes(draft.body, _first(behaviours, Chunking), draft.natural)
+        stall = _first(behaviours, Stall)
+        stalled = None  # the index of the chunk the stall comes before
+        if stall is not None and draft.events is not None:
+            at = draft.starts[stall.events] if stall.events < len(draft.starts) else len(draft.body)
+            chunks, stalled = _split_at(chunks, at)
         cut = _first(behaviours, Cut)
         if cut is not None:
-            kept, left = [], cut.bytes
+            left = cut.bytes
+            if cut.tokens is not None and draft.events is not None:
+                spans = draft.token_spans
+                if not spans:
+                    pass
+                elif cut.tokens == 0:
+                    left += spans[0][0]
+                else:
+                    left += spans[min(cut.tokens, len(spans)) - 1][1]
+            kept: list[bytes] = []
             for c in chunks:
                 if left <= 0:
                     break
@@ -718,9 +1002,11 @@ class FakeProvider:
         hang = _first(behaviours, Hang)
         slow_first = _first(behaviours, SlowFirstByte)
         slow = _first(behaviours, SlowChunks)
-        delays = [slow.seconds if slow else 0.0] * len(chunks)
+        delays: list[float | None] = [slow.seconds if slow else 0.0] * len(chunks)
         if delays:
             delays[0] = slow_first.seconds if slow_first else 0.0
+        if stall is not None and stalled is not None and stalled < len(delays):
+            delays[stalled] = stall.seconds
         headers_delay = 0.0 if hang is None else hang.seconds
         if headers_delay is not None and math.isinf(headers_delay):
             headers_delay = None

@@ -35,6 +35,8 @@ from .behaviours import (
     Behaviour,
     BigEvent,
     Chunking,
+    ContentFilter,
+    ContextLengthExceeded,
     Cut,
     Dialect,
     DoubleDone,
@@ -48,11 +50,14 @@ from .behaviours import (
     NoDone,
     NoUsage,
     Ok,
+    Prefill,
     RateLimit,
     SlowChunks,
     SlowFirstByte,
+    Stall,
     Status,
     Truncate,
+    When,
 )
 
 __all__ = [
@@ -79,7 +84,8 @@ LINE_ENDINGS: tuple[str, ...] = ("\n", "\r\n", "\r")
 BEHAVIOUR_KINDS: tuple[str, ...] = (
     "ok", "no_usage", "no_done", "double_done", "truncate", "cut", "chunking", "line_endings",
     "keepalive", "fields", "error_event", "malformed_event", "big_event", "rate_limit",
-    "insufficient_balance", "status", "slow_first_byte", "slow_chunks", "hang",
+    "insufficient_balance", "status", "context_length_exceeded", "content_filter", "prefill",
+    "when", "slow_first_byte", "slow_chunks", "stall", "hang",
 )  # fmt: skip
 """Every behaviour kind, the plainest first (the order :func:`behaviours` shrinks in)."""
 
@@ -487,6 +493,19 @@ def chunkings(
 
 
 # -- fault scripts -----------------------------------------------------------------------------
+def _gates() -> SearchStrategy[Behaviour]:
+    seconds = st.floats(0, 3600, allow_nan=False)
+    return st.builds(
+        When,
+        p=st.just(1.0) | st.floats(0, 1),
+        times=st.none() | st.integers(0, 8),
+        skip=st.integers(0, 8),
+        start=st.none() | seconds,
+        end=st.none() | seconds,
+        since=st.sampled_from(["start", "first"]),
+    )
+
+
 def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviour]]:
     delays = st.floats(0, max_delay) if max_delay > 0 else st.just(0.0)
     small = st.integers(0, 16)
@@ -497,7 +516,7 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
         "no_done": st.just(NoDone()),
         "double_done": st.just(DoubleDone()),
         "truncate": st.builds(Truncate, events=small),
-        "cut": st.builds(Cut, bytes=st.integers(0, 4096)),
+        "cut": st.builds(Cut, bytes=st.integers(0, 4096), tokens=st.none() | small),
         "chunking": st.one_of(
             st.builds(Chunking, size=st.integers(1, 64)),
             st.builds(Chunking, at=st.lists(st.integers(0, 4096), max_size=8).map(tuple)),
@@ -531,6 +550,17 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
             | st.integers(400, 599),
             message=st.none() | st.text(_UNICODE, max_size=20),
         ),
+        "context_length_exceeded": st.builds(
+            ContextLengthExceeded, message=st.none() | st.text(_UNICODE, max_size=20)
+        ),
+        "content_filter": st.builds(
+            ContentFilter,
+            code=st.sampled_from(["content_policy_violation", "content_filter"]),
+            after=st.none() | small,
+        ),
+        "prefill": st.builds(Prefill, mode=st.sampled_from(["honour", "reject", "ignore"])),
+        "when": _gates(),
+        "stall": st.builds(Stall, events=small, seconds=delays),
         "slow_first_byte": st.builds(SlowFirstByte, seconds=delays),
         "slow_chunks": st.builds(SlowChunks, seconds=delays),
         "hang": st.builds(Hang, seconds=delays),
@@ -543,8 +573,9 @@ def behaviours(
     """Single valid behaviours, of the given ``kinds`` (default: all of
     :data:`BEHAVIOUR_KINDS`), shrinking towards ``ok``.
 
-    Waits (``hang``, ``slow_first_byte``, ``slow_chunks``) last from 0 to ``max_delay``
-    seconds (default 0, so that a property test never sleeps); a hang never lasts forever here.
+    Waits (``hang``, ``slow_first_byte``, ``slow_chunks``, ``stall``) last from 0 to
+    ``max_delay`` seconds (default 0, so that a property test never sleeps); a hang or a stall
+    never lasts forever here.
     """
     if kinds is None:
         kinds = BEHAVIOUR_KINDS
