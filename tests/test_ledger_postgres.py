@@ -304,7 +304,7 @@ async def test_the_router_serves_through_a_database_restart_and_loses_no_row(
 
 
 async def test_usage_and_read_records_read_a_database(
-    pg_url: str, capsys: pytest.CaptureFixture[str]
+    pg_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     async with _opened(PostgresLedger(pg_url)) as ledger:
         await ledger.save(record(1, cost=2**64, provider="alpha"))
@@ -318,6 +318,12 @@ async def test_usage_and_read_records_read_a_database(
     assert report["total"]["cost"] == {"msat": 2**64 + 2 + 3}
     assert main(["usage", "--db", f"postgresql://postgres@127.0.0.1:{closed_port()}/x"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+    config = tmp_path / "router.toml"
+    config.write_text(
+        f'[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n[ledger]\nurl = "{pg_url}"\n'
+    )
+    assert await anyio.to_thread.run_sync(main, ["usage", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["requests"] == 3
 
 
 def test_the_config_chooses_postgres_and_check_config_names_it_without_the_password(
