@@ -29,14 +29,34 @@ def _report(path: str, exc: ConfigError) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+def _check_as_mounted(config: RouterConfig) -> None:
+    """Raise what the middleware would find wrong with ``config`` beyond its keys (a cost route's
+    entry without a price, a reference that cannot be converted), without opening anything."""
+    from .cooldown import InMemoryCooldownStore
+    from .ledger import MemoryLedger
+    from .middleware import WaterfallMiddleware
+
+    mounted = WaterfallMiddleware(
+        None, config, ledger=MemoryLedger(), cooldowns=InMemoryCooldownStore()
+    )
+    if mounted.config_error is not None:
+        raise mounted.config_error
+
+
 def _check(path: str) -> int:
     try:
         config = load_config(path)
+        _check_as_mounted(config)
     except ConfigError as exc:
         _report(path, exc)
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
     print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
+    url = config.ledger.database_url()
+    if url is not None:
+        from .ledger_postgres import redact_url
+
+        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
     return 0
 
 
@@ -151,14 +171,15 @@ def _usage(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             _report(args.config, exc)
             return 1
-        if config.ledger.path is None:
+        url = config.ledger.database_url()
+        if url is None and config.ledger.path is None:
             print(
                 f"{args.config}: the ledger is kept in memory (ledger.path is empty): "
                 "there is no file to read",
                 file=sys.stderr,
             )
             return 1
-        db = config.ledger.path
+        db = url or config.ledger.path
     elif db is None:
         db = "waterfall-usage.db"
     try:
@@ -368,11 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="a tour on embedded defaults: fake providers on loopback")
     usage = sub.add_parser("usage", help="what the usage ledger recorded, grouped and totalled")
     ledger = usage.add_mutually_exclusive_group()
-    ledger.add_argument("--db", help="the ledger file (default: waterfall-usage.db)")
+    ledger.add_argument(
+        "--db",
+        help="the ledger: a SQLite file, or a postgresql:// URL (default: waterfall-usage.db)",
+    )
     ledger.add_argument(
         "--config",
-        help="read the ledger the config file names (ledger.path, relative to where the "
-        "router runs: run this from there)",
+        help="read the ledger the config file names (ledger.url, or ledger.path relative to "
+        "where the router runs: run this from there)",
     )
     usage.add_argument(
         "--since", type=_since, help="only requests since: a span (30m, 1h, 2d) or an ISO date/time"
