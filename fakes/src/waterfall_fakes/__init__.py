@@ -63,6 +63,7 @@ from .ratelimit import (
     rate_limit_headers,
     remaining_headers,
 )
+from .rules import Draw, Rule, RuleStatus, request_text
 from .server import FakeServer, LoopbackServer
 from .transport import FakeTransport, ReplyStream, read_timeout
 
@@ -82,6 +83,7 @@ __all__ = [
     "Cut",
     "Dialect",
     "DoubleDone",
+    "Draw",
     "ErrorEvent",
     "FakeApp",
     "FakeConfig",
@@ -107,6 +109,8 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "ReplyStream",
+    "Rule",
+    "RuleStatus",
     "SlowChunks",
     "SlowFirstByte",
     "Stall",
@@ -125,4 +129,5 @@ __all__ = [
     "read_timeout",
     "remaining_headers",
     "reply_words",
+    "request_text",
 ]
