@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import find, given
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from pydantic import ValidationError
 
 from waterfall_fakes import (
@@ -20,8 +21,10 @@ from waterfall_fakes import (
     Reply,
     Rule,
     Status,
+    When,
 )
 from waterfall_fakes.rules import request_text
+from waterfall_fakes.strategies import fault_rules
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 
@@ -299,3 +302,71 @@ def test_rules_and_rates_reproduce_exactly_from_the_seed(
         return [(r.status, r.body, b) for r, b in zip(replies, applied(fake), strict=True)]
 
     assert run() == run()
+
+
+# -- the journal -------------------------------------------------------------------------------
+def test_the_journal_says_what_answered_and_the_draws() -> None:
+    from waterfall_fakes.journal import entry_json
+
+    fake = FakeProvider(seed=11, script=["no_usage"], rules=[{"name": "flaky", "p": 0.5}])
+    fake.add_rule({"name": "always", "behaviours": "no_done"})
+    for _ in range(6):
+        send(fake, chat(), {BEHAVIOUR_HEADER: "when:p=0.5; chunking:size=9"})
+    first = fake.requests[0]
+    assert first.number == 0
+    assert first.answered_by[:2] == ("script:0", "rule:always")
+    gates = [[d.gate for d in r.draws] for r in fake.requests]
+    assert gates == [["rule:flaky", "header:when:p=0.5; chunking:size=9"]] * 6
+    for record in fake.requests:
+        header_draw = record.draws[1]
+        assert header_draw.hit == ("header" in record.answered_by)
+        assert header_draw.number == record.number
+    # the same seed and requests: the same draws
+    again = FakeProvider(seed=11, script=["no_usage"], rules=[{"name": "flaky", "p": 0.5}])
+    again.add_rule({"name": "always", "behaviours": "no_done"})
+    for _ in range(6):
+        send(again, chat(), {BEHAVIOUR_HEADER: "when:p=0.5; chunking:size=9"})
+    assert [r.draws for r in again.requests] == [r.draws for r in fake.requests]
+    entry = entry_json(first)
+    assert entry["answered_by"] == list(first.answered_by)
+    assert entry["draws"][0] == {
+        "gate": "rule:flaky",
+        "number": 0,
+        "value": first.draws[0].value,
+        "p": 0.5,
+        "hit": first.draws[0].value < 0.5,
+    }
+    assert send(fake, {"model": "fake-small", "messages": []}, path="/v1/nowhere").status == 404
+    assert (fake.requests[-1].number, fake.requests[-1].answered_by) == (None, ())
+
+
+# -- the strategy ------------------------------------------------------------------------------
+@given(st.integers(0, 2**32), fault_rules(max_size=3), st.lists(requests, max_size=10))
+def test_drawn_rules_are_accepted_and_reproduce_from_the_seed(
+    seed: int, rules: list[Rule], bodies: list[dict[str, Any]]
+) -> None:
+    assert len({r.name for r in rules}) == len(rules) <= 3
+
+    def run() -> list[tuple[Any, ...]]:
+        fake = FakeProvider(seed=seed, rules=rules)
+        replies = [send(fake, body) for body in bodies]
+        return [(r.status, r.body, q.draws) for r, q in zip(replies, fake.requests, strict=True)]
+
+    assert run() == run()
+
+
+def test_fault_rules_shrink_to_none_and_check_their_arguments() -> None:
+    assert find(fault_rules(), lambda r: True) == []
+    plainest = find(fault_rules(min_size=1), lambda r: True)
+    assert plainest == [Rule(name="rule-0")]
+    for kwargs in (
+        {"min_size": -1},
+        {"min_size": 2, "max_size": 1},
+        {"steps": []},
+        {"models": "x"},
+    ):
+        with pytest.raises(InvalidArgument):
+            fault_rules(**kwargs)  # type: ignore[arg-type]
+    gated = fault_rules(st.just([When()]), min_size=1)
+    with pytest.raises(InvalidArgument):
+        find(gated, lambda r: True)

@@ -61,6 +61,7 @@ from .catalog import (
     message_text,
     reply_words,
 )
+from .journal import Delivery, usage_sent
 from .ratelimit import Limits, RateLimiter, rate_limit_headers, remaining_headers
 from .rules import Draw, Rule, RuleStatus
 
@@ -130,7 +131,25 @@ class FakeConfig(BaseModel):
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request a fake received, kept for assertions."""
+    """One request a fake received and how it was answered, kept for assertions.
+
+    The same fields as an entry of the control plane's journal (``GET /_fake/journal``):
+
+    - ``index``: its place in the journal since the last reset, from 0;
+    - ``number``: its place among the requests the script and rules count (chat, completions,
+      embeddings), from 0; ``None`` for the others (``/health``, ``/v1/models``, unknown paths);
+    - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "rule:flaky", "header")``
+      (a script step by its index, a rule by its name); empty when it was answered normally;
+    - ``draws``: the chances drawn for it (:class:`~waterfall_fakes.rules.Draw`: the gate, its
+      count, the value drawn and the ``p`` it was compared with), which the fake's seed decides;
+    - ``behaviours`` and ``status``: what was applied, and the status sent;
+    - ``response_headers``: the headers sent with it;
+    - ``usage``: the ``usage`` object the reply carried (``None``: none);
+    - ``received_at``: when it arrived, on the fake's clock (seconds);
+    - ``client``: the client's ``host:port`` over TCP (``None`` in-process);
+    - ``delivery``: how the reply went out (:class:`~waterfall_fakes.journal.Delivery`), filled in
+      while it is sent.
+    """
 
     method: str
     path: str
@@ -139,6 +158,15 @@ class RecordedRequest:
     json: Any
     behaviours: tuple[Behaviour, ...]
     status: int
+    index: int = 0
+    number: int | None = None
+    answered_by: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    usage: dict[str, Any] | None = None
+    received_at: float = 0.0
+    client: str | None = None
+    draws: tuple[Draw, ...] = ()
+    delivery: Delivery = field(default_factory=Delivery, compare=False)
 
 
 @dataclass(frozen=True)
@@ -514,6 +542,20 @@ class FakeProvider:
         body: bytes,
     ) -> Reply:
         """Answer one request. ``headers`` may be a mapping or (name, value) pairs."""
+        return self.handle_recorded(method, path, headers, body)[0]
+
+    def handle_recorded(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        client: str | None = None,
+    ) -> tuple[Reply, RecordedRequest]:
+        """Answer one request like :meth:`handle`; also return its record (in :attr:`requests`),
+        whose ``delivery`` the caller fills in as it sends the reply."""
+        received_at = self.clock()
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         hdrs = {k.lower(): v for k, v in pairs}
         path = "/" + path.strip("/")
@@ -521,9 +563,9 @@ class FakeProvider:
             payload: Any = json.loads(body) if body else None
         except ValueError:
             payload = None
-        behaviours: tuple[Behaviour, ...] = ()
+        decision: _Decision | None = None
         try:
-            reply, behaviours = self._route(method.upper(), path, hdrs, body)
+            reply, decision = self._route(method.upper(), path, hdrs, body)
         except BehaviourError as exc:
             reply = self._error(
                 400,
@@ -531,15 +573,31 @@ class FakeProvider:
                 "invalid_request_error",
                 "invalid_fake_behaviour",
             )
+        usage = usage_sent(reply)
         with self._lock:
-            self.requests.append(
-                RecordedRequest(method.upper(), path, hdrs, body, payload, behaviours, reply.status)
+            record = RecordedRequest(
+                method.upper(),
+                path,
+                hdrs,
+                body,
+                payload,
+                decision.behaviours if decision else (),
+                reply.status,
+                index=len(self.requests),
+                number=decision.number if decision else None,
+                answered_by=tuple(decision.sources) if decision else (),
+                draws=tuple(decision.draws) if decision else (),
+                response_headers=reply.headers,
+                usage=usage,
+                received_at=received_at,
+                client=client,
             )
-        return reply
+            self.requests.append(record)
+        return reply, record
 
     def _route(
         self, method: str, path: str, hdrs: dict[str, str], body: bytes
-    ) -> tuple[Reply, tuple[Behaviour, ...]]:
+    ) -> tuple[Reply, _Decision | None]:
         routes: dict[str, tuple[str, Callable[..., Reply] | None]] = {
             "/health": ("GET", None),
             "/v1/models": ("GET", None),
@@ -550,7 +608,7 @@ class FakeProvider:
         if path not in routes:
             return self._error(
                 404, f"Unknown path {path}.", "invalid_request_error", "unknown_url"
-            ), ()
+            ), None
         want, handler = routes[path]
         if method != want:
             reply = self._error(
@@ -559,12 +617,12 @@ class FakeProvider:
                 "invalid_request_error",
                 "method_not_allowed",
             )
-            return replace(reply, headers=(*reply.headers, ("allow", want))), ()
+            return replace(reply, headers=(*reply.headers, ("allow", want))), None
         if path == "/health":
-            return self._json(200, {"status": "ok", "name": self.config.name}), ()
+            return self._json(200, {"status": "ok", "name": self.config.name}), None
         if handler is None:
             data = [m.listing(self.config.created) for m in self.config.models]
-            return self._json(200, {"object": "list", "data": data}), ()
+            return self._json(200, {"object": "list", "data": data}), None
         header_spec = hdrs.get(BEHAVIOUR_HEADER) or hdrs.get("x-fake-behavior")
         try:
             payload: Any = json.loads(body) if body else None
@@ -578,8 +636,8 @@ class FakeProvider:
         ):
             return self._error(
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            ), behaviours
-        return handler(number, body, behaviours), behaviours
+            ), decision
+        return handler(number, body, behaviours), decision
 
     # -- building blocks -----------------------------------------------------------------------
     def _json(self, status: int, obj: Any, extra: Iterable[tuple[str, str]] = ()) -> Reply:
