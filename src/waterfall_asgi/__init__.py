@@ -51,7 +51,8 @@ from .ledger import (
     UsageRecord,
     new_request_id,
 )
-from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
+from .ledger_postgres import PostgresLedger, read_postgres_records
+from .ledger_sqlite import LedgerError, SQLiteLedger, default_instance_id, read_records
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -115,6 +116,7 @@ __all__ = [
     "MemoryLedger",
     "ModelInfo",
     "NoFittingDeployment",
+    "PostgresLedger",
     "Price",
     "PriceBook",
     "PriceImportError",
@@ -152,6 +154,7 @@ __all__ = [
     "ceil_units",
     "convert",
     "create_app",
+    "default_instance_id",
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
@@ -166,6 +169,7 @@ __all__ = [
     "parse_since",
     "preemptive_hint",
     "rank",
+    "read_postgres_records",
     "read_records",
     "read_usage",
     "relay_stream",

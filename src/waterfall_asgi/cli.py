@@ -37,6 +37,11 @@ def _check(path: str) -> int:
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
     print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
+    url = config.ledger.database_url()
+    if url is not None:
+        from .ledger_postgres import redact_url
+
+        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
     return 0
 
 
@@ -124,14 +129,15 @@ def _usage(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             _report(args.config, exc)
             return 1
-        if config.ledger.path is None:
+        url = config.ledger.database_url()
+        if url is None and config.ledger.path is None:
             print(
                 f"{args.config}: the ledger is kept in memory (ledger.path is empty): "
                 "there is no file to read",
                 file=sys.stderr,
             )
             return 1
-        db = config.ledger.path
+        db = url or config.ledger.path
     elif db is None:
         db = "waterfall-usage.db"
     try:
@@ -293,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="a tour on embedded defaults: fake providers on loopback")
     usage = sub.add_parser("usage", help="what the usage ledger recorded, grouped and totalled")
     ledger = usage.add_mutually_exclusive_group()
-    ledger.add_argument("--db", help="the ledger file (default: waterfall-usage.db)")
+    ledger.add_argument(
+        "--db",
+        help="the ledger: a SQLite file, or a postgresql:// URL (default: waterfall-usage.db)",
+    )
     ledger.add_argument(
         "--config",
-        help="read the ledger the config file names (ledger.path, relative to where the "
-        "router runs: run this from there)",
+        help="read the ledger the config file names (ledger.url, or ledger.path relative to "
+        "where the router runs: run this from there)",
     )
     usage.add_argument(
         "--since", type=_since, help="only requests since: a span (30m, 1h, 2d) or an ISO date/time"

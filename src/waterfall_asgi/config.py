@@ -301,11 +301,76 @@ class LedgerSettings(_Model):
     cost_event: bool = Field(
         default=False, description="end each stream with an SSE event carrying its cost"
     )
+    url: SecretStr | None = Field(
+        default=None,
+        description="a postgresql:// URL: keep records in PostgreSQL instead of the SQLite "
+        "file (pip install 'waterfall-asgi[postgres]'); a secret, never shown",
+    )
+    url_env: str | None = Field(
+        default=None,
+        description="the environment variable holding that URL (read when the config is "
+        "loaded), for a URL with a password",
+    )
+    lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a process's claim on its pending rows lasts unrenewed (renewed "
+        "every lease/3): a process that died has its pending rows marked interrupted within "
+        "lease + lease/3",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="this process's name in the leases (default: host, pid and a random "
+        "part); a stable one, unique per process, marks its previous life's rows at start",
+    )
 
     @field_validator("path")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _is_postgres(value.get_secret_value()):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("url_env")
+    @classmethod
+    def _check_url_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("url") is not None:
+            raise ValueError("give url or url_env, not both")
+        found = os.environ.get(value)
+        if found is None:
+            raise ValueError(f"environment variable {value} is not set")
+        if not _is_postgres(found):
+            raise ValueError(
+                f"environment variable {value} must hold a postgresql:// or postgres:// URL"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_url(self) -> LedgerSettings:
+        if self.url is None and self.url_env:
+            found = os.environ.get(self.url_env)
+            if found is None:  # unset between the two checks
+                raise ValueError(f"environment variable {self.url_env} is not set")
+            object.__setattr__(self, "url", SecretStr(found))
+        if self.url is not None and "path" in self.model_fields_set and self.path is not None:
+            raise ValueError("give path (SQLite) or url/url_env (PostgreSQL), not both")
+        return self
+
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL (a secret: never log it), or ``None`` for SQLite or memory."""
+        return None if self.url is None else self.url.get_secret_value()
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
 
 
 class RouterConfig(_Model):

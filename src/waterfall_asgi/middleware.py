@@ -746,11 +746,17 @@ def _startup_failure(error: ConfigError | None) -> str:
 
 
 def _default_ledger(config: RouterConfig) -> LedgerStore:
-    if config.ledger.path is None:
+    settings = config.ledger
+    url = settings.database_url()
+    if url is not None:
+        from .ledger_postgres import PostgresLedger
+
+        return PostgresLedger(url, lease=settings.lease, instance_id=settings.instance_id)
+    if settings.path is None:
         return MemoryLedger()
     from .ledger_sqlite import SQLiteLedger
 
-    return SQLiteLedger(config.ledger.path)
+    return SQLiteLedger(settings.path, lease=settings.lease, instance_id=settings.instance_id)
 
 
 def _route_path(scope: Scope) -> str:
