@@ -459,7 +459,7 @@ class FakeProvider:
 
     # -- choosing a request's behaviours -------------------------------------------------------
     def _next_step(
-        self, path: str, hdrs: dict[str, str], payload: Any, header: str | None
+        self, path: str, hdrs: dict[str, str], body: bytes, header: str | None
     ) -> _Decision:
         """The request's number and the behaviours that apply to it: its script step's, the
         matching rules' and its header's, each let through (or not) by its gates."""
@@ -481,6 +481,12 @@ class FakeProvider:
                 self._step += 1
                 if index < len(script):
                     self._gated(decision, f"script:{index}", script[index], now)
+            payload: Any = None
+            if self._rules:  # only rules read the body here
+                try:
+                    payload = json.loads(body) if body else None
+                except ValueError:
+                    payload = None
             for name, rule in list(self._rules.items()):
                 if not rule.matches(path, hdrs, payload):
                     continue
@@ -624,11 +630,7 @@ class FakeProvider:
             data = [m.listing(self.config.created) for m in self.config.models]
             return self._json(200, {"object": "list", "data": data}), None
         header_spec = hdrs.get(BEHAVIOUR_HEADER) or hdrs.get("x-fake-behavior")
-        try:
-            payload: Any = json.loads(body) if body else None
-        except ValueError:
-            payload = None
-        decision = self._next_step(path, hdrs, payload, header_spec)
+        decision = self._next_step(path, hdrs, body, header_spec)
         number, behaviours = decision.number, decision.behaviours
         if (
             self.config.api_key is not None
