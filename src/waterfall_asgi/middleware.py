@@ -733,10 +733,11 @@ def _unconfigured(source: object) -> RouterConfig:
     """The stand-in config of a middleware whose own config cannot be used: no providers, and
     the given prefix when it can be read, so that the router's routes still answer (503)."""
     prefix = source.get("prefix") if isinstance(source, Mapping) else None
+    bare = {"providers": {}, "ledger": {"path": None}}  # nothing to open, nothing to write
     try:
-        return RouterConfig.model_validate({"providers": {}, "prefix": prefix or "/v1"})
+        return RouterConfig.model_validate({**bare, "prefix": prefix or "/v1"})
     except ValueError:
-        return RouterConfig.model_validate({"providers": {}})
+        return RouterConfig.model_validate(bare)
 
 
 def _startup_failure(error: ConfigError | None) -> str:
