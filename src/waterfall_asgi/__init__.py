@@ -52,7 +52,13 @@ from .ledger import (
     new_request_id,
 )
 from .ledger_postgres import PostgresLedger, read_postgres_records
-from .ledger_sqlite import LedgerError, SQLiteLedger, default_instance_id, read_records
+from .ledger_sqlite import (
+    LedgerError,
+    SQLiteLedger,
+    default_instance_id,
+    read_records,
+    utf8_text,
+)
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -184,5 +190,6 @@ __all__ = [
     "send_error",
     "tune_gc",
     "usage_only_chunk",
+    "utf8_text",
     "with_usage",
 ]
