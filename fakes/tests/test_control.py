@@ -49,7 +49,10 @@ def usage_in(answer: httpx.Response) -> dict[str, Any] | None:
     found = None
     for line in answer.text.splitlines():
         if line.startswith("data: {"):
-            obj = json.loads(line[6:])
+            try:
+                obj = json.loads(line[6:])
+            except ValueError:  # a malformed_event's data
+                continue
             if isinstance(obj.get("usage"), dict):
                 found = obj["usage"]
     return found

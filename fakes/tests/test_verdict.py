@@ -117,6 +117,22 @@ def test_ignoring_retry_after_fails() -> None:
     assert "retried 0.500 s after a 429 that said to wait 2.000 s" in verdict.report()
 
 
+def test_other_requests_for_the_model_during_the_wait_fail() -> None:
+    provider, client, clock = fake("rate_limit:dialect=retry-after-ms,seconds=2")
+    send(client)  # 429: wait 2 s
+    clock.now += 0.01
+    send(client, {**BODY, "max_tokens": 2})  # in flight as the hint went out: no fault
+    clock.now += 0.5
+    send(client, {**BODY, "max_tokens": 1})  # another request for the model, during the wait
+    send(client, {**BODY, "model": "fake-large"})  # another model: not held back
+    clock.now += 2
+    send(client, {**BODY, "max_tokens": 0})  # after the wait
+    check = judge_conduct(provider).check("retry_after")
+    assert check.status == "fail"
+    assert [(v.index, v.after) for v in check.violations] == [(2, 0)]
+    assert "another request for fake-small came 0.510 s after a 429" in check.violations[0].message
+
+
 @pytest.mark.parametrize(
     "dialect", ["retry-after", "retry-after-date", "retry-after-ms", "openai", "openrouter"]
 )
@@ -156,6 +172,27 @@ def test_fixed_gaps_do_not_grow_and_are_not_jittered() -> None:
     messages = [v.message for v in check.violations]
     assert any(m.startswith("gaps did not grow") for m in messages)
     assert any(m.startswith("gaps are not jittered") for m in messages)
+
+
+def test_a_noisy_tight_loop_does_not_grow() -> None:
+    rng = random.Random(5)
+    provider, client, clock = fake(*["status:code=503"] * 8, "ok")
+    retrying_client(client, clock, lambda n, a: rng.uniform(0.012, 0.02), attempts=9)
+    check = judge_conduct(provider, max_retries=100).check("backoff")
+    assert check.status == "fail"
+    assert [v.message.split(":")[0] for v in check.violations] == ["gaps did not grow"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_wide_jitter_and_a_cap_still_grow(seed: int) -> None:
+    """The router's own schedule (0.5-1.5 jitter, doubling), and a capped one past its cap."""
+    rng = random.Random(seed)
+    provider, client, clock = fake(*["status:code=503"] * 10, "ok")
+    retrying_client(
+        client, clock, lambda n, a: min(0.05 * 2**n, 6.0) * rng.uniform(0.5, 1.5), attempts=11
+    )
+    verdict = judge_conduct(provider, max_retries=100, max_backoff=6)
+    assert verdict.check("backoff").status == "pass"
 
 
 def test_exact_doubling_is_not_jittered() -> None:
@@ -262,6 +299,7 @@ def test_thresholds_change_the_verdict() -> None:
     assert ConductThresholds().model_dump() == {
         "tolerance": 0.05,
         "min_gap": 0.01,
+        "max_backoff": 8.0,
         "window": 1.0,
         "max_retries": 10,
     }

@@ -53,7 +53,14 @@ from .ledger import (
     UsageRecord,
     new_request_id,
 )
-from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
+from .ledger_postgres import PostgresLedger, read_postgres_records
+from .ledger_sqlite import (
+    LedgerError,
+    SQLiteLedger,
+    default_instance_id,
+    read_records,
+    utf8_text,
+)
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -64,6 +71,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
+from .redact import REDACTED, Redactor
 from .relay import (
     ClientWatch,
     EventAligner,
@@ -94,6 +102,7 @@ from .upstream import (
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
+    decoded,
 )
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
@@ -106,6 +115,7 @@ __all__ = [
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
     "NO_CALL",
+    "REDACTED",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
@@ -131,6 +141,7 @@ __all__ = [
     "MemoryLedger",
     "ModelInfo",
     "NoFittingDeployment",
+    "PostgresLedger",
     "Price",
     "PriceBook",
     "PriceImportError",
@@ -138,6 +149,7 @@ __all__ = [
     "Provider",
     "Ranking",
     "Rate",
+    "Redactor",
     "RelayOutcome",
     "RetryBudget",
     "Route",
@@ -171,6 +183,8 @@ __all__ = [
     "ceil_units",
     "convert",
     "create_app",
+    "decoded",
+    "default_instance_id",
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
@@ -186,6 +200,7 @@ __all__ = [
     "parse_since",
     "preemptive_hint",
     "rank",
+    "read_postgres_records",
     "read_records",
     "read_usage",
     "relay_stream",
@@ -195,5 +210,6 @@ __all__ = [
     "send_error",
     "tune_gc",
     "usage_only_chunk",
+    "utf8_text",
     "with_usage",
 ]

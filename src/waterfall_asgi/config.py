@@ -297,9 +297,40 @@ class RoutingPolicy(_Model):
 
 
 class Limits(_Model):
-    """Limits on what clients may send."""
+    """Limits on what clients may send, and on what the router reads from providers."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds to read a request's whole body, else 408"
+    )
+    max_json_depth: int = Field(
+        default=128, ge=1, description="how deep a request's JSON may nest (deeper: 400)"
+    )
+    max_model_length: int = Field(
+        default=256, ge=1, description="the longest `model` a request may name (longer: 400)"
+    )
+    max_header_bytes: int = Field(
+        default=8192,
+        ge=1,
+        description="a client header larger than this (name and value) is not forwarded upstream",
+    )
+    max_forwarded_headers: int = Field(
+        default=64,
+        ge=0,
+        description="client headers forwarded upstream, at most (the rest: dropped)",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="the largest whole (non-stream) upstream body read; a larger one fails the "
+        "attempt, which falls through",
+    )
+    max_response_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds to read a whole (non-stream) upstream body, from its headers on; "
+        "a slower one fails the attempt, which falls through",
+    )
 
 
 class UpstreamSettings(_Model):
@@ -358,11 +389,76 @@ class LedgerSettings(_Model):
     cost_event: bool = Field(
         default=False, description="end each stream with an SSE event carrying its cost"
     )
+    url: SecretStr | None = Field(
+        default=None,
+        description="a postgresql:// URL: keep records in PostgreSQL instead of the SQLite "
+        "file (pip install 'waterfall-asgi[postgres]'); a secret, never shown",
+    )
+    url_env: str | None = Field(
+        default=None,
+        description="the environment variable holding that URL (read when the config is "
+        "loaded), for a URL with a password",
+    )
+    lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a process's claim on its pending rows lasts unrenewed (renewed "
+        "every lease/3): a process that died has its pending rows marked interrupted within "
+        "lease + lease/3",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="this process's name in the leases (default: host, pid and a random "
+        "part); a stable one, unique per process, marks its previous life's rows at start",
+    )
 
     @field_validator("path")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _is_postgres(value.get_secret_value()):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("url_env")
+    @classmethod
+    def _check_url_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("url") is not None:
+            raise ValueError("give url or url_env, not both")
+        found = os.environ.get(value)
+        if found is None:
+            raise ValueError(f"environment variable {value} is not set")
+        if not _is_postgres(found):
+            raise ValueError(
+                f"environment variable {value} must hold a postgresql:// or postgres:// URL"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_url(self) -> LedgerSettings:
+        if self.url is None and self.url_env:
+            found = os.environ.get(self.url_env)
+            if found is None:  # unset between the two checks
+                raise ValueError(f"environment variable {self.url_env} is not set")
+            object.__setattr__(self, "url", SecretStr(found))
+        if self.url is not None and "path" in self.model_fields_set and self.path is not None:
+            raise ValueError("give path (SQLite) or url/url_env (PostgreSQL), not both")
+        return self
+
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL (a secret: never log it), or ``None`` for SQLite or memory."""
+        return None if self.url is None else self.url.get_secret_value()
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
 
 
 class RouterConfig(_Model):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -72,13 +73,22 @@ class ConductThresholds(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    NAMES: ClassVar[tuple[str, ...]] = ("tolerance", "min_gap", "window", "max_retries")
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "tolerance",
+        "min_gap",
+        "max_backoff",
+        "window",
+        "max_retries",
+    )
 
     tolerance: float = Field(
         default=0.05, ge=0, description="seconds an attempt may come before a hinted time"
     )
     min_gap: float = Field(
         default=0.01, ge=0, description="seconds, the shortest gap after a failure with no hint"
+    )
+    max_backoff: float = Field(
+        default=8.0, gt=0, description="seconds; gaps of half this need not grow any more (a cap)"
     )
     window: float = Field(default=1.0, gt=0, description="seconds of the storm check's window")
     max_retries: float = Field(
@@ -128,19 +138,23 @@ class ConductCheck:
 
 CONDUCT_CHECKS: dict[str, str] = {
     "retry_after": (
-        "A hint counts from when the failed answer's headers were sent; the retry is the next "
-        "request with the same body. Hints read: Retry-After (seconds or HTTP date), "
-        "retry-after-ms, and on a 429 the x-ratelimit-reset* headers of a limit whose "
-        "remaining count is 0."
+        "A hint counts from when the failed answer's headers were sent. It holds back the "
+        "retry (the next request with the same body) and every other request for the same "
+        "model and path that arrives more than `tolerance` after the hint was sent (one in "
+        "flight before is no fault): a rate limit is the account's, not one request's, so a "
+        "client that keeps other requests going during the wait fails too. Hints read: "
+        "Retry-After (seconds or HTTP date), retry-after-ms, and on a 429 the "
+        "x-ratelimit-reset* headers of a limit whose remaining count is 0."
     ),
     "backoff": (
         "After a failure with no hint (a 5xx, 408, 409 or 429 without a hint, a cut or broken "
-        "stream, a hang the client gave up on): every gap to the retry is at least min_gap; a "
-        "run of 3 or more gaps ends with a longer gap than it began with (exponential backoff, "
-        "a cap allowed); gaps are jittered: 3 or more gaps at the same place in their runs are "
-        "not all within 1 ms of each other, and a run of 4 or more gaps does not grow by one "
-        "fixed ratio (to 1%). A client using full jitter (a delay drawn from 0 up) can draw a "
-        "gap under min_gap by chance: give it min_gap=0."
+        "stream, a hang the client gave up on): every gap to the retry is at least min_gap; in a "
+        "run of 3 or more gaps each gap is longer than the one two places before it, unless "
+        "the run grew from under max_backoff/2 to that (exponential backoff, however wide its "
+        "jitter, up to a cap); gaps are jittered: 3 or more gaps at the same place in their "
+        "runs are not all within 1 ms of each other, and a run of 4 or more gaps does not grow "
+        "by one fixed ratio (to 1%). A client using full jitter (a delay drawn from 0 up) can "
+        "draw a gap under min_gap by chance: give it min_gap=0."
     ),
     "storm": (
         "Counts retries (requests repeating one that failed) in every window of `window` "
@@ -240,6 +254,16 @@ class _Attempt:
     received_at: float
     told_at: float  # when the answer (or its failure) reached the client, as far as we know
     end: str
+
+    @property
+    def model(self) -> str | None:
+        """The request's ``model``, if its body is a JSON object naming one."""
+        try:
+            obj = json.loads(self.body)
+        except ValueError:
+            return None
+        model = obj.get("model") if isinstance(obj, dict) else None
+        return model if isinstance(model, str) else None
 
 
 def _from_record(r: RecordedRequest) -> _Attempt:
@@ -410,6 +434,29 @@ def _retry_after(groups: list[list[_Attempt]], t: ConductThresholds) -> ConductC
                         f"{_fmt(hint)}",
                     )
                 )
+    # the hint covers the model, not only the request: nothing else for it while it lasts
+    everything = sorted((a for g in groups for a in g), key=lambda a: a.received_at)
+    for told in everything:
+        kind, hint = _kind(told)
+        if kind != "hinted" or hint is None:
+            continue
+        start, until = told.told_at + t.tolerance, told.told_at + hint - t.tolerance
+        for other in everything:
+            if (
+                start < other.received_at < until
+                and other.index != told.index
+                and (other.path, other.model) == (told.path, told.model)
+                and other.body != told.body
+            ):
+                bad.append(
+                    ConductViolation(
+                        other.index,
+                        told.index,
+                        f"another request for {told.model or told.path} came "
+                        f"{_fmt(other.received_at - told.told_at)} after a {told.status} that "
+                        f"said to wait {_fmt(hint)}",
+                    )
+                )
     last = [g[-1] for g in groups if _kind(g[-1])[0] == "hinted"]
     if not judged and not last:
         return ConductCheck(
@@ -420,7 +467,7 @@ def _retry_after(groups: list[list[_Attempt]], t: ConductThresholds) -> ConductC
             CONDUCT_CHECKS["retry_after"],
         )
     summary = (
-        f"{len(bad)} of {judged} retries after a hint came early"
+        f"{len(bad)} requests came before a hinted time ({judged} retries after a hint)"
         if bad
         else f"{judged} retries after a hint waited for it"
         + (f"; {len(last)} hinted failures not retried here" if last else "")
@@ -469,11 +516,17 @@ def _backoff(groups: list[list[_Attempt]], t: ConductThresholds) -> ConductCheck
                         )
                     )
             values = [gap for _, _, gap in run]
-            if len(values) >= 3 and values[-1] <= values[0]:
+            capped = t.max_backoff / 2
+            flat = [
+                i
+                for i in range(len(values) - 2)
+                if values[i + 2] <= values[i] and (values[i] < capped or values[0] >= capped)
+            ]
+            if flat:
                 bad.append(
                     ConductViolation(
-                        run[-1][1].index,
-                        run[0][0].index,
+                        run[flat[0] + 2][1].index,
+                        run[flat[0]][0].index,
                         "gaps did not grow: "
                         + ", ".join(_fmt(v) for v in values)
                         + " after failures with no hint",
