@@ -134,6 +134,8 @@ class Attempt:
     def describe(self) -> str:
         """One human-readable phrase, for error messages and logs."""
         text = f"{self.entry}: {self.detail or self.outcome}"
+        if self.outcome == "retried":
+            text += ", retried"
         if self.kind:
             text += f" ({self.kind.replace('_', '-')})"
         if self.cooldown is not None and self.outcome not in NO_CALL:
