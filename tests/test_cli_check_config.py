@@ -161,3 +161,20 @@ def test_a_file_in_a_format_it_does_not_read(
         f"{path}: invalid config\n  {path}: not a config format this reads: a config is TOML "
         "(.toml), YAML (.yaml, .yml) or JSON (.json; "
     )
+
+
+def test_what_only_the_mounted_router_would_find(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A cost route's entry without any price: the keys are right, but the router cannot start.
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+        '[routes.auto]\ndeployments = ["a/m1"]\n',
+        encoding="utf-8",
+    )
+    assert run(capsys, str(path)) == (
+        1,
+        "",
+        f"{path}: invalid config\n  routes: no price for a/m1\n",
+    )

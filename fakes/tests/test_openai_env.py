@@ -92,7 +92,7 @@ def test_fails(fake_openai_env):
         [
             "*waterfall-fakes (call)*",
             "'fake' received 1 request, a script of 1 step",
-            "  1. POST /v1/chat/completions -> 429  [[]rate_limit:seconds=2.0[]]",
+            "  1. POST /v1/chat/completions -> 429  [[]rate_limit:seconds=2.0[]] by script:0",
         ]
     )
 

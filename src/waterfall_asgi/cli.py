@@ -29,9 +29,24 @@ def _report(path: str, exc: ConfigError) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+def _check_as_mounted(config: RouterConfig) -> None:
+    """Raise what the middleware would find wrong with ``config`` beyond its keys (a cost route's
+    entry without a price, a reference that cannot be converted), without opening anything."""
+    from .cooldown import InMemoryCooldownStore
+    from .ledger import MemoryLedger
+    from .middleware import WaterfallMiddleware
+
+    mounted = WaterfallMiddleware(
+        None, config, ledger=MemoryLedger(), cooldowns=InMemoryCooldownStore()
+    )
+    if mounted.config_error is not None:
+        raise mounted.config_error
+
+
 def _check(path: str) -> int:
     try:
         config = load_config(path)
+        _check_as_mounted(config)
     except ConfigError as exc:
         _report(path, exc)
         return 1

@@ -79,6 +79,7 @@ from .ratelimit import (
     rate_limit_headers,
     remaining_headers,
 )
+from .rules import Draw, Rule, RuleStatus, request_text
 from .server import FakeServer, LoopbackServer
 from .transport import FakeTransport, ReplyStream, read_timeout
 from .verdict import (
@@ -119,6 +120,7 @@ __all__ = [
     "DeliveryEnd",
     "Dialect",
     "DoubleDone",
+    "Draw",
     "ErrorEvent",
     "FakeApp",
     "FakeConfig",
@@ -144,6 +146,8 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "ReplyStream",
+    "Rule",
+    "RuleStatus",
     "SlowChunks",
     "SlowFirstByte",
     "Stall",
@@ -169,5 +173,6 @@ __all__ = [
     "read_timeout",
     "remaining_headers",
     "reply_words",
+    "request_text",
     "usage_sent",
 ]

@@ -107,6 +107,7 @@ def entry_json(record: RecordedRequest) -> dict[str, Any]:
         "json": record.json,
         "client": record.client,
         "answered_by": list(record.answered_by),
+        "draws": [d.to_json() for d in record.draws],
         "behaviours": [b.model_dump(mode="json") for b in record.behaviours],
         "behaviours_text": format_behaviours(list(record.behaviours)),
         "status": record.status,

@@ -63,6 +63,7 @@ from .catalog import (
 )
 from .journal import Delivery, usage_sent
 from .ratelimit import Limits, RateLimiter, rate_limit_headers, remaining_headers
+from .rules import Draw, Rule, RuleStatus
 
 __all__ = ["FakeConfig", "FakeProvider", "RecordedRequest", "Reply", "chunk_bytes"]
 
@@ -90,7 +91,8 @@ class FakeConfig(BaseModel):
     ``script`` is a list of steps, one per chat/embeddings request, each step a behaviour list
     (or its header text); when the script runs out the fake answers normally, starts again
     from the top with ``cycle``, or repeats its last step forever with ``repeat_last``.
-    Behaviours from the ``x-fake-behaviour`` header are added to the step's own.
+    ``rules`` (see :mod:`waterfall_fakes.rules`) add behaviours to the requests they match,
+    after the step's. Behaviours from the ``x-fake-behaviour`` header come last.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -101,6 +103,7 @@ class FakeConfig(BaseModel):
     script: tuple[tuple[Behaviour, ...], ...] = ()
     cycle: bool = False
     repeat_last: bool = False
+    rules: tuple[Rule, ...] = ()
     limits: Limits | None = None
     api_key: str | None = Field(default=None, repr=False)
     reply_words: int = Field(default=12, ge=0)
@@ -120,6 +123,9 @@ class FakeConfig(BaseModel):
     def _one_ending(self) -> FakeConfig:
         if self.cycle and self.repeat_last:
             raise ValueError("a script either cycles or repeats its last step, not both")
+        names = [r.name for r in self.rules if r.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two rules have the same name: {sorted(names)}")
         return self
 
 
@@ -132,8 +138,10 @@ class RecordedRequest:
     - ``index``: its place in the journal since the last reset, from 0;
     - ``number``: its place among the requests the script and rules count (chat, completions,
       embeddings), from 0; ``None`` for the others (``/health``, ``/v1/models``, unknown paths);
-    - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "header")``; empty when
-      it was answered normally;
+    - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "rule:flaky", "header")``
+      (a script step by its index, a rule by its name); empty when it was answered normally;
+    - ``draws``: the chances drawn for it (:class:`~waterfall_fakes.rules.Draw`: the gate, its
+      count, the value drawn and the ``p`` it was compared with), which the fake's seed decides;
     - ``behaviours`` and ``status``: what was applied, and the status sent;
     - ``response_headers``: the headers sent with it;
     - ``usage``: the ``usage`` object the reply carried (``None``: none);
@@ -157,6 +165,7 @@ class RecordedRequest:
     usage: dict[str, Any] | None = None
     received_at: float = 0.0
     client: str | None = None
+    draws: tuple[Draw, ...] = ()
     delivery: Delivery = field(default_factory=Delivery, compare=False)
 
 
@@ -293,6 +302,22 @@ class _Draft:
 
 
 @dataclass
+class _Decision:
+    """What was chosen for one request: its number, its behaviours, where they came from
+    (``script:INDEX``, ``rule:NAME``, ``header``) and the chances drawn."""
+
+    number: int = 0
+    behaviours: tuple[Behaviour, ...] = ()
+    sources: list[str] = field(default_factory=list)
+    draws: list[Draw] = field(default_factory=list)
+
+    def add(self, source: str, behaviours: tuple[Behaviour, ...]) -> None:
+        if behaviours:
+            self.behaviours += behaviours
+            self.sources.append(source)
+
+
+@dataclass
 class _Gate:
     """What one gate (a ``when`` behaviour, in its place) has seen so far."""
 
@@ -333,6 +358,9 @@ class FakeProvider:
         self._gates: dict[str, _Gate] = {}
         self._started = clock()
         self._first: float | None = None
+        self._rules: dict[str, Rule] = {}
+        self._queued: set[str] = set()
+        self._set_rules()
 
     def __repr__(self) -> str:
         return f"FakeProvider(name={self.config.name!r}, requests={len(self.requests)})"
@@ -340,12 +368,14 @@ class FakeProvider:
     # -- state ---------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget received requests, rewind the script and the gates' counts, restart the time
-        windows and empty the rate limiter."""
+        windows, put back the config's rules (rules added since and queued behaviours go) and
+        empty the rate limiter."""
         with self._lock:
             self.requests.clear()
             self._step = self._count = 0
             self._gates.clear()
             self._started, self._first = self.clock(), None
+            self._set_rules()
             if self._limiter:
                 self._limiter.reset()
 
@@ -353,18 +383,95 @@ class FakeProvider:
         """The recorded requests to ``path``."""
         return [r for r in self.requests if r.path == path]
 
-    def _next_step(self, header: str | None) -> tuple[int, tuple[Behaviour, ...]]:
-        """The request's number and the behaviours that apply to it: its script step's and
-        its header's, each let through (or not) by its gates."""
-        header_behaviours = parse_behaviours(header)
+    # -- rules ---------------------------------------------------------------------------------
+    def _set_rules(self) -> None:
+        self._rules.clear()
+        self._queued.clear()
+        self._names = itertools.count()
+        for rule in self.config.rules:
+            self._put(rule)
+
+    def _put(self, rule: Rule) -> Rule:
+        name = rule.name
+        if name is None:
+            name = f"rule-{next(self._names)}"
+            while name in self._rules:
+                name = f"rule-{next(self._names)}"
+            rule = rule.model_copy(update={"name": name})
+        if name in self._rules:  # replaced: it starts counting again
+            self._forget(name)
+        self._rules[name] = rule
+        return rule
+
+    def _forget(self, name: str) -> None:
+        self._rules.pop(name, None)
+        self._queued.discard(name)
+        self._gates.pop(f"rule:{name}", None)
+
+    def add_rule(self, rule: Rule | Mapping[str, Any]) -> Rule:
+        """Add a rule (a :class:`~waterfall_fakes.rules.Rule` or its JSON shape) and return it
+        with its name (``rule-N`` when it had none). A rule of the same name is replaced, and
+        the new one counts its matching requests from zero."""
+        rule = rule if isinstance(rule, Rule) else Rule.model_validate(rule)
         with self._lock:
-            number = self._count
+            return self._put(rule)
+
+    def queue(self, behaviours: Any, count: int = 1, **match: Any) -> Rule:
+        """Give ``behaviours`` (header text, behaviours, or their JSON) to exactly the next
+        ``count`` requests that match ``match`` (a :class:`~waterfall_fakes.rules.Rule`'s
+        matching fields: ``model``, ``stream``, ``tools``, ``headers``, ``messages``, ``path``;
+        none: every request). The queued entry is a rule named ``queue-N`` with ``times=count``;
+        it goes away once spent."""
+        with self._lock:
+            if count < 0:
+                raise ValueError(f"count={count} must be at least 0")
+            name = f"queue-{next(self._names)}"
+            rule = Rule.model_validate(
+                {**match, "name": name, "times": count, "behaviours": behaviours}
+            )
+            self._put(rule)
+            self._queued.add(name)
+            if count == 0:
+                self._forget(name)
+            return rule
+
+    def remove_rule(self, name: str) -> bool:
+        """Remove the rule (or queued entry) called ``name``; False when there is none."""
+        with self._lock:
+            found = name in self._rules
+            self._forget(name)
+            return found
+
+    def clear_rules(self) -> None:
+        """Remove every rule and queued entry, the config's included (until :meth:`reset`)."""
+        with self._lock:
+            for name in list(self._rules):
+                self._forget(name)
+
+    def rules(self) -> list[RuleStatus]:
+        """The rules and queued entries in force, in the order they apply, with their counts."""
+        with self._lock:
+            out = []
+            for name, rule in self._rules.items():
+                gate = self._gates.get(f"rule:{name}", _Gate())
+                out.append(RuleStatus(rule, gate.seen, gate.hits, name in self._queued))
+            return out
+
+    # -- choosing a request's behaviours -------------------------------------------------------
+    def _next_step(
+        self, path: str, hdrs: dict[str, str], payload: Any, header: str | None
+    ) -> _Decision:
+        """The request's number and the behaviours that apply to it: its script step's, the
+        matching rules' and its header's, each let through (or not) by its gates."""
+        header_behaviours = parse_behaviours(header)
+        decision = _Decision()
+        with self._lock:
+            decision.number = self._count
             self._count += 1
             now = self.clock()
             if self._first is None:
                 self._first = now
             script = self.config.script
-            step: tuple[Behaviour, ...] = ()
             if script:
                 index = self._step
                 if self.config.cycle:
@@ -373,24 +480,39 @@ class FakeProvider:
                     index = min(index, len(script) - 1)
                 self._step += 1
                 if index < len(script):
-                    step = self._gated(f"step:{index}", script[index], now)
+                    self._gated(decision, f"script:{index}", script[index], now)
+            for name, rule in list(self._rules.items()):
+                if not rule.matches(path, hdrs, payload):
+                    continue
+                key = f"rule:{name}"
+                if self._passes(decision, key, rule.gate(), now):
+                    decision.add(key, rule.behaviours)
+                    if name in self._queued and self._gates[key].hits >= (rule.times or 0):
+                        self._rules.pop(name)
+                        self._queued.discard(name)
             if header_behaviours:
                 key = f"header:{(header or '').strip()}"
-                step += self._gated(key, header_behaviours, now)
-            return number, step
+                self._gated(decision, key, header_behaviours, now, source="header")
+            return decision
 
     def _gated(
-        self, key: str, behaviours: Iterable[Behaviour], now: float
-    ) -> tuple[Behaviour, ...]:
-        """``behaviours`` less their gates if every gate lets this request through, else ()."""
+        self,
+        decision: _Decision,
+        key: str,
+        behaviours: Iterable[Behaviour],
+        now: float,
+        source: str | None = None,
+    ) -> None:
+        """Add ``behaviours`` less their gates to ``decision`` if every gate lets this request
+        through."""
         behaviours = tuple(behaviours)
         gates = [b for b in behaviours if isinstance(b, When)]
         for i, gate in enumerate(gates):
-            if not self._passes(f"{key}:{i}" if i else key, gate, now):
-                return ()
-        return tuple(b for b in behaviours if not isinstance(b, When)) if gates else behaviours
+            if not self._passes(decision, f"{key}:{i}" if i else key, gate, now):
+                return
+        decision.add(source or key, tuple(b for b in behaviours if not isinstance(b, When)))
 
-    def _passes(self, key: str, gate: When, now: float) -> bool:
+    def _passes(self, decision: _Decision, key: str, gate: When, now: float) -> bool:
         """Whether ``gate`` (whose counts are kept under ``key``) hits this request."""
         origin = self._started if gate.since == "start" else (self._first or now)
         elapsed = now - origin
@@ -403,8 +525,11 @@ class FakeProvider:
         state.seen += 1
         if number < gate.skip or (gate.times is not None and state.hits >= gate.times):
             return False
-        if gate.p < 1 and _draw(self.config.seed, key, number) >= gate.p:
-            return False
+        if gate.p < 1:
+            draw = Draw(key, number, _draw(self.config.seed, key, number), gate.p)
+            decision.draws.append(draw)
+            if not draw.hit:
+                return False
         state.hits += 1
         return True
 
@@ -438,9 +563,9 @@ class FakeProvider:
             payload: Any = json.loads(body) if body else None
         except ValueError:
             payload = None
-        behaviours: tuple[Behaviour, ...] = ()
+        decision: _Decision | None = None
         try:
-            reply, behaviours = self._route(method.upper(), path, hdrs, body)
+            reply, decision = self._route(method.upper(), path, hdrs, body)
         except BehaviourError as exc:
             reply = self._error(
                 400,
@@ -456,9 +581,12 @@ class FakeProvider:
                 hdrs,
                 body,
                 payload,
-                behaviours,
+                decision.behaviours if decision else (),
                 reply.status,
                 index=len(self.requests),
+                number=decision.number if decision else None,
+                answered_by=tuple(decision.sources) if decision else (),
+                draws=tuple(decision.draws) if decision else (),
                 response_headers=reply.headers,
                 usage=usage,
                 received_at=received_at,
@@ -469,7 +597,7 @@ class FakeProvider:
 
     def _route(
         self, method: str, path: str, hdrs: dict[str, str], body: bytes
-    ) -> tuple[Reply, tuple[Behaviour, ...]]:
+    ) -> tuple[Reply, _Decision | None]:
         routes: dict[str, tuple[str, Callable[..., Reply] | None]] = {
             "/health": ("GET", None),
             "/v1/models": ("GET", None),
@@ -480,7 +608,7 @@ class FakeProvider:
         if path not in routes:
             return self._error(
                 404, f"Unknown path {path}.", "invalid_request_error", "unknown_url"
-            ), ()
+            ), None
         want, handler = routes[path]
         if method != want:
             reply = self._error(
@@ -489,22 +617,27 @@ class FakeProvider:
                 "invalid_request_error",
                 "method_not_allowed",
             )
-            return replace(reply, headers=(*reply.headers, ("allow", want))), ()
+            return replace(reply, headers=(*reply.headers, ("allow", want))), None
         if path == "/health":
-            return self._json(200, {"status": "ok", "name": self.config.name}), ()
+            return self._json(200, {"status": "ok", "name": self.config.name}), None
         if handler is None:
             data = [m.listing(self.config.created) for m in self.config.models]
-            return self._json(200, {"object": "list", "data": data}), ()
+            return self._json(200, {"object": "list", "data": data}), None
         header_spec = hdrs.get(BEHAVIOUR_HEADER) or hdrs.get("x-fake-behavior")
-        number, behaviours = self._next_step(header_spec)
+        try:
+            payload: Any = json.loads(body) if body else None
+        except ValueError:
+            payload = None
+        decision = self._next_step(path, hdrs, payload, header_spec)
+        number, behaviours = decision.number, decision.behaviours
         if (
             self.config.api_key is not None
             and hdrs.get("authorization") != f"Bearer {self.config.api_key}"
         ):
             return self._error(
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            ), behaviours
-        return handler(number, body, behaviours), behaviours
+            ), decision
+        return handler(number, body, behaviours), decision
 
     # -- building blocks -----------------------------------------------------------------------
     def _json(self, status: int, obj: Any, extra: Iterable[tuple[str, str]] = ()) -> Reply:

@@ -7,8 +7,8 @@ Needs the optional dependency: ``pip install 'waterfall-fakes[hypothesis]'``.
 - :func:`sse_events` and :func:`sse_encodings`: server-sent events and every legal way to put a
   stream of them on the wire;
 - :func:`chunkings`: every way a transport may split bytes into chunks;
-- :func:`behaviours` / :func:`fault_scripts`: fault scripts for a
-  :class:`~waterfall_fakes.FakeProvider`;
+- :func:`behaviours` / :func:`fault_scripts` / :func:`fault_rules`: fault scripts and rules
+  for a :class:`~waterfall_fakes.FakeProvider`;
 - :func:`register_profiles`: the ``dev`` and ``ci`` settings profiles.
 
 Everything shrinks towards the plainest case (one choice, ``\\n`` line ends, no comments, one
@@ -59,6 +59,7 @@ from .behaviours import (
     Truncate,
     When,
 )
+from .rules import Rule
 
 __all__ = [
     "BEHAVIOUR_KINDS",
@@ -69,6 +70,7 @@ __all__ = [
     "chat_completion_chunks",
     "chat_completion_streams",
     "chunkings",
+    "fault_rules",
     "fault_scripts",
     "register_profiles",
     "sse_encodings",
@@ -614,6 +616,59 @@ def fault_scripts(
     steps = st.lists(behaviours(), max_size=3) if steps is None else steps
     _check_strategy("steps", steps)
     return st.lists(steps, min_size=min_size, max_size=max_size)
+
+
+def fault_rules(
+    steps: SearchStrategy[list[Behaviour]] | None = None,
+    *,
+    models: SearchStrategy[str] | None = None,
+    min_size: int = 0,
+    max_size: int | None = None,
+) -> SearchStrategy[list[Rule]]:
+    """Rules for ``FakeProvider(rules=...)``: lists of ``min_size`` to ``max_size``
+    :class:`~waterfall_fakes.rules.Rule` with distinct names, each matching on some of model
+    (a glob drawn from ``models``, default ``fake-*`` and the three default models), streaming
+    and tools, and applying ``steps`` (default: up to three behaviours from :func:`behaviours`,
+    gates left out) always, ``nth``, ``times`` times or at a rate ``p``. Windows are left out:
+    they need a clock.
+    """
+    _check_sizes(min_size, max_size)
+    kinds = [k for k in BEHAVIOUR_KINDS if k != "when"]
+    steps = st.lists(behaviours(kinds), max_size=3) if steps is None else steps
+    _check_strategy("steps", steps)
+    models = (
+        st.sampled_from(["fake-*", "fake-small", "fake-medium", "fake-large"])
+        if models is None
+        else models
+    )
+    _check_strategy("models", models)
+
+    @st.composite
+    def one(draw: DrawFn, name: str) -> Rule:
+        step = draw(steps)
+        if any(isinstance(b, When) for b in step):
+            raise InvalidArgument(f"steps drew {step!r}: a rule cannot hold a 'when' gate")
+        fields: dict[str, Any] = {"name": name, "behaviours": tuple(step)}
+        if draw(st.booleans()):
+            fields["model"] = draw(models)
+        for key in ("stream", "tools"):
+            if draw(st.booleans()):
+                fields[key] = draw(st.booleans())
+        how = draw(st.sampled_from(["always", "nth", "times", "p"]))
+        if how == "nth":
+            fields["nth"] = draw(st.integers(1, 8))
+        elif how == "times":
+            fields["times"] = draw(st.integers(0, 8))
+        elif how == "p":
+            fields["p"] = draw(st.floats(0, 1))
+        return Rule(**fields)
+
+    @st.composite
+    def lists(draw: DrawFn) -> list[Rule]:
+        count = draw(st.integers(min_size, min_size + 4 if max_size is None else max_size))
+        return [draw(one(f"rule-{i}")) for i in range(count)]
+
+    return lists()
 
 
 # -- settings profiles -------------------------------------------------------------------------
