@@ -69,6 +69,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
+from .redact import REDACTED, Redactor
 from .relay import (
     ClientWatch,
     EventAligner,
@@ -89,6 +90,7 @@ from .upstream import (
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
+    decoded,
 )
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
@@ -100,6 +102,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "REDACTED",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
@@ -130,6 +133,7 @@ __all__ = [
     "Provider",
     "Ranking",
     "Rate",
+    "Redactor",
     "RelayOutcome",
     "Route",
     "Router",
@@ -160,6 +164,7 @@ __all__ = [
     "ceil_units",
     "convert",
     "create_app",
+    "decoded",
     "default_instance_id",
     "error_body",
     "error_event",
