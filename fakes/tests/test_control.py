@@ -51,7 +51,7 @@ def usage_in(answer: httpx.Response) -> dict[str, Any] | None:
         if line.startswith("data: {"):
             try:
                 obj = json.loads(line[6:])
-            except ValueError:  # a malformed event
+            except ValueError:  # a malformed_event's data
                 continue
             if isinstance(obj.get("usage"), dict):
                 found = obj["usage"]

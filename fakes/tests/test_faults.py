@@ -5,6 +5,7 @@ without ``[DONE]``, and models that honour or reject a prefill."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -392,3 +393,22 @@ def test_the_new_faults_are_drawn_and_accepted(behaviour: Behaviour) -> None:
     assert all(d is not None for d in reply.delays)  # never a stall forever from the strategies
     if isinstance(behaviour, When):
         assert fake.requests[0].behaviours == ()
+
+
+@pytest.mark.parametrize(
+    ("style", "words"),
+    [
+        ("anthropic", r"^prompt is too long: 8193 tokens > 8192 maximum$"),
+        ("gemini", r"^The input token count \(8193\) exceeds the maximum number of tokens"),
+        ("mistral", r"too large for model with 8192 maximum context length$"),
+        ("openrouter", r"^This endpoint's maximum context length is 8192 tokens\. However"),
+        ("vllm", r"you requested 8193 tokens \(5 in the messages, 8188 in the completion\)"),
+        ("llamacpp", r"exceeds the available context size"),
+    ],
+)
+def test_context_length_exceeded_in_other_providers_words(style: str, words: str) -> None:
+    reply = send(FakeProvider(), header=f"context_length_exceeded:style={style}")
+    assert reply.status == 400
+    error = json.loads(reply.body)["error"]
+    assert re.search(words, error["message"])
+    assert error["code"] is None  # only the words say it
