@@ -412,3 +412,38 @@ def test_context_length_exceeded_in_other_providers_words(style: str, words: str
     error = json.loads(reply.body)["error"]
     assert re.search(words, error["message"])
     assert error["code"] is None  # only the words say it
+
+
+@given(
+    st.floats(0, 100),
+    st.floats(0, 100),
+    st.lists(st.floats(0, 200), max_size=12),
+    st.sampled_from(["start", "first"]),
+)
+def test_a_window_hits_exactly_the_requests_inside_it(
+    start: float, end: float, times: list[float], since: str
+) -> None:
+    """Requests arrive at ``times`` (seconds after the fake started, in order): each inside
+    ``[start, end)`` counted from the fake's start or its first request fails, and only those."""
+    times = sorted(times)
+    clock = Clock(0.0)
+    fake = FakeProvider(clock=clock)
+    header = f"when:start={start},end={end},since={since}; status:code=503"
+    seen = []
+    for t in times:
+        clock.now = t
+        seen.append(send(fake, header=header).status)
+    origin = 0.0 if since == "start" or not times else times[0]
+    assert seen == [503 if start <= t - origin < end else 200 for t in times]
+
+
+@given(behaviours(), st.integers(0, 2**32))
+def test_a_gate_that_lets_a_request_through_changes_nothing_else(
+    behaviour: Behaviour, seed: int
+) -> None:
+    if isinstance(behaviour, When):
+        return
+    plain = FakeProvider(seed=seed, script=[[behaviour]])
+    gated = FakeProvider(seed=seed, script=[[When(times=1), behaviour]])
+    assert send(gated, STREAM) == send(plain, STREAM)
+    assert gated.requests[0].behaviours == plain.requests[0].behaviours
