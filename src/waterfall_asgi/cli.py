@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import signal
 import socket
@@ -47,6 +48,11 @@ def _check(path: str) -> int:
     try:
         config = load_config(path)
         _check_as_mounted(config)
+        if config.ledger.url is not None and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError(
+                "ledger.url: the PostgreSQL ledger needs asyncpg: "
+                "pip install 'waterfall-asgi[postgres]'"
+            )
     except ConfigError as exc:
         _report(path, exc)
         return 1
