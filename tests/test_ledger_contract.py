@@ -456,3 +456,17 @@ def test_the_ledger_state_machine(name: str, fresh_storage: Callable[[str], Kind
 
     Machine.TestCase.settings = MACHINE
     Machine.TestCase().runTest()
+
+
+async def test_text_no_database_can_store_is_mended_and_the_batch_kept(shared_kind: Kind) -> None:
+    """A client may send a lone surrogate, escaped, in a JSON string (a model name): its row is
+    written with U+FFFD in its place, and the rows of the same batch are not lost with it."""
+    async with opened(shared_kind.make()) as ledger:
+        await ledger.save(record(1))
+        await ledger.save(record(2, model="\ud800", error="bad \udfff", attempts=[{"e": "\ud83d"}]))
+        await ledger.save(record(3))
+        got = await shared_kind.read(ledger)
+    assert got["r2"] == record(2, model="\ufffd", error="bad \ufffd", attempts=[{"e": "\ufffd"}])
+    assert got["r1"] == record(1)
+    assert got["r3"] == record(3)
+    assert getattr(ledger, "failures", None) == 0

@@ -19,6 +19,7 @@ from asgi_helpers import call
 from hypothesis import given
 from hypothesis import strategies as st
 
+from waterfall_asgi.config import Limits
 from waterfall_asgi.middleware import WaterfallMiddleware, _client_headers
 from waterfall_asgi.router import _NOT_FORWARDED, forwarded_headers
 from waterfall_fakes import FakeNetwork, FakeProvider
@@ -255,4 +256,4 @@ def test_only_headers_that_may_go_upstream_are_forwarded(headers: list[tuple[str
     assert forwarded_headers(headers) == _forwarded_reference(headers)
     # the middleware drops what the router would before decoding: the same headers go upstream
     scope = {"headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
-    assert forwarded_headers(_client_headers(scope)) == _forwarded_reference(headers)
+    assert forwarded_headers(_client_headers(scope, Limits())) == _forwarded_reference(headers)

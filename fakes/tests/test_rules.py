@@ -370,3 +370,18 @@ def test_fault_rules_shrink_to_none_and_check_their_arguments() -> None:
     gated = fault_rules(st.just([When()]), min_size=1)
     with pytest.raises(InvalidArgument):
         find(gated, lambda r: True)
+
+
+def test_a_toml_config_file_holds_rules_and_gates(tmp_path: Any) -> None:
+    from waterfall_fakes.cli import load_config
+
+    path = tmp_path / "fake.toml"
+    path.write_text(
+        'seed = 9\nscript = ["when:times=1; status:code=500"]\nrepeat_last = true\n\n'
+        '[[rules]]\nname = "large-down"\nmodel = "fake-large"\nbehaviours = "status:code=503"\n',
+        encoding="utf-8",
+    )
+    fake = FakeProvider(load_config(path))
+    assert [send(fake, chat()).status for _ in range(3)] == [500, 200, 200]
+    assert send(fake, chat("fake-large")).status == 503
+    assert fake.requests[-1].answered_by == ("rule:large-down",)

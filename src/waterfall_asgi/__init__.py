@@ -52,7 +52,13 @@ from .ledger import (
     new_request_id,
 )
 from .ledger_postgres import PostgresLedger, read_postgres_records
-from .ledger_sqlite import LedgerError, SQLiteLedger, default_instance_id, read_records
+from .ledger_sqlite import (
+    LedgerError,
+    SQLiteLedger,
+    default_instance_id,
+    read_records,
+    utf8_text,
+)
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -63,6 +69,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
+from .redact import REDACTED, Redactor
 from .relay import (
     ClientWatch,
     EventAligner,
@@ -83,6 +90,7 @@ from .upstream import (
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
+    decoded,
 )
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
@@ -94,6 +102,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "REDACTED",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
@@ -124,6 +133,7 @@ __all__ = [
     "Provider",
     "Ranking",
     "Rate",
+    "Redactor",
     "RelayOutcome",
     "Route",
     "Router",
@@ -154,6 +164,7 @@ __all__ = [
     "ceil_units",
     "convert",
     "create_app",
+    "decoded",
     "default_instance_id",
     "error_body",
     "error_event",
@@ -179,5 +190,6 @@ __all__ = [
     "send_error",
     "tune_gc",
     "usage_only_chunk",
+    "utf8_text",
     "with_usage",
 ]

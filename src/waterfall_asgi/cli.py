@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import signal
 import socket
@@ -47,6 +48,11 @@ def _check(path: str) -> int:
     try:
         config = load_config(path)
         _check_as_mounted(config)
+        if config.ledger.url is not None and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError(
+                "ledger.url: the PostgreSQL ledger needs asyncpg: "
+                "pip install 'waterfall-asgi[postgres]'"
+            )
     except ConfigError as exc:
         _report(path, exc)
         return 1
@@ -71,11 +77,23 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _report(args.config, exc)
         return 1
+    from ._serving import guarded_h11, serve_logging
     from .app import create_app, tune_gc
 
     class Server(uvicorn.Server):
         """uvicorn's server, but a handled SIGINT/SIGTERM ends the process normally (exit 0)
-        instead of being raised again after the graceful shutdown."""
+        instead of being raised again after the graceful shutdown, and requests cancelled when
+        the graceful shutdown timed out get to record their end before the app shuts down."""
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            lifespan_shutdown = self.lifespan.shutdown
+
+            async def then_lifespan() -> None:
+                await _settle(self.server_state.tasks)
+                await lifespan_shutdown()
+
+            self.lifespan.shutdown = then_lifespan
+            await super().shutdown(sockets)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
@@ -98,12 +116,27 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_config=serve_logging(args.log_level),
             lifespan="on",
+            http=guarded_h11(args.header_timeout),
+            h11_max_incomplete_event_size=args.max_header_bytes,
+            timeout_keep_alive=args.timeout_keep_alive,
+            limit_concurrency=args.limit_concurrency,
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
     )
     tune_gc()  # what is loaded by now lives as long as the process (see tune_gc)
     server.run()
     return 0 if server.started else 3
+
+
+async def _settle(tasks: set[Any]) -> None:
+    """Wait a little (5 s at most) for cancelled request tasks to finish."""
+    import asyncio
+
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=5)
 
 
 def _listening(server: Any, host: str, prefix: str) -> str:
@@ -261,6 +294,16 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
 def _explain_chain(config: RouterConfig, name: str, as_json: bool) -> int:
     import asyncio
 
@@ -317,7 +360,45 @@ def main(argv: list[str] | None = None) -> int:
         default=8000,
         help="the TCP port (default: %(default)s; 0: a free one, printed on stdout)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="for uvicorn's lines and the router's (one JSON line per request at info)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds a client has to send a request's headers; a new connection that sends "
+        "nothing is closed after as long (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=32 * 1024,
+        help="the largest request head (request line and headers); larger: 431 "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--timeout-keep-alive",
+        type=_positive,
+        default=5.0,
+        help="seconds an idle kept-alive connection stays open (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=2048,
+        help="connections (and requests) served at once; more: 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=_positive,
+        default=30.0,
+        help="seconds requests in flight get to finish after SIGTERM; then they are cancelled "
+        "and recorded as interrupted (default: %(default)s)",
+    )
     check = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     check.add_argument("file")
     sub.add_parser("demo", help="a tour on embedded defaults: fake providers on loopback")

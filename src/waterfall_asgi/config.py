@@ -240,9 +240,40 @@ class RoutingPolicy(_Model):
 
 
 class Limits(_Model):
-    """Limits on what clients may send."""
+    """Limits on what clients may send, and on what the router reads from providers."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds to read a request's whole body, else 408"
+    )
+    max_json_depth: int = Field(
+        default=128, ge=1, description="how deep a request's JSON may nest (deeper: 400)"
+    )
+    max_model_length: int = Field(
+        default=256, ge=1, description="the longest `model` a request may name (longer: 400)"
+    )
+    max_header_bytes: int = Field(
+        default=8192,
+        ge=1,
+        description="a client header larger than this (name and value) is not forwarded upstream",
+    )
+    max_forwarded_headers: int = Field(
+        default=64,
+        ge=0,
+        description="client headers forwarded upstream, at most (the rest: dropped)",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="the largest whole (non-stream) upstream body read; a larger one fails the "
+        "attempt, which falls through",
+    )
+    max_response_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds to read a whole (non-stream) upstream body, from its headers on; "
+        "a slower one fails the attempt, which falls through",
+    )
 
 
 class UpstreamSettings(_Model):

@@ -37,8 +37,8 @@ costs ``numeric`` (exact, never a float). Where it differs from the obvious impl
 - **Migrations** are versioned (table ``waterfall_ledger_schema``) and run in one transaction
   under a transaction-level advisory lock, so replicas that start together migrate once; a
   database migrated by a newer waterfall-asgi is refused.
-- **NUL characters**, which PostgreSQL's ``text`` and ``jsonb`` cannot hold, are stored as
-  U+FFFD (a client could otherwise name a model that makes its row unwritable).
+- **NUL characters** and lone surrogates, which PostgreSQL's ``text`` and ``jsonb`` cannot hold,
+  are stored as U+FFFD (a client could otherwise name a model that makes its row unwritable).
 - **No password** in any log line, error or ``repr``: the URL is shown with its password
   replaced by ``***`` (see :func:`redact_url`).
 """
@@ -61,7 +61,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._fastjson import encoder
 from .ledger import UsageRecord
-from .ledger_sqlite import COLUMNS, LedgerError, default_instance_id
+from .ledger_sqlite import COLUMNS, LedgerError, default_instance_id, utf8_text
 
 if TYPE_CHECKING:
     import asyncpg
@@ -290,11 +290,17 @@ def _columns(rows: Sequence[_Row]) -> tuple[list[list[Any]], list[str], int, Exc
             first = first or exc
             continue
         values = list(row)
+        if not text.isascii():
+            text = utf8_text(text)
         values[_ATTEMPTS] = text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
         values[_STREAM] = bool(values[_STREAM])
         for at in _TEXTS:
             value = values[at]
-            if value is not None and "\x00" in value:  # PostgreSQL's text cannot hold NUL
+            if value is None:
+                continue
+            if not value.isascii():
+                value = values[at] = utf8_text(value)
+            if "\x00" in value:  # PostgreSQL's text cannot hold NUL
                 values[at] = value.replace("\x00", "\ufffd")
         kept.append(tuple(values))
     columns = [list(column) for column in zip(*kept, strict=True)] if kept else []

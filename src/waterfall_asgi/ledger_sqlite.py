@@ -56,7 +56,7 @@ from typing import Any, ClassVar, Literal
 from ._fastjson import encoder
 from .ledger import UsageRecord
 
-__all__ = ["LedgerError", "SQLiteLedger", "default_instance_id", "read_records"]
+__all__ = ["LedgerError", "SQLiteLedger", "default_instance_id", "read_records", "utf8_text"]
 
 logger = logging.getLogger("waterfall_asgi.ledger")
 
@@ -208,6 +208,10 @@ _COLUMN_VALUES = operator.attrgetter(*COLUMNS)
 _ATTEMPTS = COLUMNS.index("attempts")
 _STREAM = COLUMNS.index("stream")
 _STATUS = COLUMNS.index("status")
+_TEXTS = tuple(
+    COLUMNS.index(name)
+    for name in ("id", "route", "model", "provider", "upstream_model", "cost_unit", "error")
+)
 _ENCODE_ATTEMPTS = encoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -222,13 +226,34 @@ def _snapshot(record: UsageRecord) -> _Row:
     return (*values[:_ATTEMPTS], [dict(a) for a in attempts], *values[_ATTEMPTS + 1 :])
 
 
+def utf8_text(value: str) -> str:
+    """``value``, with any lone surrogate (which no UTF-8 database can store: a client may send
+    one, escaped, in a JSON string) replaced by U+FFFD, so its row can be written.
+
+    >>> utf8_text("plain"), utf8_text("café"), utf8_text("a" + chr(0xD800) + "b") == "a�b"
+    ('plain', 'café', True)
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value
+
+
 def _to_row(snapshot: _Row, instance_id: str | None) -> _Row:
-    """A snapshot as SQLite column values (attempts as JSON text, ``stream`` as 0/1), then the
-    id of the process that writes it."""
+    """A snapshot as SQLite column values (attempts as JSON text, ``stream`` as 0/1, text that
+    UTF-8 cannot encode mended by :func:`utf8_text`), then the id of the process that writes
+    it."""
     attempts = snapshot[_ATTEMPTS]
     values = list(snapshot)
-    values[_ATTEMPTS] = _ENCODE_ATTEMPTS(attempts) if attempts else "[]"
+    values[_ATTEMPTS] = utf8_text(_ENCODE_ATTEMPTS(attempts)) if attempts else "[]"
     values[_STREAM] = int(bool(values[_STREAM]))
+    for at in _TEXTS:
+        value = values[at]
+        if value is not None and not value.isascii():
+            values[at] = utf8_text(value)
     values.append(instance_id)
     return tuple(values)
 

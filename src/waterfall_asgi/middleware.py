@@ -32,8 +32,16 @@ from typing import Any
 
 import httpx
 
-from ._fastjson import decode, encoder
-from .config import ConfigError, Deployment, Price, RouterConfig, ceil_units, load_config
+from ._fastjson import decode_request, encoder
+from .config import (
+    ConfigError,
+    Deployment,
+    Limits,
+    Price,
+    RouterConfig,
+    ceil_units,
+    load_config,
+)
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .cost import (
     PromptEstimator,
@@ -154,6 +162,8 @@ class WaterfallMiddleware:
         self._router: Router | None = None
         self._lock = asyncio.Lock()
         self._watches = WatchStarter()
+        self.refused_unauthenticated = 0
+        """Requests refused for a missing or wrong client key (they write no ledger row)."""
         self._told = False  # whether the config error has been logged
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
@@ -234,7 +244,10 @@ class WaterfallMiddleware:
         if self.app is None:
             if kind == "http":
                 await send_error(
-                    send, RouterError(404, f"Unknown path {scope['path']}.", code="unknown_url")
+                    send,
+                    RouterError(
+                        404, f"Unknown path {_bounded(scope['path'])}.", code="unknown_url"
+                    ),
                 )
             elif kind == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
@@ -391,6 +404,15 @@ class WaterfallMiddleware:
                 raise RouterError(
                     400, "'model' must be a string.", code="invalid_type", param="model"
                 )
+            if model is not None and len(model) > self.config.limits.max_model_length:
+                record.model = _bounded(model)
+                raise RouterError(
+                    400,
+                    f"'model' is longer than {self.config.limits.max_model_length} characters: "
+                    f"{_bounded(model)!r}.",
+                    code="invalid_value",
+                    param="model",
+                )
             record.model, record.stream = model, stream
             ranking = None
             if model is not None and model in self.config.routes:
@@ -408,7 +430,12 @@ class WaterfallMiddleware:
             watch = self._watches.watch(receive, current.cancel)
             try:
                 served = await router.run(
-                    label, plan, endpoint, upstream_payload, _client_headers(scope), stream
+                    label,
+                    plan,
+                    endpoint,
+                    upstream_payload,
+                    _client_headers(scope, self.config.limits),
+                    stream,
                 )
             except asyncio.CancelledError:
                 if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
@@ -445,6 +472,11 @@ class WaterfallMiddleware:
                 charge.apply(record, outcome.usage)
                 record.status, record.error = outcome.status, outcome.error
         except RouterError as exc:
+            if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
+                accounted = False
+                self.refused_unauthenticated += 1
+            if self._router is not None:  # an upstream's words may be in it: never a secret
+                exc.message = self._router.redactor.text(exc.message)
             record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
             record.http_status = exc.status
             record.error = exc.code
@@ -518,22 +550,34 @@ class WaterfallMiddleware:
                     413, f"Request body larger than {limit} bytes.", code="request_too_large"
                 )
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            body += message.get("body", b"")
-            if len(body) > limit:
-                raise RouterError(
-                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
-                )
-            if not message.get("more_body", False):
-                break
+        timeout = self.config.limits.body_timeout
         try:
-            payload = decode(bytes(body))
-        except ValueError:
+            async with asyncio.timeout(timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    body += message.get("body", b"")
+                    if len(body) > limit:
+                        raise RouterError(
+                            413,
+                            f"Request body larger than {limit} bytes.",
+                            code="request_too_large",
+                        )
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
             raise RouterError(
-                400, "The request body is not valid JSON.", code="invalid_json"
+                408,
+                f"The request body did not arrive within {timeout:g}s.",
+                code="request_timeout",
+                headers=[("connection", "close")],  # the rest of the body is not awaited
+            ) from None
+        try:
+            payload = decode_request(bytes(body), self.config.limits.max_json_depth)
+        except ValueError as exc:
+            raise RouterError(
+                400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
             ) from None
         if not isinstance(payload, dict):
             raise RouterError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -627,7 +671,7 @@ class WaterfallMiddleware:
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
-            charge.apply(record, observe_body(served.prefix))
+            charge.apply(record, served.usage or observe_body(served.prefix))
             if response.status < 400:
                 record.status = "success"
             else:  # a 4xx passed back as it was: the request itself was refused upstream
@@ -774,13 +818,39 @@ def _route_path(scope: Scope) -> str:
 _NOT_DECODED = frozenset(name.encode() for name in _NOT_FORWARDED if name != "connection")
 
 
-def _client_headers(scope: Scope) -> list[tuple[str, str]]:
-    """The request's headers for the router, decoded, less those it would drop anyway."""
-    return [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.lower() not in _NOT_DECODED
-    ]
+def _client_headers(scope: Scope, limits: Limits) -> list[tuple[str, str]]:
+    """The request's headers for the router, decoded, less those it would drop anyway, those
+    larger than ``limits.max_header_bytes`` and those beyond ``limits.max_forwarded_headers``
+    (each drop of the last two kinds logged, by header name)."""
+    largest = limits.max_header_bytes
+    headers: list[tuple[str, str]] = []
+    oversized: list[str] = []
+    for k, v in scope["headers"]:
+        if len(k) + len(v) > largest:
+            oversized.append(_bounded(k.decode("latin-1"), 64))
+        elif k.lower() not in _NOT_DECODED:
+            headers.append((k.decode("latin-1"), v.decode("latin-1")))
+    if oversized:
+        logger.warning(
+            "not forwarded upstream: %d header(s) over %d bytes (%s)",
+            len(oversized),
+            largest,
+            ", ".join(oversized[:8]),
+        )
+    if len(headers) > limits.max_forwarded_headers:
+        logger.warning(
+            "not forwarded upstream: %d header(s) beyond the first %d",
+            len(headers) - limits.max_forwarded_headers,
+            limits.max_forwarded_headers,
+        )
+        del headers[limits.max_forwarded_headers :]
+    return headers
+
+
+def _bounded(text: str, limit: int = 256) -> str:
+    """``text``, cut to ``limit`` characters (marked with an ellipsis): for echoes of what a
+    client sent, in messages and records."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _trail(attempts: list[Attempt]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from .config import Deployment, RouterConfig
 from .cooldown import CooldownStore, preemptive_hint, retry_hint
 from .deadline import Deadline
 from .errors import RouterError
+from .redact import Redactor
 from .sse import BLANK_LINE, SSEParser
 from .upstream import (
     Upstream,
@@ -32,6 +34,7 @@ from .upstream import (
     UpstreamError,
     UpstreamResponse,
 )
+from .usage import UsageResult, observe_body
 
 __all__ = ["Attempt", "Exhausted", "Router", "Served", "forwarded_headers"]
 
@@ -61,7 +64,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 }
 _ERROR_PEEK = 64 * 1024
 _EVENT_CAP = 64 * 1024  # the largest first event parsed (SSEParser's max_bytes)
-_ENCODE = encoder(ensure_ascii=False)
+_ENCODE = encoder(ensure_ascii=False, allow_nan=False)
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -115,6 +118,8 @@ class Served:
     read_timeout: float = 60.0
     deadline: Deadline | None = None
     """The timer of the request's upstream waits (made on the first read if not given)."""
+    usage: UsageResult | None = None
+    """What a whole 2xx body reported (it was parsed to check that it is JSON)."""
 
     async def rest(self) -> AsyncIterator[bytes]:
         """The remaining body chunks, each within the read timeout (raises as
@@ -189,6 +194,8 @@ class Router:
         self.upstream = upstream
         self.cooldowns = cooldowns
         self.clock = clock
+        self.redactor = Redactor.from_config(config)
+        """Removes the config's secrets from what an upstream says on an error path."""
         self._by_model: dict[str, list[Deployment]] = {}
         self._by_key: dict[str, Deployment] = {}
         # made once: what the router sends each provider, and the client's timeouts for it
@@ -223,7 +230,7 @@ class Router:
             return model, [self._by_key[model]]
         raise RouterError(
             404,
-            f"The model {model!r} does not exist; this router serves: "
+            f"The model {_echo(model)!r} does not exist; this router serves: "
             f"{', '.join(self.models()) or 'nothing'}.",
             code="model_not_found",
             param="model",
@@ -303,7 +310,12 @@ class Router:
         own, timeouts = self._sends[d.provider]
         headers = [(k, v) for k, v in passthrough if k.lower() not in own]
         headers += own.items()
-        body = _ENCODE({**payload, "model": d.model}).encode()
+        try:
+            body = _ENCODE({**payload, "model": d.model}).encode()
+        except (ValueError, RecursionError):  # NaN, a lone surrogate, too deep: not JSON
+            raise RouterError(
+                400, "The request cannot be sent as JSON.", code="invalid_json"
+            ) from None
         # One timer bounds every wait of this attempt: the headers and the first event by
         # first_byte, each later read by read (see Deadline).
         deadline = Deadline()
@@ -348,6 +360,10 @@ class Router:
             await response.aclose()
             hint = retry_hint(response.headers, self.clock())
             raise _Failed("status", f"HTTP {status}{detail}", status, hint)
+        if 300 <= status < 400:  # a redirect is not an answer (and is never followed)
+            raise _Failed("status", f"HTTP {status} (a redirect)", status)
+        if "content-encoding" in response.headers:  # one the client could not decode
+            raise _Failed("status", f"HTTP {status} in an unsupported content-encoding", status)
         served = Served(d, response, b"", False, read_timeout=read_timeout, deadline=deadline)
         is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
         if stream and status < 300 and is_sse:
@@ -355,17 +371,43 @@ class Router:
                 served.prefix = await self._first_event(served, first_byte, read_timeout)
             return served
         # A whole body (JSON, or an error sent back as is): read it before committing anything.
+        body = await self._whole_body(served)
+        if status >= 400:  # passed back to the client: without the router's secrets
+            body = self.redactor.bytes(body)
+            headers = response.headers
+            if "content-type" in headers:  # (the one upstream header relayed)
+                headers["content-type"] = self.redactor.text(headers["content-type"])
+        else:
+            served.usage = observe_body(body)
+            if not served.usage.complete:
+                raise _Failed("invalid_body", f"HTTP {status} with a body that is not JSON")
+        served.prefix, served.complete = body, True
+        await served.aclose()
+        return served
+
+    async def _whole_body(self, served: Served) -> bytes:
+        """The rest of a non-stream body: at most ``limits.max_response_bytes``, within
+        ``limits.max_response_seconds`` (checked after each chunk, each within the read
+        timeout); else the attempt fails, and nothing of it reaches the client."""
+        limits = self.config.limits
+        cap = limits.max_response_bytes
+        clock = asyncio.get_running_loop().time
+        until = clock() + limits.max_response_seconds
         chunks = []
+        size = 0
         try:
             while chunk := await served.read_chunk():
+                size += len(chunk)
+                if size > cap:
+                    raise _Failed("too_large", f"body larger than {cap} bytes")
                 chunks.append(chunk)
+                if clock() > until:
+                    raise _Failed("timeout", "body not read within max_response_seconds")
         except TimeoutError:
             raise _Failed("timeout", "timed out reading the body") from None
         except UpstreamError as exc:
             raise _Failed("transport_error", f"body cut short ({exc.name})") from None
-        served.prefix, served.complete = b"".join(chunks), True
-        await served.aclose()
-        return served
+        return b"".join(chunks)
 
     async def _first_event(self, served: Served, first_byte: float, read_timeout: float) -> bytes:
         parser: SSEParser | None = None  # (made only if the first read is not the usual one)
@@ -430,9 +472,20 @@ class Router:
                         break
             error = json.loads(bytes(raw)).get("error")
             code = error.get("code") or error.get("type") if isinstance(error, dict) else None
-        except (TimeoutError, UpstreamError, ValueError, AttributeError):
+        except (TimeoutError, UpstreamError, ValueError, AttributeError, RecursionError):
             return ""
-        return f" {code}" if isinstance(code, str) and code.isprintable() and len(code) < 80 else ""
+        # a code, never the provider's free text (which may echo what it was sent)
+        if not isinstance(code, str) or not _CODE.fullmatch(code):
+            return ""
+        return f" {self.redactor.text(code)}"
+
+
+def _echo(text: str, limit: int = 256) -> str:
+    """What a client sent, cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # what an error code looks like
 
 
 def _is_error(data: str) -> bool:

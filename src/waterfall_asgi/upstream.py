@@ -12,6 +12,13 @@ its body chunk by chunk. Two implementations ship:
 Both report failures the same way, as :class:`UpstreamError` subclasses that keep the name of the
 client library's own exception (``name``) for messages and logs, and both honour
 :class:`~waterfall_asgi.config.Timeouts`: ``read`` bounds the wait for every body chunk.
+
+Both decode a body sent with ``Content-Encoding: gzip`` or ``deflate`` (the router asks for
+``identity``, but a provider may compress all the same): the response's ``read_chunk`` returns the
+decoded bytes (at most 64 KiB per call, however well they were compressed) and its headers no
+longer carry ``content-encoding`` or ``content-length``. Another encoding is left as it is, named
+in the headers (the router refuses such an answer). A body that does not decode raises
+:class:`UpstreamTransportError`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import http.cookiejar
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
@@ -37,6 +45,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamTransportError",
     "as_upstream",
+    "decoded",
 ]
 
 
@@ -113,6 +122,103 @@ class Upstream(Protocol):
     async def aclose(self) -> None:
         """Close every connection."""
         ...  # pragma: no cover
+
+
+# -- content-encoding --------------------------------------------------------------------------
+
+_DECODED_CHUNK = 64 * 1024  # the most decoded bytes one read returns
+_WBITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": 32 + zlib.MAX_WBITS,
+}
+
+
+class _Decoded:
+    """A response whose body arrives compressed, read decoded (see :func:`decoded`)."""
+
+    __slots__ = ("_decoder", "_done", "_inner", "_pending", "_seen", "_wbits", "headers")
+
+    def __init__(self, inner: UpstreamResponse, headers: dict[str, str], wbits: int) -> None:
+        self._inner = inner
+        self.headers = headers
+        self._wbits = wbits
+        self._decoder = zlib.decompressobj(wbits)
+        self._pending = b""  # encoded bytes read but not decoded yet
+        self._seen = False  # whether any encoded byte arrived
+        self._done = False
+
+    @property
+    def status(self) -> int:
+        return self._inner.status
+
+    @property
+    def reason(self) -> str:
+        return self._inner.reason
+
+    def _decode(self, data: bytes) -> bytes:
+        try:
+            out = self._decoder.decompress(data, _DECODED_CHUNK)
+        except zlib.error:
+            if self._seen or self._wbits != _WBITS["deflate"]:
+                raise UpstreamTransportError("zlib.error", "the body does not decode") from None
+            # "deflate" without its zlib wrapper, as some servers send it
+            self._wbits = -zlib.MAX_WBITS
+            self._decoder = zlib.decompressobj(self._wbits)
+            return self._decode(data)
+        self._seen = True
+        decoder = self._decoder
+        if decoder.unconsumed_tail:  # more output than one read returns: the rest next time
+            self._pending = decoder.unconsumed_tail
+        elif decoder.eof and decoder.unused_data:  # another gzip member follows
+            self._pending = decoder.unused_data
+            self._decoder = zlib.decompressobj(self._wbits)
+        else:
+            self._pending = b""
+        return out
+
+    def at_end(self) -> bool:
+        """Never known ahead: the relay reads on until ``b""``."""
+        return False
+
+    async def read_chunk(self) -> bytes:
+        while True:
+            if self._pending:
+                out = self._decode(self._pending)
+            elif self._done:
+                return b""
+            else:
+                data = await self._inner.read_chunk()
+                if not data:
+                    self._done = True
+                    if self._seen and not self._decoder.eof:
+                        raise UpstreamTransportError("zlib.error", "the encoded body is cut short")
+                    return b""
+                out = self._decode(data)
+            if out:
+                return out
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def decoded(response: UpstreamResponse) -> UpstreamResponse:
+    """``response`` read decoded when its body is gzip- or deflate-encoded, else itself.
+
+    The decoded response's headers lose ``content-encoding`` and ``content-length`` (which
+    described the encoded body)."""
+    headers = response.headers
+    encoding = headers.get("content-encoding")
+    if encoding is None:
+        return response
+    coding = encoding.strip().lower()
+    if coding in ("", "identity"):
+        return response
+    wbits = _WBITS.get(coding)
+    if wbits is None:  # another encoding (or several): left for the router to refuse
+        return response
+    plain = {k: v for k, v in headers.items() if k not in ("content-encoding", "content-length")}
+    return _Decoded(response, plain, wbits)
 
 
 # -- httpx -------------------------------------------------------------------------------------
@@ -223,7 +329,7 @@ class HttpxUpstream:
             raise UpstreamConnectError(type(exc).__name__, str(exc)) from None
         except httpx.TransportError as exc:
             raise UpstreamTransportError(type(exc).__name__, str(exc)) from None
-        return _HttpxResponse(response)
+        return decoded(_HttpxResponse(response))
 
     async def aclose(self) -> None:
         if self._own:
@@ -368,7 +474,7 @@ class AiohttpUpstream:
             raise UpstreamConnectError(type(exc).__name__, str(exc)) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamTransportError(type(exc).__name__, str(exc)) from None
-        return _AiohttpResponse(response)
+        return decoded(_AiohttpResponse(response))
 
     async def aclose(self) -> None:
         if self._own and self._session is not None:
