@@ -175,6 +175,25 @@ async def test_header_floods_get_431(server: Serving, head: bytes) -> None:
     await still_serves(server.port)
 
 
+@pytest.mark.parametrize("split", [0, 1, 2, 3], ids=["whole", "cr-lf-cr", "cr-lf", "cr"])
+async def test_a_large_body_right_behind_its_head_is_served(server: Serving, split: int) -> None:
+    # one write (or a blank line cut across two): a head well within the limit, then 200 KB
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 200_000}]})
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+    )
+    data = head + body.encode()
+    cut = len(head) - split if split else len(data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(data[:cut])
+    await writer.drain()
+    writer.write(data[cut:])
+    raw = await read_until_closed(reader)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:300]
+
+
 BAD_BODIES = {
     "deep-json": (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
     "lone-surrogate": (

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,10 @@ def test_the_config_chooses_postgres_and_check_config_names_it_without_the_passw
     assert isinstance(app.ledger, PostgresLedger)
     assert (app.ledger.lease, app.ledger.instance_id) == (12, "replica-1")
     assert "s3cret" not in repr(app.ledger) + repr(app.config)
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if the extra were not installed
+    assert main(["check-config", str(file)]) == 1
+    assert "pip install 'waterfall-asgi[postgres]'" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "asyncpg")
     file.write_text(file.read_text().replace("LEDGER_URL", "NOT_SET_ANYWHERE"))
     assert main(["check-config", str(file)]) == 1
     assert "ledger.url_env: environment variable NOT_SET_ANYWHERE is not set" in (

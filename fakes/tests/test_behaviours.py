@@ -132,6 +132,7 @@ EXAMPLES: list[tuple[str, Any]] = [
     ("stall", Stall()),
     ("context_length_exceeded", ContextLengthExceeded()),
     ("context_length_exceeded:message=too long", ContextLengthExceeded(message="too long")),
+    ("context_length_exceeded:style=anthropic", ContextLengthExceeded(style="anthropic")),
     ("content_filter", ContentFilter()),
     ("content_filter:code=content_filter,after=2", ContentFilter(code="content_filter", after=2)),
     ("prefill:mode=reject", Prefill(mode="reject")),

@@ -156,7 +156,8 @@ def test_config_shows_the_fake_without_its_key() -> None:
     assert config["config"]["script"] == [[{"kind": "status", "code": 502, "message": None}]]
     assert config["name"] == "cfg"
     index = client.get(CONTROL_PREFIX).json()
-    assert index["endpoints"]["journal"] == {"method": "GET", "path": "/_fake/journal"}
+    assert index["endpoints"]["GET /_fake/journal"].startswith("The requests received")
+    assert "DELETE /_fake/rules/NAME" in index["endpoints"]
     assert client.get(CONTROL_PREFIX + "/").json() == index
 
 
@@ -189,6 +190,156 @@ def test_the_prefix_cannot_clash_with_an_api_route() -> None:
     assert not is_control_path("/_faker")
     assert not is_control_path("/v1/_fake/journal")
     assert not any(is_control_path(p) for p in PATHS)
+
+
+# -- rules and queued behaviours over HTTP -------------------------------------------------------
+
+
+def control_client(**config: Any) -> tuple[FakeProvider, httpx.Client]:
+    provider = FakeProvider(**config)
+    return provider, httpx.Client(transport=FakeTransport(provider), base_url="http://fake")
+
+
+def test_rules_over_http_add_list_remove_and_clear() -> None:
+    _provider, client = control_client(
+        rules=[{"name": "cfg", "model": "fake-large", "behaviours": "status:code=502"}]
+    )
+    added = client.post(
+        "/_fake/rules",
+        json=[
+            {"name": "slow-streams", "stream": True, "behaviours": "slow_first_byte:seconds=0"},
+            {"messages": "(?i)boom", "behaviours": "status:code=501", "times": 1},
+        ],
+    )
+    assert added.status_code == 200
+    names = [r["name"] for r in added.json()["rules"]]
+    assert names[0] == "slow-streams"
+    assert names[1].startswith("rule-")
+    listed = client.get("/_fake/rules").json()["rules"]
+    assert [r["name"] for r in listed] == ["cfg", *names]
+    assert listed[2]["behaviours"] == "status:code=501"
+    boom = {**BODY, "messages": [{"role": "user", "content": "BOOM"}]}
+    assert client.post("/v1/chat/completions", json=boom).status_code == 501
+    assert client.post("/v1/chat/completions", json=boom).status_code == 200  # times=1: spent
+    big = client.post("/v1/chat/completions", json={**BODY, "model": "fake-large"})
+    assert big.status_code == 502
+    entries = client.get("/_fake/journal").json()["entries"]
+    assert [e["answered_by"] for e in entries] == [[f"rule:{names[1]}"], [], ["rule:cfg"]]
+    counts = {
+        r["name"]: (r["matched"], r["applied"]) for r in client.get("/_fake/rules").json()["rules"]
+    }
+    assert counts[names[1]] == (2, 1)
+    assert client.delete("/_fake/rules/slow-streams").json() == {
+        "version": 1,
+        "removed": "slow-streams",
+    }
+    gone = client.delete("/_fake/rules/slow-streams")
+    assert (gone.status_code, gone.json()["error"]["code"]) == (404, "rule_not_found")
+    assert client.delete("/_fake/rules").json()["cleared"] is True
+    assert client.get("/_fake/rules").json()["rules"] == []
+    client.post("/_fake/reset")  # the config's rules come back
+    assert [r["name"] for r in client.get("/_fake/rules").json()["rules"]] == ["cfg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"model": "x", "behaviours": "nap"}, "invalid_rule"),
+        ({"nth": 0, "behaviours": "ok"}, "invalid_rule"),
+        ({"messages": "(", "behaviours": "ok"}, "invalid_rule"),
+        ({"colour": "red"}, "invalid_rule"),
+        ([], "invalid_rule"),
+        ("text", "invalid_rule"),
+    ],
+)
+def test_a_bad_rule_is_a_400_and_adds_nothing(body: Any, code: str) -> None:
+    provider, client = control_client()
+    answer = client.post(
+        "/_fake/rules", json=[{"behaviours": "ok"}, body] if isinstance(body, dict) else body
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == code
+    assert provider.rules() == []
+
+
+def test_a_body_that_is_not_json_is_a_400() -> None:
+    _, client = control_client()
+    answer = client.post("/_fake/rules", content=b"{nope")
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_json")
+
+
+def test_queue_over_http() -> None:
+    _provider, client = control_client()
+    queued = client.post(
+        "/_fake/queue", json={"behaviours": "status:code=503", "count": 2, "model": "fake-s*"}
+    ).json()["queued"]
+    assert queued["queued"] is True
+    assert queued["times"] == 2
+    assert [r["name"] for r in client.get("/_fake/queue").json()["rules"]] == [queued["name"]]
+    statuses = [
+        client.post("/v1/chat/completions", json={**BODY, "model": m}).status_code
+        for m in ("fake-large", "fake-small", "fake-large", "fake-small", "fake-small")
+    ]
+    assert statuses == [200, 503, 200, 503, 200]
+    assert client.get("/_fake/queue").json()["rules"] == []  # spent: gone
+    client.post("/_fake/queue", json={"behaviours": "status:code=500"})
+    assert client.delete("/_fake/queue").json()["cleared"] == 1
+    assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+    assert (
+        client.post("/_fake/queue", json={"behaviours": "ok", "count": 0}).json()["queued"] is None
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"count": 1},
+        {"behaviours": "ok", "count": -1},
+        {"behaviours": "ok", "count": "2"},
+        {"behaviours": "ok", "times": 3},
+        {"behaviours": "nap"},
+        {"behaviours": "ok", "stream": "sometimes"},
+    ],
+)
+def test_a_bad_queue_entry_is_a_400(body: dict[str, Any]) -> None:
+    provider, client = control_client()
+    answer = client.post("/_fake/queue", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_queue"
+    assert provider.rules() == []
+
+
+MODELS = ["fake-small", "fake-medium", "fake-large"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    models=st.lists(st.sampled_from(MODELS), max_size=12),
+    count=st.integers(0, 5),
+    pattern=st.sampled_from(["fake-small", "fake-*", "*-large", "nothing"]),
+    script=st.lists(st.sampled_from(["ok", "no_usage", "keepalive"]), max_size=3),
+)
+def test_queued_behaviours_apply_to_exactly_the_next_n_matching_requests(
+    models: list[str], count: int, pattern: str, script: list[str]
+) -> None:
+    import fnmatch
+
+    _, client = control_client(script=script)
+    client.post(
+        "/_fake/queue", json={"behaviours": "status:code=418", "count": count, "model": pattern}
+    )
+    statuses = [
+        client.post("/v1/chat/completions", json={**BODY, "model": m}).status_code for m in models
+    ]
+    entries = client.get("/_fake/journal").json()["entries"]
+    matching = [i for i, m in enumerate(models) if fnmatch.fnmatchcase(m, pattern)]
+    hit = [
+        i
+        for i, e in enumerate(entries)
+        if any(a.startswith("rule:queue-") for a in e["answered_by"])
+    ]
+    assert hit == matching[:count]
+    assert [i for i, s in enumerate(statuses) if s == 418] == hit
 
 
 # -- over a real server: the client's address and how each reply went out ------------------------
@@ -242,3 +393,43 @@ def test_the_asgi_app_journals_usage_sent(server: FakeServer) -> None:
     assert entries[0]["usage"] == usage_in(whole) != None  # noqa: E711
     assert entries[1]["usage"] is None  # the usage chunk was never sent
     assert isinstance(server._fake_app, FakeApp)
+
+
+WIRE_SPECS = [None, "status:code=503", "truncate:events=2", "cut:bytes=40", "no_usage"]
+
+
+@pytest.mark.loopback
+@settings(max_examples=25, deadline=None)
+@given(
+    sequence=st.lists(
+        st.tuples(st.sampled_from(WIRE_SPECS), st.booleans(), st.integers(0, 3)), max_size=6
+    )
+)
+def test_over_the_wire_the_journal_is_what_was_sent(
+    shared_server: FakeServer, sequence: list[tuple[str | None, bool, int]]
+) -> None:
+    """Over a real socket: each entry's status, bytes and end are what the client got."""
+    shared_server.provider = FakeProvider()
+    got: list[tuple[int, bytes, str]] = []
+    with httpx.Client(base_url=shared_server.root, timeout=5) as client:
+        for spec, stream, words in sequence:
+            body = {**BODY, "max_tokens": words, "stream": stream}
+            body["stream_options"] = {"include_usage": True} if stream else None
+            headers = {BEHAVIOUR_HEADER: spec} if spec else {}
+            received = bytearray()
+            try:
+                with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                    for chunk in r.iter_raw():
+                        received += chunk
+                    got.append((r.status_code, bytes(received), "complete"))
+            except httpx.RemoteProtocolError:
+                got.append((200, bytes(received), "cut"))
+        entries = client.get("/_fake/journal").json()["entries"]
+    assert len(entries) == len(got)
+    for entry, (status, received, end) in zip(entries, got, strict=True):
+        assert (entry["status"], entry["end"]) == (status, end)
+        if end == "complete":
+            assert entry["bytes_sent"] == len(received)
+        else:  # what was sent before the cut: the client may not have read the last of it
+            assert entry["bytes_sent"] >= len(received)
+        assert entry["client"].startswith("127.0.0.1:")

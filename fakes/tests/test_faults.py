@@ -5,6 +5,7 @@ without ``[DONE]``, and models that honour or reject a prefill."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -392,3 +393,57 @@ def test_the_new_faults_are_drawn_and_accepted(behaviour: Behaviour) -> None:
     assert all(d is not None for d in reply.delays)  # never a stall forever from the strategies
     if isinstance(behaviour, When):
         assert fake.requests[0].behaviours == ()
+
+
+@pytest.mark.parametrize(
+    ("style", "words"),
+    [
+        ("anthropic", r"^prompt is too long: 8193 tokens > 8192 maximum$"),
+        ("gemini", r"^The input token count \(8193\) exceeds the maximum number of tokens"),
+        ("mistral", r"too large for model with 8192 maximum context length$"),
+        ("openrouter", r"^This endpoint's maximum context length is 8192 tokens\. However"),
+        ("vllm", r"you requested 8193 tokens \(5 in the messages, 8188 in the completion\)"),
+        ("llamacpp", r"exceeds the available context size"),
+    ],
+)
+def test_context_length_exceeded_in_other_providers_words(style: str, words: str) -> None:
+    reply = send(FakeProvider(), header=f"context_length_exceeded:style={style}")
+    assert reply.status == 400
+    error = json.loads(reply.body)["error"]
+    assert re.search(words, error["message"])
+    assert error["code"] is None  # only the words say it
+
+
+@given(
+    st.floats(0, 100),
+    st.floats(0, 100),
+    st.lists(st.floats(0, 200), max_size=12),
+    st.sampled_from(["start", "first"]),
+)
+def test_a_window_hits_exactly_the_requests_inside_it(
+    start: float, end: float, times: list[float], since: str
+) -> None:
+    """Requests arrive at ``times`` (seconds after the fake started, in order): each inside
+    ``[start, end)`` counted from the fake's start or its first request fails, and only those."""
+    times = sorted(times)
+    clock = Clock(0.0)
+    fake = FakeProvider(clock=clock)
+    header = f"when:start={start},end={end},since={since}; status:code=503"
+    seen = []
+    for t in times:
+        clock.now = t
+        seen.append(send(fake, header=header).status)
+    origin = 0.0 if since == "start" or not times else times[0]
+    assert seen == [503 if start <= t - origin < end else 200 for t in times]
+
+
+@given(behaviours(), st.integers(0, 2**32))
+def test_a_gate_that_lets_a_request_through_changes_nothing_else(
+    behaviour: Behaviour, seed: int
+) -> None:
+    if isinstance(behaviour, When):
+        return
+    plain = FakeProvider(seed=seed, script=[[behaviour]])
+    gated = FakeProvider(seed=seed, script=[[When(times=1), behaviour]])
+    assert send(gated, STREAM) == send(plain, STREAM)
+    assert gated.requests[0].behaviours == plain.requests[0].behaviours

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import signal
 import socket
@@ -47,6 +48,11 @@ def _check(path: str) -> int:
     try:
         config = load_config(path)
         _check_as_mounted(config)
+        if config.ledger.url is not None and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError(
+                "ledger.url: the PostgreSQL ledger needs asyncpg: "
+                "pip install 'waterfall-asgi[postgres]'"
+            )
     except ConfigError as exc:
         _report(path, exc)
         return 1
@@ -299,10 +305,19 @@ def _positive(text: str) -> float:
 
 
 def _explain_chain(config: RouterConfig, name: str, as_json: bool) -> int:
-    from ._chain_explain import chain_plan
-    from ._config_words import did_you_mean
+    import asyncio
 
-    plan = chain_plan(config, name)
+    from ._chain_explain import chain_plan, entries_for, read_cooldowns
+    from ._config_words import did_you_mean
+    from .ledger import MemoryLedger
+    from .middleware import WaterfallMiddleware
+
+    plan = None
+    if entries_for(config, name) is not None:
+        # the cooldown store a router with this config would use (nothing else is opened)
+        store = WaterfallMiddleware(None, config, ledger=MemoryLedger()).cooldowns
+        cooling, source = asyncio.run(read_cooldowns(store))
+        plan = chain_plan(config, name, cooling, source)
     if plan is None:
         names = [*config.routes, *config.chains]
         print(

@@ -28,6 +28,7 @@ __all__ = [
     "Chunking",
     "ContentFilter",
     "ContextLengthExceeded",
+    "ContextStyle",
     "Cut",
     "Dialect",
     "DoubleDone",
@@ -152,14 +153,31 @@ class Stall(_Behaviour):
     seconds: float | None = Field(default=None, ge=0)
 
 
+ContextStyle: TypeAlias = Literal[
+    "openai", "anthropic", "gemini", "mistral", "openrouter", "vllm", "llamacpp"
+]
+"""Whose words a ``context_length_exceeded`` answer uses (see :class:`ContextLengthExceeded`)."""
+
+
 class ContextLengthExceeded(_Behaviour):
-    """Answer 400 as OpenAI does when the prompt does not fit the model's context window:
-    type ``invalid_request_error``, code ``context_length_exceeded``, param ``messages``, and
-    OpenAI's message with the model's context length and the request's token count (at least
-    one more than the window). ``message`` replaces the message (another provider's wording)."""
+    """Answer 400 as a provider does when the prompt does not fit the model's context window.
+
+    ``openai`` (the default): type ``invalid_request_error``, code ``context_length_exceeded``,
+    param ``messages``, and OpenAI's message with the model's context length and the request's
+    token count (at least one more than the window). The other ``style``s put that provider's
+    wording in the OpenAI error envelope, without OpenAI's code, so only the message says what
+    happened: ``anthropic`` ("prompt is too long: N tokens > W maximum"), ``gemini`` ("The
+    input token count (N) exceeds the maximum number of tokens allowed (W)."), ``mistral``
+    ("Prompt contains N tokens ... too large for model with W maximum context length"),
+    ``openrouter`` ("This endpoint's maximum context length is W tokens. However, you
+    requested about N tokens ..."), ``vllm`` (OpenAI's words, type ``BadRequestError``) and
+    ``llamacpp`` ("the request exceeds the available context size, try increasing it").
+    ``message`` replaces the message.
+    """
 
     kind: Literal["context_length_exceeded"] = "context_length_exceeded"
     message: str | None = None
+    style: ContextStyle = "openai"
 
 
 class ContentFilter(_Behaviour):

@@ -700,29 +700,61 @@ class FakeProvider:
         return req, None
 
     def _context_error(
-        self, model: str, prompt: int, completion: int | None, param: str, message: str | None
+        self,
+        model: str,
+        prompt: int,
+        completion: int | None,
+        param: str,
+        message: str | None,
+        style: str = "openai",
     ) -> Reply:
-        """OpenAI's 400 for a prompt (plus ``max_tokens``) over the model's context window; the
-        token count said is at least one more than the window."""
+        """A provider's 400 for a prompt (plus ``max_tokens``) over the model's context window,
+        in ``style``; the token count said is at least one more than the window."""
         window = self._models[model].context_length if model in self._models else 0
-        if message is None:
+        total = max(prompt + (completion or 0), window + 1)
+        asked = total - prompt
+        type_, code, says = "invalid_request_error", None, message
+        if style == "openai" or style == "vllm":
             head = f"This model's maximum context length is {window} tokens. However, "
-            if completion is None:
-                said = max(prompt, window + 1)
-                message = (
-                    f"{head}your messages resulted in {said} tokens. "
+            if completion is None and style == "openai":
+                words = (
+                    f"{head}your messages resulted in {total} tokens. "
                     "Please reduce the length of the messages."
                 )
             else:
-                total = max(prompt + completion, window + 1)
-                message = (
+                words = (
                     f"{head}you requested {total} tokens ({prompt} in the messages, "
-                    f"{total - prompt} in the completion). "
+                    f"{asked} in the completion). "
                     "Please reduce the length of the messages or completion."
                 )
-        return self._error(
-            400, message, "invalid_request_error", "context_length_exceeded", param=param
-        )
+            if style == "openai":
+                code = "context_length_exceeded"
+            else:
+                type_, param = "BadRequestError", ""
+        elif style == "anthropic":
+            words = f"prompt is too long: {total} tokens > {window} maximum"
+        elif style == "gemini":
+            words = (
+                f"The input token count ({total}) exceeds the maximum number of tokens allowed "
+                f"({window})."
+            )
+            type_ = "INVALID_ARGUMENT"
+        elif style == "mistral":
+            words = (
+                f"Prompt contains {total} tokens and 0 draft tokens, too large for model with "
+                f"{window} maximum context length"
+            )
+        elif style == "openrouter":
+            words = (
+                f"This endpoint's maximum context length is {window} tokens. However, you "
+                f"requested about {total} tokens ({prompt} of text input, {asked} in the "
+                'output). Please reduce the length of either one, or use the "middle-out" '
+                "transform to compress your prompt automatically."
+            )
+        else:  # llama.cpp's server
+            words = "the request exceeds the available context size, try increasing it"
+            type_ = "exceed_context_size_error"
+        return self._error(400, says or words, type_, code, param=param or None)
 
     def _content_filter(self, code: str) -> Reply:
         if code == "content_filter":  # Azure OpenAI's prompt filter
@@ -810,7 +842,7 @@ class FakeProvider:
                 )
                 return self._error(b.code, b.message or default, type_, code), []
             if isinstance(b, ContextLengthExceeded):
-                return self._context_error(*context, b.message), []
+                return self._context_error(*context, b.message, b.style), []
             if isinstance(b, ContentFilter) and b.after is None:
                 return self._content_filter(b.code), []
         return None, ok_headers

@@ -37,6 +37,7 @@ from .behaviours import (
     Chunking,
     ContentFilter,
     ContextLengthExceeded,
+    ContextStyle,
     Cut,
     Dialect,
     DoubleDone,
@@ -553,7 +554,9 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
             message=st.none() | st.text(_UNICODE, max_size=20),
         ),
         "context_length_exceeded": st.builds(
-            ContextLengthExceeded, message=st.none() | st.text(_UNICODE, max_size=20)
+            ContextLengthExceeded,
+            message=st.none() | st.text(_UNICODE, max_size=20),
+            style=st.sampled_from(get_args(ContextStyle)),
         ),
         "content_filter": st.builds(
             ContentFilter,
