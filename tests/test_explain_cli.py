@@ -407,3 +407,42 @@ def test_cooling_entries_are_shown_with_their_deadline() -> None:
     assert everything.explain().endswith(
         "every entry is cooling: a request now gets 503 all_providers_exhausted"
     )
+
+
+class SharedStore:
+    """A stand-in for a shared cooldown store: opened, read and closed by ``explain``."""
+
+    url = "redis://:***@cache:6379/0"
+
+    def __init__(self, deadlines: dict[str, float], connected: bool = True) -> None:
+        self.deadlines, self.connected, self.calls = deadlines, connected, []
+
+    async def open(self) -> None:
+        self.calls.append("open")
+
+    async def snapshot(self) -> dict[str, float]:
+        self.calls.append("snapshot")
+        return dict(self.deadlines)
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_a_shared_store_is_read_and_closed() -> None:
+    import asyncio
+
+    from waterfall_asgi._chain_explain import NO_LIVE_STATE, read_cooldowns
+    from waterfall_asgi.cooldown import InMemoryCooldownStore
+
+    store = SharedStore({"a/x": 1_800_000_042.0})
+    assert asyncio.run(read_cooldowns(store)) == (
+        {"a/x": 1_800_000_042.0},
+        "the shared store at redis://:***@cache:6379/0",
+    )
+    assert store.calls == ["open", "snapshot", "close"]
+    down = SharedStore({}, connected=False)
+    cooling, source = asyncio.run(read_cooldowns(down))
+    assert cooling is None
+    assert source.startswith("cooldowns: the shared store at redis://:***@cache:6379/0 did not")
+    assert down.calls == ["open", "close"]
+    assert asyncio.run(read_cooldowns(InMemoryCooldownStore())) == (None, NO_LIVE_STATE)

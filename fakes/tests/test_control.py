@@ -393,3 +393,43 @@ def test_the_asgi_app_journals_usage_sent(server: FakeServer) -> None:
     assert entries[0]["usage"] == usage_in(whole) != None  # noqa: E711
     assert entries[1]["usage"] is None  # the usage chunk was never sent
     assert isinstance(server._fake_app, FakeApp)
+
+
+WIRE_SPECS = [None, "status:code=503", "truncate:events=2", "cut:bytes=40", "no_usage"]
+
+
+@pytest.mark.loopback
+@settings(max_examples=25, deadline=None)
+@given(
+    sequence=st.lists(
+        st.tuples(st.sampled_from(WIRE_SPECS), st.booleans(), st.integers(0, 3)), max_size=6
+    )
+)
+def test_over_the_wire_the_journal_is_what_was_sent(
+    shared_server: FakeServer, sequence: list[tuple[str | None, bool, int]]
+) -> None:
+    """Over a real socket: each entry's status, bytes and end are what the client got."""
+    shared_server.provider = FakeProvider()
+    got: list[tuple[int, bytes, str]] = []
+    with httpx.Client(base_url=shared_server.root, timeout=5) as client:
+        for spec, stream, words in sequence:
+            body = {**BODY, "max_tokens": words, "stream": stream}
+            body["stream_options"] = {"include_usage": True} if stream else None
+            headers = {BEHAVIOUR_HEADER: spec} if spec else {}
+            received = bytearray()
+            try:
+                with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                    for chunk in r.iter_raw():
+                        received += chunk
+                    got.append((r.status_code, bytes(received), "complete"))
+            except httpx.RemoteProtocolError:
+                got.append((200, bytes(received), "cut"))
+        entries = client.get("/_fake/journal").json()["entries"]
+    assert len(entries) == len(got)
+    for entry, (status, received, end) in zip(entries, got, strict=True):
+        assert (entry["status"], entry["end"]) == (status, end)
+        if end == "complete":
+            assert entry["bytes_sent"] == len(received)
+        else:  # what was sent before the cut: the client may not have read the last of it
+            assert entry["bytes_sent"] >= len(received)
+        assert entry["client"].startswith("127.0.0.1:")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Deployment, RouterConfig
 
-__all__ = ["ChainPlan", "chain_plan"]
+__all__ = ["ChainPlan", "chain_plan", "read_cooldowns"]
 
 NO_LIVE_STATE = (
     "cooldowns: this config keeps them in each router process's memory, where no other process "
@@ -92,6 +92,32 @@ class ChainPlan:
         if self.cooling is None:
             data["note"] = self.source
         return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+async def read_cooldowns(store: Any) -> tuple[dict[str, float] | None, str]:
+    """The deadlines in the cooldown ``store`` a router with this config would use, and where
+    they were read (``None``: not visible from this process, and why). An in-memory store is
+    this process's own, and empty: the routers' stores cannot be seen. A shared store is opened,
+    read and closed (its ``url`` is shown, its password redacted by the store)."""
+    from .cooldown import InMemoryCooldownStore
+
+    if isinstance(store, InMemoryCooldownStore):
+        return None, NO_LIVE_STATE
+    where = str(getattr(store, "url", type(store).__name__))
+    opening = getattr(store, "open", None)
+    if opening is not None:
+        await opening()
+    try:
+        if not getattr(store, "connected", True):
+            return None, (
+                f"cooldowns: the shared store at {where} did not answer, so which entries are "
+                "cooling is not known: every entry is shown as it would be with none cooling."
+            )
+        return dict(await store.snapshot()), f"the shared store at {where}"
+    finally:
+        closing = getattr(store, "close", None)
+        if closing is not None:
+            await closing()
 
 
 def entries_for(config: RouterConfig, name: str) -> tuple[str, list[Deployment]] | None:

@@ -305,10 +305,19 @@ def _positive(text: str) -> float:
 
 
 def _explain_chain(config: RouterConfig, name: str, as_json: bool) -> int:
-    from ._chain_explain import chain_plan
-    from ._config_words import did_you_mean
+    import asyncio
 
-    plan = chain_plan(config, name)
+    from ._chain_explain import chain_plan, entries_for, read_cooldowns
+    from ._config_words import did_you_mean
+    from .ledger import MemoryLedger
+    from .middleware import WaterfallMiddleware
+
+    plan = None
+    if entries_for(config, name) is not None:
+        # the cooldown store a router with this config would use (nothing else is opened)
+        store = WaterfallMiddleware(None, config, ledger=MemoryLedger()).cooldowns
+        cooling, source = asyncio.run(read_cooldowns(store))
+        plan = chain_plan(config, name, cooling, source)
     if plan is None:
         names = [*config.routes, *config.chains]
         print(
