@@ -228,7 +228,7 @@ async def test_a_body_that_never_finishes_is_a_408() -> None:
         await still_serves(app)
 
 
-async def _stalled_body(app: WaterfallMiddleware) -> Result:
+async def _stalled_body(app: WaterfallMiddleware, *, auth: bool = True) -> Result:
     """A request whose body's first part arrives and then nothing more, ever (the client
     neither sends nor leaves)."""
     never = asyncio.Event()
@@ -249,8 +249,54 @@ async def _stalled_body(app: WaterfallMiddleware) -> Result:
         "method": "POST",
         "path": "/v1/chat/completions",
         "root_path": "",
-        "headers": [(b"authorization", AUTH["authorization"].encode())],
+        "headers": [(b"authorization", AUTH["authorization"].encode())] if auth else [],
     }
     async with asyncio.timeout(30):
         await app(scope, receive, send)
     return result
+
+
+async def test_many_stalled_bodies_each_get_408_and_a_quick_one_is_served() -> None:
+    async with router(body_timeout=0.3) as (app, ledger, _):
+        stalled = []
+        for _ in range(5):  # begun one after another: their deadlines are too
+            stalled.append(asyncio.create_task(_stalled_body(app)))
+            await asyncio.sleep(0.1)
+        await still_serves(app)  # while they wait
+        for result in await asyncio.gather(*stalled):
+            error_of(result, 408, "request_timeout")
+        statuses = sorted(r.http_status for r in ledger.records.values())
+        assert statuses == [200] + [408] * 5
+
+
+async def test_a_read_cancelled_from_elsewhere_stays_cancelled() -> None:
+    async with router(body_timeout=30) as (app, _, _up):
+        reading = asyncio.create_task(_stalled_body(app))
+        for _ in range(100):  # until the read has begun (a bounded poll)
+            if app._body_timer._reading:
+                break
+            await asyncio.sleep(0.01)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert not app._body_timer._reading
+
+
+def test_the_body_timer_works_on_a_second_event_loop() -> None:
+    app = WaterfallMiddleware(
+        None,
+        {
+            "providers": {"p": {"base_url": "http://127.0.0.1:9/v1"}},
+            "limits": {"body_timeout": 0.1},
+            "ledger": {"path": ""},
+        },
+    )
+
+    async def once() -> None:
+        try:
+            error_of(await _stalled_body(app, auth=False), 408, "request_timeout")
+        finally:
+            await app.shutdown()
+
+    asyncio.run(once())
+    asyncio.run(once())

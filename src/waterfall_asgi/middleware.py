@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from ._bodytimer import BodyTimer
 from ._fastjson import decode_request, encoder
 from .config import (
     ConfigError,
@@ -162,6 +163,7 @@ class WaterfallMiddleware:
         self._router: Router | None = None
         self._lock = asyncio.Lock()
         self._watches = WatchStarter()
+        self._body_timer = BodyTimer(self.config.limits.body_timeout)
         self.refused_unauthenticated = 0
         """Requests refused for a missing or wrong client key (they write no ledger row)."""
         self._told = False  # whether the config error has been logged
@@ -556,29 +558,31 @@ class WaterfallMiddleware:
                     413, f"Request body larger than {limit} bytes.", code="request_too_large"
                 )
         body = bytearray()
-        timeout = self.config.limits.body_timeout
+        timer = self._body_timer  # (what asyncio.timeout does, on one timer for all requests)
+        task = timer.start()
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Disconnected
-                    body += message.get("body", b"")
-                    if len(body) > limit:
-                        raise RouterError(
-                            413,
-                            f"Request body larger than {limit} bytes.",
-                            code="request_too_large",
-                        )
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise RouterError(
-                408,
-                f"The request body did not arrive within {timeout:g}s.",
-                code="request_timeout",
-                headers=[("connection", "close")],  # the rest of the body is not awaited
-            ) from None
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise RouterError(
+                        413, f"Request body larger than {limit} bytes.", code="request_too_large"
+                    )
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if timer.stop(task) and task.uncancel() == 0:
+                raise RouterError(
+                    408,
+                    f"The request body did not arrive within {timer.seconds:g}s.",
+                    code="request_timeout",
+                    headers=[("connection", "close")],  # the rest of the body is not awaited
+                ) from None
+            raise
+        finally:
+            timer.stop(task)
         try:
             payload = decode_request(bytes(body), self.config.limits.max_json_depth)
         except ValueError as exc:
