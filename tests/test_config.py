@@ -319,7 +319,7 @@ def test_config_is_frozen() -> None:
             changed("bogus", 1),
             "bogus: unknown setting (known here: prefix, providers, deployments, chains, "
             "default_chain, client_keys, policy, limits, upstream, ledger, models, routes, rates, "
-            "price_refresh)",
+            "price_refresh, metrics, tracing)",
             id="extra-top",
         ),
         pytest.param(
@@ -385,7 +385,7 @@ def test_every_field_mistake_is_reported_one_per_line() -> None:
         "chains.fast.1: 'nope' is not of the form 'provider/model'",
         "typo: unknown setting (known here: prefix, providers, deployments, chains, "
         "default_chain, client_keys, policy, limits, upstream, ledger, models, routes, rates, "
-        "price_refresh)",
+        "price_refresh, metrics, tracing)",
     ]
 
 

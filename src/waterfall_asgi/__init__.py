@@ -13,6 +13,7 @@ from .config import (
     Deployment,
     LedgerSettings,
     Limits,
+    MetricsSettings,
     ModelInfo,
     Price,
     Provider,
@@ -21,6 +22,7 @@ from .config import (
     RouterConfig,
     RoutingPolicy,
     Timeouts,
+    TracingSettings,
     UpstreamSettings,
     ceil_units,
     load_config,
@@ -61,6 +63,7 @@ from .ledger_sqlite import (
     read_records,
     utf8_text,
 )
+from .metrics import METRIC_NAMES, RouterMetrics, attempt_outcome, exposition, known_labels
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -90,6 +93,7 @@ from .router import (
     is_context_length_error,
 )
 from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
+from .tracing import OPERATIONS, TRACE_HEADERS, RouterTracing
 from .upstream import (
     AiohttpUpstream,
     HttpxUpstream,
@@ -114,9 +118,12 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "METRIC_NAMES",
     "NO_CALL",
+    "OPERATIONS",
     "REDACTED",
     "TERMINAL_STATUSES",
+    "TRACE_HEADERS",
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
@@ -139,6 +146,7 @@ __all__ = [
     "Limits",
     "LocalHealth",
     "MemoryLedger",
+    "MetricsSettings",
     "ModelInfo",
     "NoFittingDeployment",
     "PostgresLedger",
@@ -156,6 +164,8 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RouterError",
+    "RouterMetrics",
+    "RouterTracing",
     "RoutingPolicy",
     "SQLiteLedger",
     "SSEEvent",
@@ -164,6 +174,7 @@ __all__ = [
     "Status",
     "StreamObserver",
     "Timeouts",
+    "TracingSettings",
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
@@ -180,6 +191,7 @@ __all__ = [
     "WaterfallMiddleware",
     "after_last_blank_line",
     "as_upstream",
+    "attempt_outcome",
     "ceil_units",
     "convert",
     "create_app",
@@ -188,8 +200,10 @@ __all__ = [
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
+    "exposition",
     "forwarded_headers",
     "is_context_length_error",
+    "known_labels",
     "load_config",
     "missing_prices",
     "models_url",
