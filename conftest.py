@@ -6,6 +6,7 @@
 - The Hypothesis profile comes from ``HYPOTHESIS_PROFILE`` (``dev`` by default; ``.ci/run``
   uses ``ci``).
 - ``@pytest.mark.anyio`` tests run on asyncio.
+- ``tests/services.py`` gives the servers tests need (Redis, ...) as fixtures.
 """
 
 import os
@@ -15,7 +16,7 @@ from hypothesis import settings
 
 from waterfall_fakes.strategies import register_profiles
 
-pytest_plugins = ["waterfall_fakes.pytest_plugin"]
+pytest_plugins = ["waterfall_fakes.pytest_plugin", "services"]
 
 register_profiles()
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

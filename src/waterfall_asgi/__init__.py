@@ -8,6 +8,7 @@ run :func:`create_app` on its own; configure it with :class:`RouterConfig` or a 
 from .app import GC_YOUNG_THRESHOLD, create_app, tune_gc
 from .config import (
     ConfigError,
+    CooldownSettings,
     Deployment,
     LedgerSettings,
     Limits,
@@ -30,6 +31,7 @@ from .cooldown import (
     preemptive_hint,
     retry_hint,
 )
+from .cooldown_redis import RedisCooldownStore, redact_url
 from .cost import (
     Candidate,
     NoFittingDeployment,
@@ -99,6 +101,7 @@ __all__ = [
     "Candidate",
     "ClientWatch",
     "ConfigError",
+    "CooldownSettings",
     "CooldownStore",
     "Deadline",
     "Deployment",
@@ -122,6 +125,7 @@ __all__ = [
     "Provider",
     "Ranking",
     "Rate",
+    "RedisCooldownStore",
     "RelayOutcome",
     "Route",
     "Router",
@@ -168,6 +172,7 @@ __all__ = [
     "rank",
     "read_records",
     "read_usage",
+    "redact_url",
     "relay_stream",
     "request_limits",
     "required_capabilities",
