@@ -70,7 +70,7 @@ def test_a_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"url": f"http://:{PASSWORD}@h/0"}, "cooldowns: url must start with redis://"),
         ({"url": f"redis://:{PASSWORD}@h/0", "timeout": 0}, "cooldowns.timeout:"),
         ({"url": f"redis://:{PASSWORD}@h/0", "prefix": ""}, "cooldowns.prefix:"),
-        ({"host": "h"}, "cooldowns.host: Extra inputs"),
+        ({"host": "h"}, "cooldowns.host: unknown setting"),
     ],
 )
 def test_mistakes_name_the_key_never_the_url(cooldowns: dict[str, Any], message: str) -> None:
