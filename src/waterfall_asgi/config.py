@@ -64,8 +64,22 @@ class Timeouts(_Model):
         default=60.0, gt=0, description="from sending the request to the response headers"
     )
     read: float = Field(default=60.0, gt=0, description="between two body chunks")
+    stall: float = Field(
+        default=15.0,
+        gt=0,
+        description="once a stream has begun: seconds without a byte before it is given up "
+        "(at most ``read``; unset, it is ``read`` if that is shorter)",
+    )
     write: float = Field(default=30.0, gt=0, description="to send the request body")
     pool: float = Field(default=5.0, gt=0, description="to get a connection from the pool")
+
+    @model_validator(mode="after")
+    def _check_stall(self) -> Timeouts:
+        if self.stall > self.read:
+            if "stall" in self.model_fields_set:
+                raise ValueError(f"stall ({self.stall:g}) must not exceed read ({self.read:g})")
+            object.__setattr__(self, "stall", self.read)
+        return self
 
     def for_headers(self) -> Timeouts:
         """These timeouts for a client waiting for response headers within ``first_byte``: its
@@ -185,7 +199,11 @@ class ModelInfo(_Model):
 
     quality: Decimal = Field(default=Decimal(0), description="higher is better")
     context_window: int | None = Field(default=None, ge=1, description="tokens, prompt + reply")
-    capabilities: frozenset[Literal["tools", "vision", "json_schema"]] = frozenset()
+    capabilities: frozenset[Literal["tools", "vision", "json_schema", "prefill"]] = Field(
+        default=frozenset(),
+        description="``prefill``: it continues an assistant message given last (see "
+        "``policy.continue_streams``)",
+    )
 
 
 class Deployment(_Model):
@@ -230,6 +248,12 @@ class RoutingPolicy(_Model):
         default="first_event",
         description="when a streaming upstream is accepted: after its first complete SSE event, "
         "or as soon as its headers say 200",
+    )
+
+    continue_streams: bool = Field(
+        default=False,
+        description="continue a chat stream cut or stalled after it began on a further entry "
+        "of its plan whose model declares the capability ``prefill``",
     )
 
     def falls_through(self, status: int) -> bool:
