@@ -15,7 +15,7 @@ from hypothesis import settings
 
 from waterfall_fakes.strategies import register_profiles
 
-pytest_plugins = ["waterfall_fakes.pytest_plugin"]
+pytest_plugins = ["waterfall_fakes.pytest_plugin", "services"]
 
 register_profiles()
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -9,7 +9,17 @@ uvicorn in its own process on 127.0.0.1:
 * ``router+sqlite``: the same with the SQLite ledger in a temporary directory;
 * ``serve``: ``router+sqlite`` after ``tune_gc()`` (``gc.freeze()``, a young-generation threshold
   of 10,000): what ``waterfall-asgi serve`` runs with its defaults;
-* ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``).
+* ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``);
+* ``router+pg``: ``router`` with the PostgreSQL ledger (``ledger.url``), in a database made for
+  the run on ``DATABASE_URL``'s server (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+  and dropped after it;
+* ``router+redis+pg``: ``router+pg`` with its cooldowns in Redis too (``cooldowns.url``:
+  ``REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a key prefix of the run's own).
+
+A row whose service cannot be reached (or whose extra is not installed) is left out, and said so.
+After the ratios to the passthrough, the PostgreSQL rows' CPU per request is also given as a ratio
+to ``router+sqlite``'s, round by round (the target: at most 1.15 with both on). The database's and
+Redis's own CPU is not in these numbers: only the router process's.
 
 Every server runs on one stack, ``--stack``: ``standard`` (the default; uvloop and httptools, what
 ``uvicorn[standard]`` installs and what the issue's own table was measured on) or ``asyncio``
@@ -56,7 +66,19 @@ PATH = "/v1/chat/completions"
 FAKE_MODEL = "fake-small"  # a model the fakes serve, so the captured bytes are a 200
 STREAM_EVENTS = 20  # data events in the stream, [DONE] included
 CLIENT_KEY = "sk-bench-client"  # the router's client key: auth is on, as in production
-PROXIES = ("aiohttp", "httpx", "router", "router+sqlite", "serve", "router/httpx")
+PROXIES = (
+    "aiohttp",
+    "httpx",
+    "router",
+    "router+sqlite",
+    "serve",
+    "router/httpx",
+    "router+pg",
+    "router+redis+pg",
+)
+SHARED = ("router+pg", "router+redis+pg")  # the rows with a shared store: ratios to router+sqlite
+DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 STACKS = {"standard": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}  # loop, http
 WORKLOADS = ("json", "stream")
 CONCURRENCY = (1, 32)
@@ -315,17 +337,27 @@ def httpx_passthrough(upstream: str) -> ASGIApp:
     return app
 
 
-def router_app(upstream: str, ledger_path: str | None, client: str = "aiohttp") -> ASGIApp:
-    """The router standalone: one provider, a one-entry chain ``bench``, a client key."""
+def router_app(
+    upstream: str,
+    ledger_path: str | None,
+    client: str = "aiohttp",
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+) -> ASGIApp:
+    """The router standalone: one provider, a one-entry chain ``bench``, a client key; its ledger
+    in PostgreSQL with ``database_url``, its cooldowns in Redis with ``redis_url``."""
     from waterfall_asgi import create_app
 
-    config = {
+    config: dict[str, Any] = {
         "providers": {"up": {"base_url": upstream + "/v1"}},
         "chains": {"bench": [f"up/{FAKE_MODEL}"]},
         "client_keys": [CLIENT_KEY],
-        "ledger": {"path": ledger_path},
+        "ledger": {"url": database_url} if database_url else {"path": ledger_path},
         "upstream": {"client": client},
     }
+    if redis_url:
+        config["cooldowns"] = {"url": redis_url, "prefix": f"waterfall:bench:{os.getpid()}:"}
     app: ASGIApp = create_app(config)
     return app
 
@@ -350,6 +382,13 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Con
         tune_gc()  # as `waterfall-asgi serve` does
     elif kind == "router/httpx":
         app = router_app(upstream, None, client="httpx")
+    elif kind in SHARED:
+        app = router_app(
+            upstream,
+            None,
+            database_url=os.environ["WATERFALL_BENCH_DATABASE_URL"],
+            redis_url=os.environ["WATERFALL_BENCH_REDIS_URL"] if "redis" in kind else None,
+        )
     else:
         raise ValueError(kind)
     sock = _bind()
@@ -712,6 +751,91 @@ def round_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
     return "\n".join(sections)
 
 
+def ratios_to_sqlite(cells: dict[tuple[str, str, int], Cell]) -> str:
+    """The shared-store rows' CPU per request as a ratio to ``router+sqlite``'s, round by round
+    (median and range), each round paired with ``router+sqlite``'s round of the same number."""
+    columns = [(w, c) for w in WORKLOADS for c in CONCURRENCY]
+    header = ("proxy", *(f"{w} c={c}" for w, c in columns))
+    rows: list[tuple[str, ...]] = []
+    for proxy in SHARED:
+        if not any(key[0] == proxy for key in cells):
+            continue
+        row = [proxy]
+        for workload, concurrency in columns:
+            base = cells.get(("router+sqlite", workload, concurrency))
+            cell = cells.get((proxy, workload, concurrency))
+            ratios = []
+            if base is not None and cell is not None:
+                for mine, theirs in zip(cell.rounds, base.rounds, strict=False):
+                    if mine[0] and theirs[0] and theirs[2]:
+                        ratios.append((mine[2] / mine[0]) / (theirs[2] / theirs[0]))
+            row.append(
+                f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                if ratios
+                else "-"
+            )
+        rows.append(tuple(row))
+    if not rows:
+        return ""
+    return "CPU/req ÷ router+sqlite, round by round: median (lowest-highest)\n" + _grid(
+        header, rows
+    )
+
+
+def shared_services() -> tuple[str | None, str | None, Callable[[], None], list[str]]:
+    """A fresh PostgreSQL database for the run and a Redis URL, where they can be had: the
+    database's URL (or ``None``), Redis's (or ``None``), a clean-up, and why any is missing."""
+    notes: list[str] = []
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    def nothing() -> None:
+        return None
+
+    cleanup: Callable[[], None] = nothing
+    server = os.environ.get("DATABASE_URL") or DATABASE_URL
+    try:
+        import asyncpg
+
+        name = f"waterfall_bench_{os.getpid()}"
+
+        async def run(sql: str) -> None:
+            conn = await asyncpg.connect(server, timeout=5)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}"'))
+        asyncio.run(run(f'CREATE DATABASE "{name}"'))
+        database_url = server.rsplit("/", 1)[0] + "/" + name
+
+        def drop() -> None:
+            asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        cleanup = drop
+    except Exception as exc:  # no driver, no server: the rows are left out, and said so
+        notes.append(f"router+pg, router+redis+pg left out: no PostgreSQL ({type(exc).__name__})")
+        return None, None, cleanup, notes
+    try:
+        import redis
+
+        from waterfall_asgi.config import RouterConfig
+
+        if "cooldowns" not in RouterConfig.model_fields:
+            raise LookupError("this waterfall-asgi has no Redis cooldowns")
+        url = os.environ.get("REDIS_URL") or REDIS_URL
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        redis_url = url
+    except Exception as exc:
+        notes.append(f"router+redis+pg left out: no Redis ({type(exc).__name__}: {exc})")
+    return database_url, redis_url, cleanup, notes
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -768,6 +892,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument(
+        "--proxies",
+        help="measure only these proxies, separated by commas (aiohttp, the baseline, always)",
+    )
+    parser.add_argument(
         "--stack",
         choices=sorted(STACKS),
         default="standard",
@@ -791,13 +919,28 @@ def main(argv: list[str] | None = None) -> int:
         f"stream = {STREAM_EVENTS} SSE events"
     )
     started: list[Server] = []
+    database_url, redis_url, cleanup, notes = shared_services()
+    for note in notes:
+        print(note)
+    chosen = set(args.proxies.split(",")) | {"aiohttp"} if args.proxies else set(PROXIES)
+    if unknown := chosen - set(PROXIES):
+        print(f"unknown proxies: {', '.join(sorted(unknown))}", file=sys.stderr)
+        cleanup()
+        return 2
+    wanted = [
+        p
+        for p in PROXIES
+        if p in chosen and (p not in SHARED or (database_url and ("redis" not in p or redis_url)))
+    ]
+    os.environ["WATERFALL_BENCH_DATABASE_URL"] = database_url or ""
+    os.environ["WATERFALL_BENCH_REDIS_URL"] = redis_url or ""
     try:
         with tempfile.TemporaryDirectory(prefix="waterfall-bench-") as ledger_dir:
             upstream = start("upstream", serve_upstream)
             started.append(upstream)
             base = f"http://127.0.0.1:{upstream.port}"
             proxies = {}
-            for name in PROXIES:
+            for name in wanted:
                 proxies[name] = start(name, serve_proxy, name, base, ledger_dir, args.stack)
                 started.append(proxies[name])
             with asyncio.Runner(loop_factory=loop_factory(args.stack)) as runner:
@@ -808,8 +951,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in reversed(started):
             stop(server)
+        cleanup()
     print(table(cells, rss))
     print(round_ratios(cells))
+    if shared := ratios_to_sqlite(cells):
+        print(shared)
     errors = sum(c.errors for c in cells.values())
     if errors:
         print(f"{errors} request(s) failed", file=sys.stderr)

@@ -66,3 +66,18 @@ def test_round_ratios_pair_each_round_with_the_passthroughs(run: ModuleType) -> 
     rates = {line.split("|")[1].strip(): line for line in rate_part.splitlines() if "|" in line}
     assert "0.50 (0.50-0.50)" in rates["router"]
     assert "1.00 (1.00-2.00)" in rates["serve"]
+
+
+def test_the_shared_store_rows_are_also_given_against_the_sqlite_router(run: ModuleType) -> None:
+    cells = {
+        ("router+sqlite", "json", 32): cell(
+            run, [(100, 1.0, 0.2), (100, 1.0, 0.2), (100, 1.0, 0.4)]
+        ),
+        # the PostgreSQL ledger: 10 % more CPU a request in two rounds, less in a third
+        ("router+pg", "json", 32): cell(run, [(100, 1.0, 0.22), (200, 1.0, 0.44), (100, 1.0, 0.2)]),
+    }
+    text = run.ratios_to_sqlite(cells)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if "|" in line}
+    assert "1.10 (0.50-1.10)" in lines["router+pg"]
+    assert "router+redis+pg" not in lines  # not measured: no row
+    assert run.ratios_to_sqlite({}) == ""

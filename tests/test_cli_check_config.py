@@ -125,3 +125,56 @@ def test_no_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     assert out == ""
     assert "the following arguments are required: file" in err
+
+
+def test_every_mistake_of_a_broken_file_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Structure (a string where a list goes, a misspelt key) and references (an unknown
+    # provider, an unknown default chain) together: pydantic alone stops at the first kind.
+    path = tmp_path / "router.toml"
+    path.write_text(
+        'default_chain = "fsat"\n\n'
+        '[providers.openai]\nbase_url = "https://api.openai.com/v1"\napi_kye = "x"\n\n'
+        '[chains]\nfast = ["opneai/gpt-4o-mini", "openai/gpt-4o"]\nsmart = "openai/gpt-4o"\n',
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, str(path))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"{path}: invalid config\n"
+        "  providers.openai.api_kye: unknown setting (did you mean 'api_key'?)\n"
+        "  chains.smart: should be a list (in TOML: [...]), not text\n"
+        "  chains.fast.0: unknown provider 'opneai' (did you mean 'openai'?)\n"
+        "  default_chain: no chain named 'fsat' (did you mean 'fast'?)\n"
+    )
+
+
+def test_a_file_in_a_format_it_does_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "router.ini"
+    path.write_text("[providers.a]\nbase_url = http://a\n", encoding="utf-8")
+    code, out, err = run(capsys, str(path))
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"{path}: invalid config\n  {path}: not a config format this reads: a config is TOML "
+        "(.toml), YAML (.yaml, .yml) or JSON (.json; "
+    )
+
+
+def test_what_only_the_mounted_router_would_find(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A cost route's entry without any price: the keys are right, but the router cannot start.
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n\n'
+        '[routes.auto]\ndeployments = ["a/m1"]\n',
+        encoding="utf-8",
+    )
+    assert run(capsys, str(path)) == (
+        1,
+        "",
+        f"{path}: invalid config\n  routes: no price for a/m1\n",
+    )

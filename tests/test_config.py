@@ -263,18 +263,22 @@ def test_config_is_frozen() -> None:
         ),
         pytest.param(
             changed("providers.a.base_url", REMOVE),
-            "providers.a.base_url: Field required",
+            "providers.a.base_url: a required setting, not given",
             id="base_url-missing",
         ),
         pytest.param(
             changed("providers.b.base_url", 5),
-            "providers.b.base_url: Input should be a valid string",
+            "providers.b.base_url: should be text (a string), not a number",
             id="base_url-type",
         ),
-        pytest.param(changed("providers", REMOVE), "providers: Field required", id="no-providers"),
+        pytest.param(
+            changed("providers", REMOVE),
+            "providers: a required setting, not given",
+            id="no-providers",
+        ),
         pytest.param(
             changed("providers", ["a"]),
-            "providers: Input should be a valid dictionary",
+            "providers: should be a table of settings, not a list",
             id="providers-list",
         ),
         pytest.param(
@@ -294,12 +298,12 @@ def test_config_is_frozen() -> None:
         ),
         pytest.param(
             changed("chains.fast", [{"provider": "a"}]),
-            "chains.fast.0.model: Field required",
+            "chains.fast.0.model: a required setting, not given",
             id="entry-mapping-no-model",
         ),
         pytest.param(
             changed("chains.fast", ["b/m1", {"provider": "a", "model": "m", "x": 1}]),
-            "chains.fast.1.x: Extra inputs are not permitted",
+            "chains.fast.1.x: unknown setting (known here: provider, model, price)",
             id="entry-mapping-extra",
         ),
         pytest.param(
@@ -314,7 +318,7 @@ def test_config_is_frozen() -> None:
         ),
         pytest.param(
             changed("chains.fast", "a/m1"),
-            "chains.fast: Input should be a valid tuple",
+            "chains.fast: should be a list (in TOML: [...]), not text",
             id="chain-not-a-list",
         ),
         pytest.param(
@@ -327,46 +331,51 @@ def test_config_is_frozen() -> None:
             "default_chain: no chain named 'slow'",
             id="default_chain",
         ),
-        pytest.param(changed("bogus", 1), "bogus: Extra inputs are not permitted", id="extra-top"),
+        pytest.param(
+            changed("bogus", 1),
+            "bogus: unknown setting (known here: prefix, providers, deployments, chains, "
+            "default_chain, client_keys, policy, limits, upstream, ledger, models, routes, rates, "
+            "price_refresh)",
+            id="extra-top",
+        ),
         pytest.param(
             changed("providers.a.bse_url", "http://x"),
-            "providers.a.bse_url: Extra inputs are not permitted",
+            "providers.a.bse_url: unknown setting (did you mean 'base_url'?)",
             id="extra-provider",
         ),
         pytest.param(
             changed("providers.a.timeouts", {"raed": 1}),
-            "providers.a.timeouts.raed: Extra inputs are not permitted",
+            "providers.a.timeouts.raed: unknown setting (did you mean 'read'?)",
             id="extra-timeouts",
         ),
         pytest.param(
             changed("policy", {"fallthrough": [429]}),
-            "policy.fallthrough: Extra inputs are not permitted",
+            "policy.fallthrough: unknown setting (did you mean 'fall_through'?)",
             id="extra-policy",
         ),
         pytest.param(
             changed("providers.a.timeouts", {"read": 0}),
-            "providers.a.timeouts.read: Input should be greater than 0",
+            "providers.a.timeouts.read: should be greater than 0",
             id="timeout-zero",
         ),
         pytest.param(
             changed("policy", {"default_cooldown": -1}),
-            "policy.default_cooldown: Input should be greater than or equal to 0",
+            "policy.default_cooldown: should be greater than or equal to 0",
             id="cooldown-negative",
         ),
         pytest.param(
             changed("policy", {"fall_through": [429, "soon"]}),
-            "policy.fall_through.1: Input should be a valid integer, unable to parse string as "
-            "an integer",
+            "policy.fall_through.1: should be a whole number, not text",
             id="fall_through-type",
         ),
         pytest.param(
             changed("policy", {"accept": "eventually"}),
-            "policy.accept: Input should be 'first_event' or 'headers'",
+            "policy.accept: should be 'first_event' or 'headers'",
             id="accept",
         ),
         pytest.param(
             changed("limits", {"max_body_bytes": 0}),
-            "limits.max_body_bytes: Input should be greater than or equal to 1",
+            "limits.max_body_bytes: should be greater than or equal to 1",
             id="max_body_bytes",
         ),
         pytest.param(changed("prefix", "v1"), "prefix: must start with '/'", id="prefix"),
@@ -388,9 +397,11 @@ def test_every_field_mistake_is_reported_one_per_line() -> None:
     data = changed("typo", True, data)
     assert error_of(data).splitlines() == [
         "providers.a.base_url: must start with http:// or https://",
-        "providers.b.timeouts.read: Input should be greater than 0",
+        "providers.b.timeouts.read: should be greater than 0",
         "chains.fast.1: 'nope' is not of the form 'provider/model'",
-        "typo: Extra inputs are not permitted",
+        "typo: unknown setting (known here: prefix, providers, deployments, chains, "
+        "default_chain, client_keys, policy, limits, upstream, ledger, models, routes, rates, "
+        "price_refresh)",
     ]
 
 
@@ -427,7 +438,7 @@ def test_api_key_wins_over_api_key_env_and_env_is_then_not_needed() -> None:
 
 def test_a_wrong_api_key_is_reported_once_without_an_env_complaint() -> None:
     data = changed("providers.a", {"base_url": "http://x", "api_key": 12, "api_key_env": UNSET_ENV})
-    assert error_of(data) == "providers.a.api_key: Input should be a valid string"
+    assert error_of(data) == "providers.a.api_key: should be text (a string), not a number"
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -452,7 +463,12 @@ def test_regression_a_file_that_is_not_utf8_gives_a_config_error(tmp_path: Path)
         ("bad.toml", "[providers\n", "not valid TOML: Expected ']' at the end of a table "),
         ("bad.toml", "a = 1\na = 2\n", "not valid TOML: Cannot overwrite a value "),
         ("bad.json", '{"providers": {},}', "not valid JSON: Expecting property name enclosed in "),
-        ("bad.conf", "providers = {}", "not valid JSON: Expecting value: line 1 column 1 "),
+        (
+            "bad.conf",
+            "providers = {}",
+            "not a config format this reads: a config is TOML (.toml), YAML (.yaml, .yml) or "
+            "JSON (.json; also any other name, but this is not valid JSON: Expecting value: ",
+        ),
         ("bad.yaml", "providers: [a\n", "not valid YAML: while parsing a flow sequence: "),
         ("bad.yml", "a: b: c\n", "not valid YAML: mapping values are not allowed here "),
     ],

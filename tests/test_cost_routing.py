@@ -176,8 +176,10 @@ async def test_a_candidate_without_any_price_is_a_config_error() -> None:
         "providers": {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}},
         "routes": {"auto": {"deployments": ["a/fake-small"]}},
     }
+    unpriced = WaterfallMiddleware(None, base)  # kept, and raised at startup
+    assert "no price for a/fake-small" in str(unpriced.config_error)
     with pytest.raises(ConfigError, match="no price for a/fake-small"):
-        WaterfallMiddleware(None, base)
+        await unpriced.startup()
     importing = {
         **base,
         "providers": {"a": {"base_url": "http://a/v1", "import_prices": "openrouter"}},
@@ -208,8 +210,9 @@ def test_a_reference_that_cannot_be_converted_is_a_config_error() -> None:
         ],
         "routes": {"auto": {"unit": "msat", "deployments": ["a/m"], "reference": "a/r"}},
     }
-    with pytest.raises(ConfigError, match=r"routes\.auto\.reference: no rate from 'usd' to"):
-        WaterfallMiddleware(None, config)
+    app = WaterfallMiddleware(None, config)  # kept, and raised at startup
+    assert isinstance(app.config_error, ConfigError)
+    assert str(app.config_error).startswith("routes.auto.reference: no rate from 'usd' to")
 
 
 async def test_the_cost_event_says_what_the_ledger_records() -> None:

@@ -59,6 +59,7 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     tables = parse_tables(out)
     assert list(tables) == [s.title for s in demo.SECTIONS]
     storm, quota, streams, exact, router, cost, usage = tables.values()
+    assert out.count("millisatoshi") == 2  # the unit of sections 6 and 7, said in words
 
     # One 429 per header dialect, then a normal answer.
     assert [r["status"] for r in storm] == ["429"] * 6 + ["200"]
@@ -91,6 +92,11 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
             r"x-ratelimit-remaining-requests: 0, x-ratelimit-reset-requests: (59\.\d+s|1m0s)", line
         )
     assert [r["usage"] for r in quota] == ["7+4=11", "7+4=11", "-"]
+    assert [r["behaviour"] for r in quota] == [
+        "request 1 of 2",
+        "request 2 of 2",
+        "refused by the limiter",
+    ]
 
     # Streams over loopback: only what survives any TCP chunking is asserted.
     verdicts = {r["behaviour"]: (r["[DONE]"], r["usage"], r["client saw"]) for r in streams}
@@ -115,7 +121,7 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert int(size5["chunks"]) == -(-int(size5["bytes"]) // 5)
     assert seeded["behaviour"] == "chunking:seed=7"
     assert int(size1["split chars"]) > 0
-    assert size1["decoded per chunk"].endswith(" x U+FFFD")
+    assert re.fullmatch(r"would show \d+ x U\+FFFD", size1["each chunk decoded alone"])
     assert [r["client saw"] for r in exact] == ["complete"] * 3
     assert [r["usage"] for r in exact] == ["7+6=13"] * 3
 
@@ -135,7 +141,7 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
         "openai/fake-large cooling, openrouter/fake-medium 429, local/fake-small 200"
     )
     assert trails[2] == "all exhausted, Retry-After: 1"
-    assert trails[4].startswith("openai/fake-large empty_stream, ")
+    assert trails[4].startswith("openai/fake-large retried, openai/fake-large empty_stream, ")
     assert [r["client saw"] for r in router][1:3] == ["complete", "all_providers_exhausted"]
 
     # Cost routing: the cheapest fitting deployment, down the list on a 429, and the saving.

@@ -33,7 +33,10 @@ EXAMPLES = DOCS / "examples"
 PAGES = sorted(DOCS.rglob("*.md"))
 INCLUDE = re.compile(r'^[ \t]*--8<--[ \t]+"([^"]+)"[ \t]*$')
 
-PYTHON_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("pytest_"))
+# (first_router_*.py, an app and a client of a server, are run by test_docs_getting_started.py)
+PYTHON_EXAMPLES = sorted(
+    p for p in EXAMPLES.glob("*.py") if not p.name.startswith(("pytest_", "first_router_"))
+)
 PYTEST_EXAMPLES = sorted(EXAMPLES.glob("pytest_*.py"))
 SHELL_EXAMPLES = sorted(EXAMPLES.glob("*.sh"))
 

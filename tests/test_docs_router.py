@@ -78,3 +78,16 @@ def test_the_readme_snippet_mounts_the_router(
     while not hasattr(stack, "config") and hasattr(stack, "app"):
         stack = stack.app
     assert sorted(stack.config.chains) == ["fast", "smart"]
+
+
+def test_explain_prints_what_the_page_shows_for_a_chain(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-1")
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-docs-2")
+    monkeypatch.chdir(DOCS / "examples")
+    command = "waterfall-asgi explain --config router.toml chain_request.json"
+    assert main(command.split()[1:]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert out.out.splitlines() == console_output("router/cost.md", command)

@@ -128,6 +128,8 @@ def test_the_configuration_page_lists_every_ledger_setting_with_its_default() ->
     assert rows["ledger.path"] == f"`{defaults.path}`"
     assert rows["ledger.drain_seconds"] == f"{defaults.drain_seconds:g}"
     assert rows["ledger.cost_event"] == str(defaults.cost_event).lower()
+    assert rows["ledger.lease"] == f"{defaults.lease:g}"
+    assert rows["ledger.url"] == rows["ledger.url_env"] == rows["ledger.instance_id"] == "none"
     assert any(key.endswith(".price") for key in rows)
 
 
@@ -138,8 +140,12 @@ def test_the_example_config_sets_every_ledger_key_and_a_price(
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-docs-2")
     config = load_config(EXAMPLES / "router.toml")
     assert config.ledger == LedgerSettings()  # the defaults, spelled out
-    raw = tomllib.loads((EXAMPLES / "router.toml").read_text(encoding="utf-8"))
-    assert set(raw["ledger"]) == set(LedgerSettings.model_fields)
+    text = (EXAMPLES / "router.toml").read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
+    # the keys with no value to spell out (no default, or another store) are shown commented
+    commented = set(re.findall(r"^# ([a-z_]+) = ", text.partition("[ledger]")[2], re.MULTILINE))
+    assert commented == {"url", "url_env", "instance_id"}
+    assert set(raw["ledger"]) | commented == set(LedgerSettings.model_fields)
     (fast,) = [d for d in config.chains["fast"] if d.key == "openai/gpt-4o-mini"]
     price = config.price_of(fast)  # the chain's entry takes the listed deployment's price
     assert price is not None

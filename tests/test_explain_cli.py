@@ -174,12 +174,10 @@ def test_when_nothing_fits_the_explanation_still_comes_and_the_exit_is_1(
         HEAD + "minimum quality 0.5, budget 100 msat\n"
         "  -  a/small  excluded: worst case 203.5 msat exceeds the budget of 100 msat\n"
         "  -  b/big  excluded: worst case 2628 msat exceeds the budget of 100 msat\n"
+        "nothing fits: the router answers 400 no_fitting_deployment\n"
     )
-    assert err == (
-        "No deployment of route 'smart' fits this request: a/small: worst case 203.5 msat "
-        "exceeds the budget of 100 msat; b/big: worst case 2628 msat exceeds the budget of "
-        "100 msat.\n"
-    )
+    assert out.endswith("nothing fits: the router answers 400 no_fitting_deployment\n")
+    assert err == ""  # the explanation once, not repeated on stderr
 
 
 def test_json(tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,17 +247,29 @@ def test_json_when_nothing_fits(
         "status": 400,
         "type": "invalid_request_error",
         "code": "no_fitting_deployment",
-        "message": err.rstrip("\n"),
+        "message": data["error"]["message"],
     }
-    assert err.startswith("No deployment of route 'smart' fits this request: a/small: context")
+    assert data["error"]["message"].startswith(
+        "No deployment of route 'smart' fits this request: a/small: context"
+    )
+    assert err == ""
 
 
 @pytest.mark.parametrize(
     ("request_body", "message"),
     [
-        ({**REQUEST, "model": "plain"}, "model 'plain' names no cost route (routes: smart, fixed)"),
-        ({**REQUEST, "model": "nope"}, "model 'nope' names no cost route (routes: smart, fixed)"),
-        ({"messages": []}, "model None names no cost route (routes: smart, fixed)"),
+        (
+            {**REQUEST, "model": "nope"},
+            "model 'nope' names no cost route, chain, model or entry (routes: smart, fixed; "
+            "chains: plain)",
+        ),
+        (
+            {**REQUEST, "model": "smrt"},
+            "model 'smrt' names no cost route, chain, model or entry (did you mean 'smart'?) "
+            "(routes: smart, fixed; chains: plain)",
+        ),
+        ({"messages": []}, "model None: give the name of a cost route or a chain"),
+        ({**REQUEST, "model": 7}, "model 7: give the name of a cost route or a chain"),
         ("[1, 2]", "{path}: a request must be a JSON object"),
         (
             "{nope",
@@ -310,3 +320,129 @@ def test_the_command_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("usage: waterfall-asgi explain [-h] --config CONFIG")
     for option in ("--min-quality", "--budget", "--json", "request"):
         assert option in out
+
+
+CHAINS = """\
+default_chain = "fast"
+
+[providers.openai]
+base_url = "http://127.0.0.1:9/v1"
+
+[providers.groq]
+base_url = "http://127.0.0.1:10/v1"
+
+[chains]
+fast = ["openai/gpt-4o-mini", "groq/llama-3.1-8b-instant"]
+"""
+
+
+def test_a_chain_lists_its_entries_and_says_cooldowns_are_not_visible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, CHAINS, "router.toml")
+    code, out, err = run(capsys, config, str(write(tmp_path, {"model": "fast", "messages": []})))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "chain 'fast': 2 entries, tried in this order until one answers",
+        "  1. openai/gpt-4o-mini         tried unless cooling",
+        "  2. groq/llama-3.1-8b-instant  tried unless cooling",
+    ]
+    # The in-memory store lives in each router process: this one cannot see it, and says so.
+    assert " ".join(lines[3:]).startswith(
+        "cooldowns: this config keeps them in each router process's memory, where no other "
+        "process can see them"
+    )
+    # No model: the default chain; a model name: its entries; one entry by its key.
+    assert run(capsys, config, str(write(tmp_path, {"messages": []})))[1] == out
+    by_model = run(capsys, config, str(write(tmp_path, {"model": "gpt-4o-mini"})))[1]
+    assert by_model.startswith("model 'gpt-4o-mini': 1 entry, tried in this order")
+    by_key = run(capsys, config, str(write(tmp_path, {"model": "groq/llama-3.1-8b-instant"})))[1]
+    assert by_key.startswith("entry 'groq/llama-3.1-8b-instant': 1 entry")
+
+
+def test_a_chain_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path, CHAINS, "router.toml")
+    code, out, err = run(capsys, config, str(write(tmp_path, {"model": "fast"})), "--json")
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert (data["kind"], data["name"], data["cooldowns"]) == ("chain", "fast", None)
+    assert [(e["entry"], e["cooling_until"]) for e in data["entries"]] == [
+        ("openai/gpt-4o-mini", None),
+        ("groq/llama-3.1-8b-instant", None),
+    ]
+    assert "no other process can see them" in data["note"]
+
+
+def test_quality_and_budget_are_for_cost_routes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, CHAINS, "router.toml")
+    request = str(write(tmp_path, {"model": "fast"}))
+    assert run(capsys, config, request, "--budget", "5") == (
+        1,
+        "",
+        "--min-quality and --budget are for cost routes only\n",
+    )
+
+
+def test_cooling_entries_are_shown_with_their_deadline() -> None:
+    from waterfall_asgi._chain_explain import chain_plan
+    from waterfall_asgi.config import load_config
+
+    config = load_config(
+        {"providers": {"a": {"base_url": "http://a"}}, "chains": {"c": ["a/x", "a/y"]}}
+    )
+    now = 1_800_000_000.0
+    plan = chain_plan(config, "c", {"a/x": now + 42, "a/y": now - 1}, "redis://r:6379/0", now)
+    assert plan is not None
+    assert plan.explain().splitlines() == [
+        "chain 'c': 2 entries, tried in this order until one answers",
+        "  1. a/x  cooling until 2027-01-15 08:00:42 UTC (42s from now): skipped",
+        "  2. a/y  would be tried",
+        "cooldowns: read from redis://r:6379/0",
+    ]
+    everything = chain_plan(config, "c", {"a/x": now + 5, "a/y": now + 9}, "redis", now)
+    assert everything is not None
+    assert everything.explain().endswith(
+        "every entry is cooling: a request now gets 503 all_providers_exhausted"
+    )
+
+
+class SharedStore:
+    """A stand-in for a shared cooldown store: opened, read and closed by ``explain``."""
+
+    url = "redis://:***@cache:6379/0"
+
+    def __init__(self, deadlines: dict[str, float], connected: bool = True) -> None:
+        self.deadlines, self.connected, self.calls = deadlines, connected, []
+
+    async def open(self) -> None:
+        self.calls.append("open")
+
+    async def snapshot(self) -> dict[str, float]:
+        self.calls.append("snapshot")
+        return dict(self.deadlines)
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_a_shared_store_is_read_and_closed() -> None:
+    import asyncio
+
+    from waterfall_asgi._chain_explain import NO_LIVE_STATE, read_cooldowns
+    from waterfall_asgi.cooldown import InMemoryCooldownStore
+
+    store = SharedStore({"a/x": 1_800_000_042.0})
+    assert asyncio.run(read_cooldowns(store)) == (
+        {"a/x": 1_800_000_042.0},
+        "the shared store at redis://:***@cache:6379/0",
+    )
+    assert store.calls == ["open", "snapshot", "close"]
+    down = SharedStore({}, connected=False)
+    cooling, source = asyncio.run(read_cooldowns(down))
+    assert cooling is None
+    assert source.startswith("cooldowns: the shared store at redis://:***@cache:6379/0 did not")
+    assert down.calls == ["open", "close"]
+    assert asyncio.run(read_cooldowns(InMemoryCooldownStore())) == (None, NO_LIVE_STATE)

@@ -124,7 +124,8 @@ async def test_schema_covers_every_field_with_the_right_types(db: Path) -> None:
     await ledger.open()
     try:
         columns = {name: kind for _, name, kind, *_ in raw(db, "PRAGMA table_info(usage)")}
-        assert set(columns) == {f.name for f in dataclasses.fields(UsageRecord)}
+        assert set(columns) == {f.name for f in dataclasses.fields(UsageRecord)} | {"instance_id"}
+        assert columns["instance_id"] == "TEXT"
         assert {k: columns[k] for k in ("started_at", "ttfb_ms", "duration_ms")} == dict.fromkeys(
             ("started_at", "ttfb_ms", "duration_ms"), "REAL"
         )
@@ -135,7 +136,7 @@ async def test_schema_covers_every_field_with_the_right_types(db: Path) -> None:
         indexed = {row[0] for row in raw(db, "SELECT tbl_name || '.' || name FROM sqlite_master")}
         assert {"usage.usage_started_at", "usage.usage_provider", "usage.usage_status"} <= indexed
         assert raw(db, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db, "PRAGMA user_version") == [(2,)] == [(ledger.schema_version,)]
+        assert raw(db, "PRAGMA user_version") == [(3,)] == [(ledger.schema_version,)]
         assert raw(db, "PRAGMA application_id") == [(APPLICATION_ID,)]
     finally:
         await ledger.close()
@@ -226,17 +227,19 @@ class _TracedLedger(SQLiteLedger):
 async def test_a_batch_is_written_in_few_statements_and_the_last_save_of_an_id_wins(
     db: Path,
 ) -> None:
-    async with _opened(SQLiteLedger(db)) as earlier:  # rows the batch below updates
+    # rows the batch below updates, of a process still running (its pending rows stay so)
+    async with _opened(SQLiteLedger(db)) as earlier:
         for n in range(10):
             await earlier.save(record(n, status="pending", completion_tokens=None))
-    ledger = _TracedLedger(db, batch_size=1000, flush_interval=60)
-    async with _opened(ledger):
-        for n in range(130):
-            await ledger.save(record(n, status="pending", completion_tokens=None))
-        for n in range(0, 130, 2):
-            await ledger.save(record(n, completion_tokens=2 * n, error="second"))
+        await earlier.flush()
+        ledger = _TracedLedger(db, batch_size=1000, flush_interval=60)
+        async with _opened(ledger):
+            for n in range(130):
+                await ledger.save(record(n, status="pending", completion_tokens=None))
+            for n in range(0, 130, 2):
+                await ledger.save(record(n, completion_tokens=2 * n, error="second"))
     assert ledger.transactions == 1
-    inserts = [s for s in ledger.statements if s.startswith("INSERT")]
+    inserts = [s for s in ledger.statements if s.startswith("INSERT INTO usage")]
     # 130 distinct ids, in two groups by the columns they leave NULL (65 each): powers of two
     # (up to 256 rows a statement); 4 statements, not 195
     assert sorted(s.count("('r") for s in inserts) == [1, 1, 64, 64]
@@ -261,7 +264,8 @@ class _FewVariablesLedger(_TracedLedger):
 
 
 @pytest.mark.parametrize(
-    ("cls", "sizes"), [(_TracedLedger, [256, 256, 8]), (_FewVariablesLedger, [52] * 10)]
+    ("cls", "sizes"),
+    [(_TracedLedger, [256, 256, 8]), (_FewVariablesLedger, [49] * 10 + [16, 8, 4, 2])],
 )
 async def test_a_statement_carries_as_many_rows_as_sqlite_allows(
     db: Path, cls: type[_TracedLedger], sizes: list[int]
@@ -270,7 +274,7 @@ async def test_a_statement_carries_as_many_rows_as_sqlite_allows(
     async with _opened(ledger):
         for n in range(520):
             await ledger.save(record(n))
-    inserts = [s for s in ledger.statements if s.startswith("INSERT")]
+    inserts = [s for s in ledger.statements if s.startswith("INSERT INTO usage")]
     assert ledger.transactions == 1
     assert sorted((s.count("('r") for s in inserts), reverse=True) == sizes
     assert len(read_records(db)) == 520
@@ -508,11 +512,11 @@ class _LaterLedger(SQLiteLedger):
 async def test_an_older_database_is_migrated_in_order(db: Path) -> None:
     async with _opened(SQLiteLedger(db)) as old:
         await old.save(FULL)
-    assert raw(db, "PRAGMA user_version") == [(2,)]
-    async with _opened(_LaterLedger(db)) as new:
-        assert new.schema_version == 3
-        await new.save(record(1))
     assert raw(db, "PRAGMA user_version") == [(3,)]
+    async with _opened(_LaterLedger(db)) as new:
+        assert new.schema_version == 4
+        await new.save(record(1))
+    assert raw(db, "PRAGMA user_version") == [(4,)]
     assert raw(db, "SELECT id, region FROM usage ORDER BY id") == [("r1", None), ("req-1", "eu")]
     async with _opened(_LaterLedger(db)):  # up to date: no step runs again
         pass
@@ -558,10 +562,10 @@ async def test_a_version_1_database_is_migrated_in_place_and_keeps_its_rows(db: 
         assert ledger.interrupted == 1
         await ledger.save(record(2, cost=5, cost_unit="msat", reference_cost=9))
     assert (ledger.written, ledger.failures) == (1, 0)
-    assert raw(db, "PRAGMA user_version") == [(2,)]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
     columns = {name: kind for _, name, kind, *_ in raw(db, "PRAGMA table_info(usage)")}
     assert columns["reference_cost"] == "INTEGER"
-    assert set(columns) == {f.name for f in dataclasses.fields(UsageRecord)}
+    assert set(columns) == {f.name for f in dataclasses.fields(UsageRecord)} | {"instance_id"}
     assert raw(db, "SELECT rowid, id FROM usage WHERE id != 'r2' ORDER BY rowid") == rowids
     interrupted = record(
         1, status="interrupted", error="the process ended before the request finished"
@@ -589,8 +593,8 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(db: Path) -> None:
     with pytest.raises(LedgerError) as info:
         await SQLiteLedger(db).open()
     assert str(info.value) == (
-        f"cannot open the usage ledger {str(db)!r}: its schema version 3 is newer than this "
-        "waterfall-asgi knows (2); upgrade waterfall-asgi or use another file"
+        f"cannot open the usage ledger {str(db)!r}: its schema version 4 is newer than this "
+        "waterfall-asgi knows (3); upgrade waterfall-asgi or use another file"
     )
     with pytest.raises(LedgerError, match="newer than this waterfall-asgi knows"):
         read_records(db)

@@ -23,6 +23,7 @@ from typing import IO
 import httpx
 import pytest
 
+import waterfall_asgi
 from waterfall_asgi import GC_YOUNG_THRESHOLD, tune_gc
 from waterfall_asgi.cli import main
 from waterfall_fakes import FakeProvider, FakeServer
@@ -146,13 +147,37 @@ def test_serve_shuts_down_gracefully_on_sigterm(served: Served) -> None:
     assert [m for m in messages if m in lifecycle] == lifecycle
     assert re.fullmatch(r"Finished server process \[\d+\]", messages[-1])
     assert not any(line.startswith(("ERROR", "Traceback")) for line in served.stderr)
-    # uvicorn's access log (on stdout) saw the three requests.
-    access = [re.search(r'"(\S+ \S+) HTTP/1\.1" (\d+)', line) for line in served.stdout]
-    assert [m.groups() if m else line for m, line in zip(access, served.stdout, strict=True)] == [
+    # uvicorn's access log (on stdout, after the URL line) saw the three requests.
+    logged = served.stdout[1:]
+    access = [re.search(r'"(\S+ \S+) HTTP/1\.1" (\d+)', line) for line in logged]
+    assert [m.groups() if m else line for m, line in zip(access, logged, strict=True)] == [
         ("GET /health", "200"),
         ("GET /v1/models", "200"),
         ("POST /v1/chat/completions", "200"),
     ]
+
+
+@pytest.mark.loopback
+def test_serve_prints_its_base_url_first_on_stdout(served: Served) -> None:
+    # what a script reads to find the router: the port it was given with --port 0
+    assert served.stdout[0] == f"http://127.0.0.1:{served.port}/v1"
+
+
+def test_serve_options_say_what_they_do(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--host HOST the address to listen on (default: 127.0.0.1" in text
+    assert "--port PORT the TCP port (default: 8000; 0: a free one, printed on stdout)" in text
+    assert "the first line on stdout is its base URL" in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"waterfall-asgi {waterfall_asgi.__version__}\n"
 
 
 @pytest.mark.loopback
@@ -177,8 +202,8 @@ BAD_CONFIGS = {
     "typo": (
         '[providers.a]\nbase_ur = "http://127.0.0.1:9/v1"\n',
         [
-            "providers.a.base_url: Field required",
-            "providers.a.base_ur: Extra inputs are not permitted",
+            "providers.a.base_url: a required setting, not given",
+            "providers.a.base_ur: unknown setting (did you mean 'base_url'?)",
         ],
     ),
     "bad-url": (

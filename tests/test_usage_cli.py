@@ -262,7 +262,7 @@ def test_a_newer_ledger_is_refused(db: Path, capsys: pytest.CaptureFixture[str])
     conn.close()
     code, _, err = run(capsys, "--db", str(db))
     assert code == 1
-    assert "ledger schema version 9 is newer than this waterfall-asgi knows (2)" in err
+    assert "ledger schema version 9 is newer than this waterfall-asgi knows (3)" in err
 
 
 @pytest.mark.parametrize(
@@ -400,3 +400,44 @@ def raw_version(path: Path) -> int:
         return version
     finally:
         conn.close()
+
+
+def test_the_ledger_a_config_names(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(
+        f'[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n\n[ledger]\npath = {str(db.name)!r}\n',
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)  # a relative path is where the router runs: here
+    by_db = run(capsys, "--db", str(db))
+    assert by_db[0] == 0
+    assert run(capsys, "--config", str(config)) == by_db
+
+
+def test_a_config_whose_ledger_is_in_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(
+        '[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n\n[ledger]\npath = ""\n',
+        encoding="utf-8",
+    )
+    assert run(capsys, "--config", str(config)) == (
+        1,
+        "",
+        f"{config}: the ledger is kept in memory (ledger.path is empty): there is no file to "
+        "read\n",
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[providers.a]\nbase_url = "x"\n', encoding="utf-8")
+    assert run(capsys, "--config", str(bad)) == (
+        1,
+        "",
+        f"{bad}: invalid config\n  providers.a.base_url: must start with http:// or https://\n",
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["usage", "--config", str(config), "--db", "x.db"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

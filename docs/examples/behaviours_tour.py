@@ -80,8 +80,34 @@ try:
 except httpx.RemoteProtocolError:
     pass
 
+try:  # cut after 3 tokens: the role event, three words, then the connection drops
+    chat("cut:tokens=3")
+    raise AssertionError("expected the connection to be cut")
+except httpx.RemoteProtocolError:
+    pass
+
+try:  # stall: two events, then silence with the connection open
+    chat("stall:events=2", timeout=0.05)
+    raise AssertionError("expected a timeout")
+except httpx.ReadTimeout:
+    pass
+
+seen = chat("context_length_exceeded", stream=False)
+assert (seen.status, seen.json()["error"]["code"]) == (400, "context_length_exceeded")
+assert seen.json()["error"]["param"] == "messages"
+
+seen = chat("content_filter", stream=False)
+assert (seen.status, seen.json()["error"]["code"]) == (400, "content_policy_violation")
+seen = chat("content_filter:after=2", stream=False)
+assert seen.json()["choices"][0]["finish_reason"] == "content_filter"
+
+assert chat("prefill:mode=reject").status == 200  # the last message is the user's: no prefill
+
+assert chat("when:times=0; status:code=500").status == 200  # a gate that lets nothing through
+
 events = chat("no_done").data()
 assert '"usage":{' in events[-1]  # the usage chunk is the last thing sent
+assert '"finish_reason":"stop"' in events[-2]  # after the finish: a complete answer
 
 assert chat("double_done").data()[-2:] == ["[DONE]", "[DONE]"]
 

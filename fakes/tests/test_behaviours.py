@@ -15,6 +15,8 @@ from waterfall_fakes import (
     BehaviourError,
     BigEvent,
     Chunking,
+    ContentFilter,
+    ContextLengthExceeded,
     Cut,
     DoubleDone,
     ErrorEvent,
@@ -29,12 +31,15 @@ from waterfall_fakes import (
     NoDone,
     NoUsage,
     Ok,
+    Prefill,
     RateLimit,
     Reply,
     SlowChunks,
     SlowFirstByte,
+    Stall,
     Status,
     Truncate,
+    When,
     chunk_bytes,
     format_behaviours,
     parse_behaviours,
@@ -90,6 +95,11 @@ def test_every_kind_is_covered_here() -> None:
             "slow_first_byte",
             "truncate",
             "cut",
+            "stall",
+            "context_length_exceeded",
+            "content_filter",
+            "prefill",
+            "when",
             "no_done",
             "double_done",
             "error_event",
@@ -117,6 +127,18 @@ EXAMPLES: list[tuple[str, Any]] = [
     ("slow_first_byte:seconds=1.5", SlowFirstByte(seconds=1.5)),
     ("truncate:events=4", Truncate(events=4)),
     ("cut:bytes=17", Cut(bytes=17)),
+    ("cut:bytes=3,tokens=2", Cut(bytes=3, tokens=2)),
+    ("stall:events=3,seconds=0.5", Stall(events=3, seconds=0.5)),
+    ("stall", Stall()),
+    ("context_length_exceeded", ContextLengthExceeded()),
+    ("context_length_exceeded:message=too long", ContextLengthExceeded(message="too long")),
+    ("context_length_exceeded:style=anthropic", ContextLengthExceeded(style="anthropic")),
+    ("content_filter", ContentFilter()),
+    ("content_filter:code=content_filter,after=2", ContentFilter(code="content_filter", after=2)),
+    ("prefill:mode=reject", Prefill(mode="reject")),
+    ("prefill", Prefill()),
+    ("when:p=0.25,times=2,skip=1", When(p=0.25, times=2, skip=1)),
+    ("when:start=10.0,end=70.5,since=first", When(start=10, end=70.5, since="first")),
     ("no_done", NoDone()),
     ("double_done", DoubleDone()),
     (
@@ -564,7 +586,9 @@ def test_every_behaviour_leaves_the_request_recorded() -> None:
     fake = FakeProvider()
     for text, _ in EXAMPLES:
         fake.handle("POST", CHAT, {BEHAVIOUR_HEADER: text}, json.dumps(STREAM).encode())
-    assert [r.behaviours for r in fake.requests] == [(b,) for _, b in EXAMPLES]
+    # a gate is not recorded, and these two let nothing through (skip=1; a window from 10 s)
+    expected = [() if isinstance(b, When) else (b,) for _, b in EXAMPLES]
+    assert [r.behaviours for r in fake.requests] == expected
 
 
 def test_over_httpx_header_alias() -> None:

@@ -240,7 +240,7 @@ def test_passes(fake_provider):
             "*the router did not fall back*",
             "*- waterfall-fakes (call) -*",
             "'fake' received 2 requests, a script of 1 step",
-            "  1. POST /v1/chat/completions -> 429  [rate_limit:dialect=openai]",
+            "  1. POST /v1/chat/completions -> 429  [rate_limit:dialect=openai] by script:0",
             "  2. GET /v1/models -> 200",
             "'backup' received 0 requests",
         ]

@@ -6,7 +6,9 @@ run :func:`create_app` on its own; configure it with :class:`RouterConfig` or a 
 """
 
 from .app import GC_YOUNG_THRESHOLD, create_app, tune_gc
+from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import (
+    CircuitPolicy,
     ConfigError,
     Deployment,
     LedgerSettings,
@@ -52,7 +54,14 @@ from .ledger import (
     UsageRecord,
     new_request_id,
 )
-from .ledger_sqlite import LedgerError, SQLiteLedger, read_records
+from .ledger_postgres import PostgresLedger, read_postgres_records
+from .ledger_sqlite import (
+    LedgerError,
+    SQLiteLedger,
+    default_instance_id,
+    read_records,
+    utf8_text,
+)
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -63,6 +72,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
+from .redact import REDACTED, Redactor
 from .relay import (
     ClientWatch,
     EventAligner,
@@ -72,7 +82,15 @@ from .relay import (
     error_event,
     relay_stream,
 )
-from .router import Attempt, Exhausted, Router, Served, forwarded_headers
+from .router import (
+    NO_CALL,
+    Attempt,
+    Exhausted,
+    Router,
+    Served,
+    forwarded_headers,
+    is_context_length_error,
+)
 from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
 from .upstream import (
     AiohttpUpstream,
@@ -80,10 +98,13 @@ from .upstream import (
     Upstream,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamLocalError,
     UpstreamResponse,
+    UpstreamStaleConnection,
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
+    decoded,
 )
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
@@ -95,10 +116,14 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "NO_CALL",
+    "REDACTED",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
+    "Circuit",
+    "CircuitPolicy",
     "ClientWatch",
     "ConfigError",
     "Continuation",
@@ -115,9 +140,11 @@ __all__ = [
     "LedgerSettings",
     "LedgerStore",
     "Limits",
+    "LocalHealth",
     "MemoryLedger",
     "ModelInfo",
     "NoFittingDeployment",
+    "PostgresLedger",
     "Price",
     "PriceBook",
     "PriceImportError",
@@ -125,8 +152,10 @@ __all__ = [
     "Provider",
     "Ranking",
     "Rate",
+    "Redactor",
     "RelayOutcome",
     "Relayed",
+    "RetryBudget",
     "Route",
     "Router",
     "RouterConfig",
@@ -143,8 +172,10 @@ __all__ = [
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamLocalError",
     "UpstreamResponse",
     "UpstreamSettings",
+    "UpstreamStaleConnection",
     "UpstreamTimeout",
     "UpstreamTransportError",
     "UsageRecord",
@@ -157,10 +188,13 @@ __all__ = [
     "ceil_units",
     "convert",
     "create_app",
+    "decoded",
+    "default_instance_id",
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
     "forwarded_headers",
+    "is_context_length_error",
     "load_config",
     "missing_prices",
     "models_url",
@@ -171,6 +205,7 @@ __all__ = [
     "parse_since",
     "preemptive_hint",
     "rank",
+    "read_postgres_records",
     "read_records",
     "read_usage",
     "relay_stream",
@@ -182,5 +217,6 @@ __all__ = [
     "send_error",
     "tune_gc",
     "usage_only_chunk",
+    "utf8_text",
     "with_usage",
 ]

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, load_config
+from .config import ConfigError, RouterConfig, load_config
 
 if TYPE_CHECKING:
     from .cost import Candidate, Ranking
@@ -27,14 +30,39 @@ def _report(path: str, exc: ConfigError) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+def _check_as_mounted(config: RouterConfig) -> None:
+    """Raise what the middleware would find wrong with ``config`` beyond its keys (a cost route's
+    entry without a price, a reference that cannot be converted), without opening anything."""
+    from .cooldown import InMemoryCooldownStore
+    from .ledger import MemoryLedger
+    from .middleware import WaterfallMiddleware
+
+    mounted = WaterfallMiddleware(
+        None, config, ledger=MemoryLedger(), cooldowns=InMemoryCooldownStore()
+    )
+    if mounted.config_error is not None:
+        raise mounted.config_error
+
+
 def _check(path: str) -> int:
     try:
         config = load_config(path)
+        _check_as_mounted(config)
+        if config.ledger.url is not None and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError(
+                "ledger.url: the PostgreSQL ledger needs asyncpg: "
+                "pip install 'waterfall-asgi[postgres]'"
+            )
     except ConfigError as exc:
         _report(path, exc)
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
     print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
+    url = config.ledger.database_url()
+    if url is not None:
+        from .ledger_postgres import redact_url
+
+        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
     return 0
 
 
@@ -49,11 +77,28 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _report(args.config, exc)
         return 1
+    from ._serving import guarded_h11, serve_logging
     from .app import create_app, tune_gc
 
     class Server(uvicorn.Server):
         """uvicorn's server, but a handled SIGINT/SIGTERM ends the process normally (exit 0)
-        instead of being raised again after the graceful shutdown."""
+        instead of being raised again after the graceful shutdown, and requests cancelled when
+        the graceful shutdown timed out get to record their end before the app shuts down."""
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            lifespan_shutdown = self.lifespan.shutdown
+
+            async def then_lifespan() -> None:
+                await _settle(self.server_state.tasks)
+                await lifespan_shutdown()
+
+            self.lifespan.shutdown = then_lifespan
+            await super().shutdown(sockets)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # one line on stdout a script can read the URL from
+                print(_listening(self, args.host, config.prefix), flush=True)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -71,12 +116,34 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_config=serve_logging(args.log_level),
             lifespan="on",
+            http=guarded_h11(args.header_timeout),
+            h11_max_incomplete_event_size=args.max_header_bytes,
+            timeout_keep_alive=args.timeout_keep_alive,
+            limit_concurrency=args.limit_concurrency,
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
     )
     tune_gc()  # what is loaded by now lives as long as the process (see tune_gc)
     server.run()
     return 0 if server.started else 3
+
+
+async def _settle(tasks: set[Any]) -> None:
+    """Wait a little (5 s at most) for cancelled request tasks to finish."""
+    import asyncio
+
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=5)
+
+
+def _listening(server: Any, host: str, prefix: str) -> str:
+    """The router's base URL on the port the server is listening on (``--port 0``: the one it
+    was given)."""
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{prefix}"
 
 
 def _since(text: str) -> float:
@@ -103,8 +170,26 @@ def _usage(args: argparse.Namespace) -> int:
     from .ledger_sqlite import LedgerError
     from .usage_report import read_usage
 
+    db = args.db
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            _report(args.config, exc)
+            return 1
+        url = config.ledger.database_url()
+        if url is None and config.ledger.path is None:
+            print(
+                f"{args.config}: the ledger is kept in memory (ledger.path is empty): "
+                "there is no file to read",
+                file=sys.stderr,
+            )
+            return 1
+        db = url or config.ledger.path
+    elif db is None:
+        db = "waterfall-usage.db"
     try:
-        report = read_usage(args.db, by=args.by, since=args.since)
+        report = read_usage(db, by=args.by, since=args.since)
     except LedgerError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -182,10 +267,13 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     try:
         payload = _read_request(args.request)
-        route = payload.get("model")
-        if not isinstance(route, str) or route not in config.routes:
-            routes = ", ".join(config.routes) or "none"
-            raise ValueError(f"model {route!r} names no cost route (routes: {routes})")
+        route = payload.get("model", config.default_chain)
+        if isinstance(route, str) and route not in config.routes:
+            if args.min_quality is not None or args.budget is not None:
+                raise ValueError("--min-quality and --budget are for cost routes only")
+            return _explain_chain(config, route, args.json)
+        if not isinstance(route, str):
+            raise ValueError(f"model {route!r}: give the name of a cost route or a chain")
         min_quality, budget = request_limits(
             config, route, args.min_quality, args.budget, names=("--min-quality", "--budget")
         )
@@ -196,10 +284,50 @@ def _explain(args: argparse.Namespace) -> int:
         ranking = rank(config, route, payload, min_quality=min_quality, budget=budget)
     except NoFittingDeployment as exc:
         error = {"status": exc.status, "type": exc.type, "code": exc.code, "message": exc.message}
-        print(_ranking_json(exc.ranking, error) if args.json else exc.ranking.explain())
-        print(exc.message, file=sys.stderr)
+        if args.json:
+            print(_ranking_json(exc.ranking, error))
+        else:  # the explanation says why each one is out: said once, then the verdict
+            print(exc.ranking.explain())
+            print(f"nothing fits: the router answers {exc.status} {exc.code}")
         return 1
     print(_ranking_json(ranking, None) if args.json else ranking.explain())
+    return 0
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def _explain_chain(config: RouterConfig, name: str, as_json: bool) -> int:
+    import asyncio
+
+    from ._chain_explain import chain_plan, entries_for, read_cooldowns
+    from ._config_words import did_you_mean
+    from .ledger import MemoryLedger
+    from .middleware import WaterfallMiddleware
+
+    plan = None
+    if entries_for(config, name) is not None:
+        # the cooldown store a router with this config would use (nothing else is opened)
+        store = WaterfallMiddleware(None, config, ledger=MemoryLedger()).cooldowns
+        cooling, source = asyncio.run(read_cooldowns(store))
+        plan = chain_plan(config, name, cooling, source)
+    if plan is None:
+        names = [*config.routes, *config.chains]
+        print(
+            f"model {name!r} names no cost route, chain, model or entry"
+            f"{did_you_mean(name, names)} (routes: {', '.join(config.routes) or 'none'}; "
+            f"chains: {', '.join(config.chains) or 'none'})",
+            file=sys.stderr,
+        )
+        return 1
+    print(plan.to_json() if as_json else plan.explain())
     return 0
 
 
@@ -208,18 +336,82 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="waterfall-asgi", description="An OpenAI-compatible waterfall LLM router."
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {metadata.version('waterfall-asgi')}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the standalone proxy")
+    serve = sub.add_parser(
+        "serve",
+        help="run the standalone proxy",
+        description="Run the router as a standalone OpenAI-compatible proxy. Once it listens, "
+        "the first line on stdout is its base URL (e.g. http://127.0.0.1:8000/v1); logs go "
+        "to stderr, the access log to stdout.",
+    )
     serve.add_argument("--config", required=True, help="a config file (.toml, .yaml, .json)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default: %(default)s, this machine only; 0.0.0.0: every "
+        "interface)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="the TCP port (default: %(default)s; 0: a free one, printed on stdout)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="for uvicorn's lines and the router's (one JSON line per request at info)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds a client has to send a request's headers; a new connection that sends "
+        "nothing is closed after as long (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=32 * 1024,
+        help="the largest request head (request line and headers); larger: 431 "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--timeout-keep-alive",
+        type=_positive,
+        default=5.0,
+        help="seconds an idle kept-alive connection stays open (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=2048,
+        help="connections (and requests) served at once; more: 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=_positive,
+        default=30.0,
+        help="seconds requests in flight get to finish after SIGTERM; then they are cancelled "
+        "and recorded as interrupted (default: %(default)s)",
+    )
     check = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     check.add_argument("file")
     sub.add_parser("demo", help="a tour on embedded defaults: fake providers on loopback")
     usage = sub.add_parser("usage", help="what the usage ledger recorded, grouped and totalled")
-    usage.add_argument(
-        "--db", default="waterfall-usage.db", help="the ledger file (default: %(default)s)"
+    ledger = usage.add_mutually_exclusive_group()
+    ledger.add_argument(
+        "--db",
+        help="the ledger: a SQLite file, or a postgresql:// URL (default: waterfall-usage.db)",
+    )
+    ledger.add_argument(
+        "--config",
+        help="read the ledger the config file names (ledger.url, or ledger.path relative to "
+        "where the router runs: run this from there)",
     )
     usage.add_argument(
         "--since", type=_since, help="only requests since: a span (30m, 1h, 2d) or an ISO date/time"
@@ -233,10 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
     explain = sub.add_parser(
         "explain",
-        help="how a cost route ranks a request: estimates, and why each deployment is excluded",
-        description="Rank the candidates of the cost route a request's model names, as the "
-        "router would (config prices only: none are imported from providers). Exit 1 if "
-        "nothing fits, with the explanation all the same.",
+        help="what a request would try: a cost route's ranking (estimates, and why each "
+        "deployment is excluded), or a chain's entries and which are cooling",
+        description="For a cost route, rank the candidates of the route a request's model "
+        "names, as the router would (config prices only: none are imported from providers); "
+        "exit 1 if nothing fits, with the explanation all the same. For a chain (or a model, "
+        "or one provider/model entry), list the entries a request would try, in order, and "
+        "which are cooling down and until when: read from a shared cooldown store when the "
+        "config has one (each router process keeps in-memory cooldowns to itself).",
     )
     explain.add_argument("--config", required=True, help="a config file (.toml, .yaml, .json)")
     explain.add_argument("request", help="the request's JSON body: a file, or - for stdin")

@@ -27,7 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from ._config_words import did_you_mean, plain_errors
+
 __all__ = [
+    "CircuitPolicy",
     "ConfigError",
     "Deployment",
     "LedgerSettings",
@@ -230,15 +233,43 @@ class Deployment(_Model):
         return value
 
 
+class CircuitPolicy(_Model):
+    """When an entry's health circuit opens, and for how long (``[policy.circuit]``).
+
+    Health signals (a 5xx without a hint, a timeout, a reset, a stream that ends before its first
+    event) are counted per entry in this process; the circuit opens after ``failures`` of them in
+    a row, or when at least ``min_requests`` calls in the last ``window`` seconds saw a failure
+    ratio of ``failure_ratio`` or more. It stays open ``open_for`` seconds, then one probe decides;
+    each failed probe opens it ``growth`` times longer, up to ``policy.max_cooldown``.
+    """
+
+    failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
+    failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="failure ratio over the window that opens it"
+    )
+    window: float = Field(default=60.0, gt=0, description="seconds the ratio is measured over")
+    min_requests: int = Field(
+        default=20, ge=1, description="calls in the window before the ratio counts"
+    )
+    open_for: float = Field(default=5.0, gt=0, description="seconds of the first open period")
+    growth: float = Field(
+        default=2.0, ge=1, description="each failed probe multiplies the open period by this"
+    )
+
+
 class RoutingPolicy(_Model):
-    """When to fall through to the next entry, and how long an entry cools down."""
+    """When to fall through to the next entry, when to retry, and how long an entry is left
+    alone."""
 
     fall_through: frozenset[int] = Field(
         default=DEFAULT_FALL_THROUGH,
         description="upstream statuses that fall through (every 5xx does too)",
     )
     default_cooldown: float = Field(
-        default=30.0, ge=0, description="seconds, when the provider gives no hint"
+        default=30.0,
+        ge=0,
+        description="seconds a 429 or 402 without a hint cools its entry (other failures "
+        "without a hint are health signals: see circuit)",
     )
     max_cooldown: float = Field(default=3600.0, ge=0, description="cap on any one cooldown")
     cool_on_zero_remaining: bool = Field(
@@ -249,6 +280,34 @@ class RoutingPolicy(_Model):
         description="when a streaming upstream is accepted: after its first complete SSE event, "
         "or as soon as its headers say 200",
     )
+    retries: int = Field(
+        default=1, ge=0, le=10, description="retries of a transient failure on the same entry"
+    )
+    backoff: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="seconds before the first retry (jittered, doubled for each further one)",
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="upstream calls one request may make, in all"
+    )
+    retry_budget: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="router-wide retries, as a fraction of the requests it has seen",
+    )
+    retry_burst: int = Field(
+        default=10, ge=0, description="retries the router-wide budget can hold in reserve"
+    )
+    max_wait: float = Field(
+        default=0.0,
+        ge=0,
+        description="a 429 whose hint is at most this many seconds is waited out on the same "
+        "entry (0: fall through at once)",
+    )
+    circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
 
     continue_streams: bool = Field(
         default=False,
@@ -262,9 +321,40 @@ class RoutingPolicy(_Model):
 
 
 class Limits(_Model):
-    """Limits on what clients may send."""
+    """Limits on what clients may send, and on what the router reads from providers."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds to read a request's whole body, else 408"
+    )
+    max_json_depth: int = Field(
+        default=128, ge=1, description="how deep a request's JSON may nest (deeper: 400)"
+    )
+    max_model_length: int = Field(
+        default=256, ge=1, description="the longest `model` a request may name (longer: 400)"
+    )
+    max_header_bytes: int = Field(
+        default=8192,
+        ge=1,
+        description="a client header larger than this (name and value) is not forwarded upstream",
+    )
+    max_forwarded_headers: int = Field(
+        default=64,
+        ge=0,
+        description="client headers forwarded upstream, at most (the rest: dropped)",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="the largest whole (non-stream) upstream body read; a larger one fails the "
+        "attempt, which falls through",
+    )
+    max_response_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds to read a whole (non-stream) upstream body, from its headers on; "
+        "a slower one fails the attempt, which falls through",
+    )
 
 
 class UpstreamSettings(_Model):
@@ -323,11 +413,76 @@ class LedgerSettings(_Model):
     cost_event: bool = Field(
         default=False, description="end each stream with an SSE event carrying its cost"
     )
+    url: SecretStr | None = Field(
+        default=None,
+        description="a postgresql:// URL: keep records in PostgreSQL instead of the SQLite "
+        "file (pip install 'waterfall-asgi[postgres]'); a secret, never shown",
+    )
+    url_env: str | None = Field(
+        default=None,
+        description="the environment variable holding that URL (read when the config is "
+        "loaded), for a URL with a password",
+    )
+    lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a process's claim on its pending rows lasts unrenewed (renewed "
+        "every lease/3): a process that died has its pending rows marked interrupted within "
+        "lease + lease/3",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="this process's name in the leases (default: host, pid and a random "
+        "part); a stable one, unique per process, marks its previous life's rows at start",
+    )
 
     @field_validator("path")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _is_postgres(value.get_secret_value()):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("url_env")
+    @classmethod
+    def _check_url_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("url") is not None:
+            raise ValueError("give url or url_env, not both")
+        found = os.environ.get(value)
+        if found is None:
+            raise ValueError(f"environment variable {value} is not set")
+        if not _is_postgres(found):
+            raise ValueError(
+                f"environment variable {value} must hold a postgresql:// or postgres:// URL"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_url(self) -> LedgerSettings:
+        if self.url is None and self.url_env:
+            found = os.environ.get(self.url_env)
+            if found is None:  # unset between the two checks
+                raise ValueError(f"environment variable {self.url_env} is not set")
+            object.__setattr__(self, "url", SecretStr(found))
+        if self.url is not None and "path" in self.model_fields_set and self.path is not None:
+            raise ValueError("give path (SQLite) or url/url_env (PostgreSQL), not both")
+        return self
+
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL (a secret: never log it), or ``None`` for SQLite or memory."""
+        return None if self.url is None else self.url.get_secret_value()
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
 
 
 class RouterConfig(_Model):
@@ -381,10 +536,16 @@ class RouterConfig(_Model):
                 problems.append(f"chains.{name}: a chain needs at least one entry")
             for i, d in enumerate(entries):
                 if d.provider not in self.providers:
-                    problems.append(f"chains.{name}.{i}: unknown provider {d.provider!r}")
+                    problems.append(
+                        f"chains.{name}.{i}: unknown provider {d.provider!r}"
+                        + did_you_mean(d.provider, self.providers)
+                    )
         for i, d in enumerate(self.deployments):
             if d.provider not in self.providers:
-                problems.append(f"deployments.{i}: unknown provider {d.provider!r}")
+                problems.append(
+                    f"deployments.{i}: unknown provider {d.provider!r}"
+                    + did_you_mean(d.provider, self.providers)
+                )
         for name, route in self.routes.items():
             if name in self.chains:
                 problems.append(f"routes.{name}: a chain has that name too")
@@ -395,9 +556,13 @@ class RouterConfig(_Model):
                 if d.provider not in self.providers:
                     problems.append(
                         f"routes.{name}.deployments.{i}: unknown provider {d.provider!r}"
+                        + did_you_mean(d.provider, self.providers)
                     )
         if self.default_chain is not None and self.default_chain not in self.chains:
-            problems.append(f"default_chain: no chain named {self.default_chain!r}")
+            problems.append(
+                f"default_chain: no chain named {self.default_chain!r}"
+                + did_you_mean(self.default_chain, self.chains)
+            )
         if problems:  # each names its own key: _explain splits them on the newlines
             raise ValueError("\n".join(problems))
         return self
@@ -425,13 +590,8 @@ class RouterConfig(_Model):
         return list(seen.values())
 
 
-def _explain(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines += [f"{where}: {msg}"] if where else msg.split("\n")
-    return "\n".join(lines)
+def _explain(exc: ValidationError, data: Any) -> str:
+    return "\n".join(plain_errors(exc, data, RouterConfig))
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -465,6 +625,12 @@ def _parse(path: Path, text: str) -> Any:
     try:
         return tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except ValueError as exc:  # tomllib.TOMLDecodeError, json.JSONDecodeError: no source text
+        if suffix not in (".toml", ".json"):  # read as JSON only because nothing else fits
+            raise ConfigError(
+                f"{path}: not a config format this reads: a config is TOML (.toml), YAML "
+                "(.yaml, .yml) or JSON (.json; also any other name, but this is not valid "
+                f"JSON: {exc})"
+            ) from None
         raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
 
 
@@ -497,4 +663,4 @@ def load_config(source: str | Path | Mapping[str, Any] | RouterConfig) -> Router
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, data)) from None

@@ -276,7 +276,8 @@ def _quota(stack: ExitStack, client: httpx.Client) -> Table:
     for number in range(1, 4):
         seen = exchange(client, server.url)
         hint = header_hint(seen.headers, _LIMITER_HEADERS)
-        table.add(number, "quota", "ok (limiter)", seen.status, hint, seen.usage)
+        verdict = "refused by the limiter" if seen.status == 429 else f"request {number} of 2"
+        table.add(number, "quota", verdict, seen.status, hint, seen.usage)
     return table
 
 
@@ -304,11 +305,12 @@ def _chunk_exact(stack: ExitStack, client: httpx.Client) -> Table:
     script = ["chunking:size=1", "chunking:size=5", "chunking:seed=7,max_size=16"]
     fake = _provider("exact", script=script)
     local = stack.enter_context(httpx.Client(transport=FakeTransport(fake)))
-    table = Table(*_STREAM_COLUMNS, "decoded per chunk", *_STREAM_TAIL)
+    table = Table(*_STREAM_COLUMNS, "each chunk decoded alone", *_STREAM_TAIL)
     for number in range(1, len(script) + 1):
         seen = exchange(local, "http://fake/v1", stream=True, max_tokens=6)
         broken = sum(c.decode("utf-8", errors="replace").count("\ufffd") for c in seen.chunks)
-        _stream_row(table, number, fake, seen, f"{broken} x U+FFFD" if broken else "intact")
+        naive = f"would show {broken} x U+FFFD" if broken else "intact"
+        _stream_row(table, number, fake, seen, naive)
     return table
 
 
@@ -321,9 +323,14 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     from .app import create_app
 
     scripts = {
-        "openai": ["rate_limit:dialect=retry-after-ms,seconds=1.5", "truncate:events=0"],
+        # (a 503 or an empty stream is retried once on the same entry: so each fails twice)
+        "openai": [
+            "rate_limit:dialect=retry-after-ms,seconds=1.5",
+            "truncate:events=0",
+            "truncate:events=0",
+        ],
         "openrouter": ["ok", "rate_limit:dialect=openrouter,seconds=1"],
-        "local": ["ok", "status:code=503"],
+        "local": ["ok", "status:code=503", "status:code=503"],
     }
     models = {"openai": "fake-large", "openrouter": "fake-medium", "local": "fake-small"}
     fakes = {name: _serve(stack, name, script=script) for name, script in scripts.items()}
@@ -343,9 +350,9 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     steps: list[tuple[str, bool, float]] = [
         ("openai says 429 (retry-after-ms)", False, 0),
         ("openrouter says 429 (X-RateLimit-Reset)", True, 0),
-        ("local fails with 503: all exhausted", False, 0),
+        ("local fails with 503, retried: all exhausted", False, 0),
         ("after waiting Retry-After", False, -1),
-        ("openai's 200 closes before any event", True, 0.6),
+        ("openai's 200 closes before any event, twice", True, 0.6),
     ]
     retry_after = 0.0
     for number, (what, stream, wait) in enumerate(steps, 1):
@@ -519,7 +526,9 @@ SECTIONS: list[Section] = [
     ),
     Section(
         "Chunk-exact, in-process (FakeTransport): boundaries inside multi-byte characters",
-        "Each scripted chunk is one read: decode incrementally, or characters break.",
+        "Each scripted chunk is one read. A client that decoded each chunk on its own would show\n"
+        "   U+FFFD (the replacement character) where a character is split; decoded incrementally,\n"
+        "   as here, every stream arrives intact ('client saw: complete').",
         _chunk_exact,
     ),
     Section(
@@ -531,14 +540,16 @@ SECTIONS: list[Section] = [
     ),
     Section(
         "Cost routing: route 'auto' picks the cheapest deployment that fits (quality >= 30)",
-        "Priced exactly in msat from the fakes' published prices; the reference is the dearest\n"
+        "Priced exactly in msat (millisatoshi: 1/1000 of a satoshi, 1/100,000,000,000 of a\n"
+        "   bitcoin) from the fakes' published prices; the reference is the dearest\n"
         "   fitting deployment: what always using it would have cost for the same tokens.",
         _cost_routing,
     ),
     Section(
         "The usage ledger (SQLite) of the router's requests, by provider and status",
         "One record per request, whatever happened; tokens from the streams and bodies, cost\n"
-        "   exact in msat (waterfall-asgi usage --by provider,status prints the same).",
+        "   exact in msat, millisatoshi (waterfall-asgi usage --by provider,status prints the\n"
+        "   same).",
         _usage,
     ),
 ]

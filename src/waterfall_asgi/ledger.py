@@ -5,12 +5,15 @@ A :class:`UsageRecord` is saved when the response is accepted (time to first byt
 status. A request answered by the router itself (a bad request, all providers exhausted) is saved
 once, already finished. Stores sit behind the small async :class:`LedgerStore` protocol;
 :class:`MemoryLedger` keeps records in memory (tests, or no persistence), and
-:class:`~waterfall_asgi.ledger_sqlite.SQLiteLedger` is the embedded default.
+:class:`~waterfall_asgi.ledger_sqlite.SQLiteLedger` is the embedded default;
+:class:`~waterfall_asgi.ledger_postgres.PostgresLedger` keeps them in PostgreSQL, for many
+replicas.
 
 Statuses:
 
-- ``pending``: accepted, not finished (a record left so by a dead process is marked
-  ``interrupted`` at the next start);
+- ``pending``: accepted, not finished (a record left so by a process that died is marked
+  ``interrupted``: at the next start for the memory store; once that process's lease has
+  lapsed for the SQLite and PostgreSQL stores, which several processes may share);
 - ``success``: complete (a stream ended with ``data: [DONE]``);
 - ``client_disconnected``: the client went away before the end;
 - ``stream_incomplete``: the upstream stream ended without ``[DONE]``;
@@ -18,7 +21,7 @@ Statuses:
 - ``exhausted``: every entry failed or was cooling (503);
 - ``rejected``: the request was refused: by the router (bad input, auth, unknown model), or by
   the upstream with a 4xx that was passed back as it was;
-- ``interrupted``: found ``pending`` at start-up.
+- ``interrupted``: found ``pending`` after its process ended (or cancelled at shut-down).
 """
 
 from __future__ import annotations
@@ -148,7 +151,9 @@ class LedgerStore(Protocol):
         ...
 
     async def save(self, record: UsageRecord) -> None:
-        """Insert ``record``, or replace the one with the same ``id``."""
+        """Insert ``record``, or replace the one with the same ``id``; but a ``pending`` record
+        never replaces a terminal one (saves of one id that land out of order, or twice, keep
+        the terminal status)."""
         ...
 
     async def close(self) -> None:
@@ -197,11 +202,18 @@ class MemoryLedger:
             if row[_STATUS] == "pending":
                 values = list(row)
                 values[_STATUS] = "interrupted"
+                if values[_ERROR] is None:
+                    values[_ERROR] = "the process ended before the request finished"
                 rows[key] = tuple(values)
 
     async def save(self, record: UsageRecord) -> None:
-        """Keep a copy of ``record`` (so later changes to it are not seen until saved again)."""
+        """Keep a copy of ``record`` (so later changes to it are not seen until saved again).
+        A ``pending`` save never replaces a terminal one (the store's contract)."""
         rows = self._rows
+        if record.status == "pending":
+            kept = rows.get(record.id)
+            if kept is not None and kept[_STATUS] != "pending":
+                return
         rows[record.id] = _row(record)
         if self.max_records is not None and len(rows) > self.max_records:
             rows.popitem(last=False)  # the oldest request (a save again keeps the place)
@@ -214,6 +226,7 @@ class MemoryLedger:
 _SCALARS = tuple(f.name for f in dataclasses.fields(UsageRecord) if f.name != "attempts")
 _SCALAR_VALUES = operator.attrgetter(*_SCALARS)
 _STATUS = _SCALARS.index("status")
+_ERROR = _SCALARS.index("error")
 _ATTEMPTS_AT = len(_SCALARS)
 
 

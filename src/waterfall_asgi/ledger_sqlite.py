@@ -6,7 +6,7 @@ last save of an id in a batch) into an in-memory queue and returns; a writer tas
 queue in batches (up to
 ``batch_size`` records, or whatever arrived within ``flush_interval`` seconds of the first) and
 upserts each batch in one transaction, up to 256 rows to a statement where SQLite allows
-that many variables (52 where it allows the fewest; a ``None`` written as ``NULL``, not bound:
+that many variables (49 where it allows the fewest; a ``None`` written as ``NULL``, not bound:
 see ``_statements``): few calls into SQLite, so few hand-overs of the GIL between the threads,
 for many rows instead of one per row. Every SQLite
 call runs in one thread that the ledger owns (a single-worker executor): a :mod:`sqlite3`
@@ -18,6 +18,12 @@ instead of letting memory grow. Saves of one id land in the order they were made
 accept-time and the end-time saves of a request end as one row, finished. A write that fails is
 logged (logger ``waterfall_asgi.ledger``: the first failure of a run of failures, with its
 traceback) and counted in :attr:`SQLiteLedger.failures`; it never raises into the request.
+
+Several processes may share the file (workers on one host). Each ledger writes its
+``instance_id`` into its rows and holds a lease (table ``ledger_instances``, expiry on the host's
+clock) renewed every ``lease / 3`` seconds; a ``pending`` row is marked ``interrupted`` once its
+process's lease has lapsed or was released (see :class:`SQLiteLedger`), never while it lives. A
+``pending`` save never replaces a terminal row of the same id.
 
 The schema is versioned by ``PRAGMA user_version`` and grows by the steps in
 :attr:`SQLiteLedger.migrations`, applied in order in one transaction; a file written by a newer
@@ -37,8 +43,11 @@ import json
 import logging
 import operator
 import os
+import secrets
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,13 +56,15 @@ from typing import Any, ClassVar, Literal
 from ._fastjson import encoder
 from .ledger import UsageRecord
 
-__all__ = ["LedgerError", "SQLiteLedger", "read_records"]
+__all__ = ["LedgerError", "SQLiteLedger", "default_instance_id", "read_records", "utf8_text"]
 
 logger = logging.getLogger("waterfall_asgi.ledger")
 
 APPLICATION_ID = 0x57464C47  # "WFLG" in the file header: this file is a waterfall-asgi ledger
 TABLE = "usage"
+INSTANCES = "ledger_instances"
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(UsageRecord))
+_WRITTEN = (*COLUMNS, "instance_id")  # every field, and the process that wrote the row
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the usage table, one row per request, and the indexes of the usage report
@@ -84,10 +95,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: what the route's reference deployment would have cost (cost routing); NULL in old rows
     (f"ALTER TABLE {TABLE} ADD COLUMN reference_cost INTEGER",),
+    # 3: which process wrote a row, and the leases of the processes sharing the file (several
+    # workers on one host): a row left pending is marked interrupted only once its process's
+    # lease has lapsed (rows of old versions have no process: no lease)
+    (
+        f"ALTER TABLE {TABLE} ADD COLUMN instance_id TEXT",
+        f"CREATE INDEX {TABLE}_pending ON {TABLE} (instance_id) WHERE status = 'pending'",
+        f"""CREATE TABLE {INSTANCES} (
+            id TEXT PRIMARY KEY NOT NULL,
+            expires_at REAL NOT NULL,
+            host TEXT,
+            pid INTEGER
+        )""",
+    ),
 )
 
 _ON_CONFLICT = (
-    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}"
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _WRITTEN[1:])} "
+    f"WHERE {TABLE}.status = 'pending' OR excluded.status != 'pending'"  # terminal stays so
 )
 _MAX_ROWS_PER_STATEMENT = 256
 """The most rows one upsert statement carries (fewer where the SQLite build allows fewer
@@ -102,7 +127,7 @@ def _rows_per_statement(conn: sqlite3.Connection) -> int:
     """How many rows one upsert statement of ``conn`` may carry: 999 variables a statement is
     the fewest any SQLite allows (before 3.32); most builds allow far more."""
     variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    return max(1, min(_MAX_ROWS_PER_STATEMENT, variables // len(COLUMNS)))
+    return max(1, min(_MAX_ROWS_PER_STATEMENT, variables // len(_WRITTEN)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,7 +136,7 @@ def _upsert(nulls: tuple[bool, ...], count: int) -> str:
     in the columns ``nulls`` marks and a parameter in the others."""
     row = "(" + ", ".join("NULL" if null else "?" for null in nulls) + ")"
     values = ", ".join([row] * count)
-    return f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {values} {_ON_CONFLICT}"
+    return f"INSERT INTO {TABLE} ({', '.join(_WRITTEN)}) VALUES {values} {_ON_CONFLICT}"
 
 
 def _statements(rows: Sequence[_Row], most: int) -> Iterator[tuple[str, list[Any]]]:
@@ -149,6 +174,14 @@ _INTERRUPT = (
     "error = COALESCE(error, 'the process ended before the request finished') "
     "WHERE status = 'pending'"
 )
+_OWN = _INTERRUPT + " AND instance_id = ?"  # this instance id's previous life
+_REAP = (  # rows of processes whose lease lapsed (or was released), or of no process at all
+    _INTERRUPT + " AND (instance_id IS NULL OR instance_id NOT IN "
+    f"(SELECT id FROM {INSTANCES} WHERE expires_at > ?))"
+)
+_RENEW = f"INSERT OR REPLACE INTO {INSTANCES} (id, expires_at, host, pid) VALUES (?, ?, ?, ?)"
+_FORGET = f"DELETE FROM {INSTANCES} WHERE expires_at <= ?"
+_RELEASE = f"DELETE FROM {INSTANCES} WHERE id = ?"
 
 _Row = tuple[Any, ...]
 _State = Literal["new", "open", "closing", "closed"]
@@ -158,9 +191,27 @@ class LedgerError(Exception):
     """The ledger database cannot be used: unwritable, not a ledger, or a newer schema."""
 
 
+_HOST = socket.gethostname()
+
+
+def default_instance_id() -> str:
+    """A name for this process in the ledger's leases: its host, its pid and a random part (so a
+    pid used again is another instance).
+
+    >>> default_instance_id().count("-") >= 2
+    True
+    """
+    return f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 _COLUMN_VALUES = operator.attrgetter(*COLUMNS)
 _ATTEMPTS = COLUMNS.index("attempts")
 _STREAM = COLUMNS.index("stream")
+_STATUS = COLUMNS.index("status")
+_TEXTS = tuple(
+    COLUMNS.index(name)
+    for name in ("id", "route", "model", "provider", "upstream_model", "cost_unit", "error")
+)
 _ENCODE_ATTEMPTS = encoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -175,23 +226,52 @@ def _snapshot(record: UsageRecord) -> _Row:
     return (*values[:_ATTEMPTS], [dict(a) for a in attempts], *values[_ATTEMPTS + 1 :])
 
 
-def _to_row(snapshot: _Row) -> _Row:
-    """A snapshot as SQLite column values (attempts as JSON text, ``stream`` as 0/1)."""
+def utf8_text(value: str) -> str:
+    """``value``, with any lone surrogate (which no UTF-8 database can store: a client may send
+    one, escaped, in a JSON string) replaced by U+FFFD, so its row can be written.
+
+    >>> utf8_text("plain"), utf8_text("café"), utf8_text("a" + chr(0xD800) + "b") == "a�b"
+    ('plain', 'café', True)
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value
+
+
+def _to_row(snapshot: _Row, instance_id: str | None) -> _Row:
+    """A snapshot as SQLite column values (attempts as JSON text, ``stream`` as 0/1, text that
+    UTF-8 cannot encode mended by :func:`utf8_text`), then the id of the process that writes
+    it."""
     attempts = snapshot[_ATTEMPTS]
     values = list(snapshot)
-    values[_ATTEMPTS] = _ENCODE_ATTEMPTS(attempts) if attempts else "[]"
+    values[_ATTEMPTS] = utf8_text(_ENCODE_ATTEMPTS(attempts)) if attempts else "[]"
     values[_STREAM] = int(bool(values[_STREAM]))
+    for at in _TEXTS:
+        value = values[at]
+        if value is not None and not value.isascii():
+            values[at] = utf8_text(value)
+    values.append(instance_id)
     return tuple(values)
 
 
-def _rows(batch: Sequence[_Row]) -> tuple[list[_Row], int, Exception | None]:
-    """The rows to write for a batch of snapshots: the last save of each id wins, so only it is
-    encoded. Also how many of them could not be encoded (lost), and the first such error."""
+def _rows(batch: Sequence[_Row], instance_id: str) -> tuple[list[_Row], int, Exception | None]:
+    """The rows to write for a batch of snapshots: the last save of each id wins (but a pending
+    save never replaces a terminal one), so only it is encoded. Also how many of them could not
+    be encoded (lost), and the first such error."""
     rows: list[_Row] = []
     lost, first = 0, None
-    for snapshot in {snapshot[0]: snapshot for snapshot in batch}.values():
+    last: dict[str, _Row] = {}
+    for snapshot in batch:
+        before = last.get(snapshot[0])
+        if before is None or snapshot[_STATUS] != "pending" or before[_STATUS] == "pending":
+            last[snapshot[0]] = snapshot
+    for snapshot in last.values():
         try:
-            rows.append(_to_row(snapshot))
+            rows.append(_to_row(snapshot, instance_id))
         except Exception as exc:  # (a circular list of attempts): that record only
             lost += 1
             first = first or exc
@@ -247,7 +327,13 @@ def _connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
 
 def read_records(path: str | os.PathLike[str], *, since: float | None = None) -> list[UsageRecord]:
     """Every record of the ledger at ``path`` (read-only; oldest first), or those started at
-    or after ``since`` (Unix seconds). Raises :class:`LedgerError` if it is not a ledger."""
+    or after ``since`` (Unix seconds). Raises :class:`LedgerError` if it is not a ledger.
+    A ``postgresql://`` URL reads a :class:`~waterfall_asgi.ledger_postgres.PostgresLedger`'s
+    database instead (with the ``postgres`` extra)."""
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from .ledger_postgres import read_postgres_records
+
+        return read_postgres_records(path, since=since)
     conn = _connect_readonly(path)
     try:
         query = f"SELECT {_select_list(conn, COLUMNS)} FROM {TABLE}"
@@ -269,11 +355,20 @@ class SQLiteLedger:
     ``batch_size``: the most records one transaction writes; ``flush_interval``: how long (s)
     the writer waits after a record arrives for more to fill a batch (0: write at once);
     ``max_pending``: how many records may wait in memory before ``save()`` waits for room;
-    ``busy_timeout``: how long (s) a write waits for another process's lock.
+    ``busy_timeout``: how long (s) a write waits for another process's lock; ``lease``: how long
+    (s) this process's claim on its ``pending`` rows lasts without renewal (renewed every
+    ``lease / 3`` s); ``instance_id``: this process's name in the leases (default: host, pid and
+    a random part; a stable one, unique per process, has a restarted process mark its own rows
+    at once).
+
+    Several processes may share the file (``uvicorn --workers 4``): a row left ``pending`` is
+    marked ``interrupted`` only once the lease of the process that wrote it has lapsed (it died)
+    or was released (it closed), by whichever process renews its lease next, so a process that
+    starts never marks the rows of a live one.
 
     Counters (read them from the event loop): :attr:`written` records written, :attr:`failures`
     records that could not be written, :attr:`transactions` batches committed,
-    :attr:`interrupted` records found ``pending`` by the last :meth:`open`.
+    :attr:`interrupted` records this ledger marked ``interrupted`` (at :meth:`open` and since).
     """
 
     migrations: ClassVar[tuple[tuple[str, ...], ...]] = _MIGRATIONS
@@ -287,11 +382,20 @@ class SQLiteLedger:
         flush_interval: float = 0.25,
         max_pending: int = 10_000,
         busy_timeout: float = 5.0,
+        lease: float = 30.0,
+        instance_id: str | None = None,
     ) -> None:
         if batch_size < 1 or max_pending < 1:
             raise ValueError("batch_size and max_pending must be at least 1")
         if flush_interval < 0 or busy_timeout < 0:
             raise ValueError("flush_interval and busy_timeout must not be negative")
+        if lease <= 0:
+            raise ValueError("lease must be positive")
+        if instance_id is not None and not instance_id.strip():
+            raise ValueError("instance_id must not be blank")
+        self.lease = lease
+        self.heartbeat = lease / 3
+        self.instance_id = instance_id or default_instance_id()
         self.path = os.fspath(path)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -314,6 +418,10 @@ class SQLiteLedger:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Future[None] | None = None
         self._failing = False
+        self._idle = asyncio.Event()  # nothing queued nor being written
+        self._hurry = False  # flush() waits: write without waiting for a batch to fill
+        self._renewed = -1e18  # time.monotonic() of the last renewal (the ledger thread's)
+        self._registered = False  # the lease is taken (the ledger thread's)
 
     @property
     def schema_version(self) -> int:
@@ -349,7 +457,7 @@ class SQLiteLedger:
                 raise
             if self.interrupted:
                 logger.info(
-                    "usage ledger %s: %d record(s) left pending by a previous process marked "
+                    "usage ledger %s: %d record(s) left pending by a process that ended marked "
                     "interrupted",
                     self.path,
                     self.interrupted,
@@ -357,6 +465,8 @@ class SQLiteLedger:
             self._executor = executor
             self._closer = None
             self._wake, self._room = asyncio.Event(), asyncio.Event()  # on this loop
+            self._idle = asyncio.Event()
+            self._idle.set()
             self._state = "open"
             self._writer = loop.create_task(self._write_loop(), name="waterfall-ledger-writer")
 
@@ -382,8 +492,17 @@ class SQLiteLedger:
             await self._write_detached(row)
             return
         self._pending.append(row)
+        self._idle.clear()
         if len(self._pending) == 1 or len(self._pending) >= self.batch_size:
             self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until every record saved before this call is written (or counted lost)."""
+        if self._state not in ("open", "closing"):
+            return
+        self._hurry = True
+        self._wake.set()
+        await self._idle.wait()
 
     async def close(self) -> None:
         """Write every queued record, stop the writer and close the file. Idempotent."""
@@ -418,14 +537,21 @@ class SQLiteLedger:
         try:
             while True:
                 if not self._pending:
+                    self._hurry = False
+                    self._idle.set()
                     if self._state == "closing":
                         self._state = "closed"  # with no await since the check: nothing is lost
                         return
                     self._wake.clear()
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.heartbeat):
+                            await self._wake.wait()
+                    if not self._pending and self._state == "open":
+                        await self._beat()
                     continue
                 if (
                     self._state == "open"
+                    and not self._hurry
                     and len(self._pending) < self.batch_size
                     and self.flush_interval > 0
                 ):
@@ -444,14 +570,37 @@ class SQLiteLedger:
                     self._failed(len(self._pending), RuntimeError("the ledger writer stopped"))
                     self._pending.clear()
             self._room.set()
+            self._idle.set()
+
+    async def _beat(self) -> None:
+        """Renew the lease and mark the rows of lapsed leases (the writer, when idle)."""
+        loop = asyncio.get_running_loop()
+        try:
+            marked = await loop.run_in_executor(self._executor, self._beat_sync)
+        except Exception as exc:  # a beat missed is tried again at the next
+            logger.warning("usage ledger %s: lease not renewed: %s", self.path, exc)
+        else:
+            self._count(marked)
+
+    def _count(self, marked: int) -> None:
+        if marked:
+            self.interrupted += marked
+            logger.info(
+                "usage ledger %s: %d record(s) of a process that ended marked interrupted",
+                self.path,
+                marked,
+            )
 
     async def _flush(self, batch: list[_Row]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            lost, error = await loop.run_in_executor(self._executor, self._write_sync, batch)
+            lost, error, marked = await loop.run_in_executor(
+                self._executor, self._write_sync, batch
+            )
         except Exception as exc:
             self._failed(len(batch), exc)
         else:
+            self._count(marked)
             self._succeeded(len(batch) - lost)
             self.transactions += 1
             if error is not None:
@@ -515,7 +664,8 @@ class SQLiteLedger:
         try:
             conn.execute("BEGIN IMMEDIATE")  # takes the write lock: fails here if unwritable
             self._migrate(conn)
-            interrupted = conn.execute(_INTERRUPT).rowcount
+            interrupted = conn.execute(_OWN, (self.instance_id,)).rowcount
+            interrupted += self._lease_sync(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -553,15 +703,44 @@ class SQLiteLedger:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {known}")
 
-    def _write_sync(self, batch: Sequence[_Row]) -> tuple[int, Exception | None]:
-        """Upsert a batch of snapshots in one transaction (in the ledger's thread); returns how
-        many could not be encoded (see :func:`_rows`) and the first such error."""
+    def _lease_sync(self, conn: sqlite3.Connection) -> int:
+        """Renew this process's lease and mark the rows of lapsed leases ``interrupted`` (in the
+        caller's transaction); returns how many were marked."""
+        now = time.time()
+        conn.execute(_RENEW, (self.instance_id, now + self.lease, _HOST, os.getpid()))
+        marked: int = conn.execute(_REAP, (now,)).rowcount
+        conn.execute(_FORGET, (now,))
+        self._renewed = time.monotonic()
+        self._registered = True
+        return marked
+
+    def _beat_sync(self) -> int:
+        conn = self._conn
+        if conn is None:
+            return 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            marked = self._lease_sync(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return marked
+
+    def _write_sync(self, batch: Sequence[_Row]) -> tuple[int, Exception | None, int]:
+        """Upsert a batch of snapshots in one transaction (in the ledger's thread), renewing the
+        lease when due; returns how many could not be encoded (see :func:`_rows`), the first
+        such error, and how many rows of lapsed leases were marked ``interrupted``."""
         conn = self._conn
         if conn is None:
             raise LedgerError(f"usage ledger {self.path!r} is not open")
-        rows, lost, error = _rows(batch)
+        rows, lost, error = _rows(batch, self.instance_id)
+        marked = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if time.monotonic() - self._renewed >= self.heartbeat:
+                marked = self._lease_sync(conn)
             for statement, parameters in _statements(rows, self._per_statement):
                 conn.execute(statement, parameters)
             conn.execute("COMMIT")
@@ -569,11 +748,11 @@ class SQLiteLedger:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        return lost, error
+        return lost, error, marked
 
     def _write_once(self, snapshot: _Row) -> None:
         """Upsert one snapshot on a connection of its own (after close, in a worker thread)."""
-        row = _to_row(snapshot)
+        row = _to_row(snapshot, self.instance_id)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             for statement, parameters in _statements([row], 1):
@@ -584,4 +763,10 @@ class SQLiteLedger:
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            try:
+                if self._registered:  # the lease released: rows left pending are marked at once
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(_RELEASE, (self.instance_id,))
+                    self._registered = False
+            finally:
+                conn.close()

@@ -33,8 +33,17 @@ from typing import Any
 
 import httpx
 
-from ._fastjson import decode, encoder
-from .config import ConfigError, Deployment, Price, RouterConfig, ceil_units, load_config
+from ._bodytimer import BodyTimer
+from ._fastjson import decode_request, encoder
+from .config import (
+    ConfigError,
+    Deployment,
+    Limits,
+    Price,
+    RouterConfig,
+    ceil_units,
+    load_config,
+)
 from .continuation import Continuation
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .cost import (
@@ -91,6 +100,13 @@ class WaterfallMiddleware:
     in-memory cooldown store; ``ledger`` the usage store (default: SQLite at
     ``config.ledger.path``), opened and closed with the middleware; ``on_complete`` receives each
     finished record; ``prompt_estimator`` estimates a request's prompt tokens for cost routes.
+
+    A config that cannot be used does not raise here (Starlette and FastAPI build their
+    middleware lazily, inside the server's first lifespan or request call, where an exception
+    would be hidden): it is kept in :attr:`config_error` and reported at startup, which fails
+    (``lifespan.startup.failed`` with the message; :meth:`startup` raises it). Where the server
+    speaks no lifespan, the router's routes and its health path answer 503
+    ``router_misconfigured`` while every other path still reaches ``app``.
     """
 
     def __init__(
@@ -109,7 +125,12 @@ class WaterfallMiddleware:
         prompt_estimator: PromptEstimator = estimate_prompt_tokens,
     ) -> None:
         self.app = app
-        self.config = load_config(config)
+        self.config_error: ConfigError | None = None
+        """Why the config cannot be used (``None``: it can); see the class docs."""
+        try:
+            self.config = load_config(config)
+        except ConfigError as exc:
+            self.config, self.config_error = _unconfigured(config), exc
         self.health_path = health_path
         self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
         self.on_complete = on_complete
@@ -125,15 +146,16 @@ class WaterfallMiddleware:
             for key in missing_prices(self.config, self.price_book)
             if key.partition("/")[0] not in importing
         ]
-        if static:  # no import can ever price these: the config is wrong
-            raise ConfigError(f"routes: no price for {', '.join(static)}")
+        if static and self.config_error is None:  # no import can ever price these
+            self.config_error = ConfigError(f"routes: no price for {', '.join(static)}")
         for name, route in self.config.routes.items():
             reference = self.config.price_of(route.reference) if route.reference else None
             if reference is not None and route.unit is not None:
                 try:
                     convert(Decimal(1), reference.unit, route.unit, self.config)
                 except LookupError as exc:
-                    raise ConfigError(f"routes.{name}.reference: {exc}") from None
+                    if self.config_error is None:
+                        self.config_error = ConfigError(f"routes.{name}.reference: {exc}")
         self._transport = transport
         self._given_client = client
         self._given = upstream
@@ -143,12 +165,24 @@ class WaterfallMiddleware:
         self._router: Router | None = None
         self._lock = asyncio.Lock()
         self._watches = WatchStarter()
+        self._body_timer = BodyTimer(self.config.limits.body_timeout)
+        self.refused_unauthenticated = 0
+        """Requests refused for a missing or wrong client key (they write no ledger row)."""
+        self._told = False  # whether the config error has been logged
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
+
+    @property
+    def router(self) -> Router | None:
+        """The router (made by :meth:`startup` or the first request): its circuits, retry budget
+        and local health are there."""
+        return self._router
 
     # -- resources -----------------------------------------------------------------------------
     async def startup(self) -> None:
         """Open the upstream client (done by lifespan, or on the first request)."""
+        if self.config_error is not None:
+            raise ConfigError(str(self.config_error))
         async with self._lock:
             if self._router is not None:
                 return
@@ -196,6 +230,8 @@ class WaterfallMiddleware:
             self._watches.close()
 
     async def _get_router(self) -> Router:
+        if self.config_error is not None:
+            raise self._misconfigured()
         if self._router is None:
             await self.startup()
         assert self._router is not None
@@ -218,14 +254,37 @@ class WaterfallMiddleware:
         if self.app is None:
             if kind == "http":
                 await send_error(
-                    send, RouterError(404, f"Unknown path {scope['path']}.", code="unknown_url")
+                    send,
+                    RouterError(
+                        404, f"Unknown path {_bounded(scope['path'])}.", code="unknown_url"
+                    ),
                 )
             elif kind == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
             return
         await self.app(scope, receive, send)
 
+    def _misconfigured(self) -> RouterError:
+        """The answer of the router's routes while its config cannot be used (the details go
+        to the log, once: a client never sees the config)."""
+        if not self._told:
+            self._told = True
+            logger.error("%s", _startup_failure(self.config_error))
+        return RouterError(
+            503,
+            "The router's config is invalid, so it serves no requests: the server's log says "
+            "why (`waterfall-asgi check-config FILE` checks a config file).",
+            "server_error",
+            "router_misconfigured",
+        )
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.config_error is not None:  # the server must not start, nor pretend to
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                failure = _startup_failure(self.config_error)
+                await send({"type": "lifespan.startup.failed", "message": failure})
+            return
         state = {"startup": False, "answered": False, "done": False}
 
         async def wrapped_receive() -> Message:
@@ -262,7 +321,11 @@ class WaterfallMiddleware:
             message = await receive()
             if message["type"] != "lifespan.startup":  # pragma: no cover - protocol violation
                 return
-        await self.startup()
+        try:
+            await self.startup()
+        except ConfigError as exc:  # e.g. prices that could not be imported
+            await send({"type": "lifespan.startup.failed", "message": _startup_failure(exc)})
+            return
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
             pass
@@ -270,6 +333,9 @@ class WaterfallMiddleware:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _health(self, scope: Scope, send: Send) -> None:
+        if self.config_error is not None:
+            await send_error(send, self._misconfigured())
+            return
         body = b'{"status":"ok"}'
         status = 200 if scope["method"] in ("GET", "HEAD") else 405
         if status == 405:
@@ -348,6 +414,15 @@ class WaterfallMiddleware:
                 raise RouterError(
                     400, "'model' must be a string.", code="invalid_type", param="model"
                 )
+            if model is not None and len(model) > self.config.limits.max_model_length:
+                record.model = _bounded(model)
+                raise RouterError(
+                    400,
+                    f"'model' is longer than {self.config.limits.max_model_length} characters: "
+                    f"{_bounded(model)!r}.",
+                    code="invalid_value",
+                    param="model",
+                )
             record.model, record.stream = model, stream
             ranking = None
             if model is not None and model in self.config.routes:
@@ -363,9 +438,10 @@ class WaterfallMiddleware:
             current = asyncio.current_task()
             assert current is not None
             watch = self._watches.watch(receive, current.cancel)
+            client_headers = _client_headers(scope, self.config.limits)
             try:
                 served = await router.run(
-                    label, plan, endpoint, upstream_payload, _client_headers(scope), stream
+                    label, plan, endpoint, upstream_payload, client_headers, stream
                 )
             except asyncio.CancelledError:
                 if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
@@ -376,9 +452,7 @@ class WaterfallMiddleware:
             finally:
                 watch.on_gone = None  # no await since run() returned: nothing cancels now
             continuation = (
-                Continuation(
-                    router, label, plan, endpoint, upstream_payload, _client_headers(scope)
-                )
+                Continuation(router, label, plan, endpoint, upstream_payload, client_headers)
                 if self.config.policy.continue_streams
                 and stream
                 and Continuation.possible(self.config, endpoint, upstream_payload, plan)
@@ -393,7 +467,7 @@ class WaterfallMiddleware:
                 n = payload.get("n")
                 choices = n if type(n) is int and n > 1 else 1
                 usage_asked = upstream_payload["stream_options"]["include_usage"] is True
-            del payload, upstream_payload, plan
+            del payload, upstream_payload, plan, client_headers
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
@@ -422,13 +496,27 @@ class WaterfallMiddleware:
                 if outcome.parts or outcome.attempts:
                     self._continued(record, outcome, charge)
                 record.status, record.error = outcome.status, outcome.error
+                if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
+                    for part in outcome.parts:
+                        router.stream_failed(part.deployment)
+                    if outcome.status in _STREAM_FAILED:
+                        router.stream_failed(outcome.deployment or served.deployment)
         except RouterError as exc:
+            if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
+                accounted = False
+                self.refused_unauthenticated += 1
+            if self._router is not None:  # an upstream's words may be in it: never a secret
+                exc.message = self._router.redactor.text(exc.message)
             record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
             record.http_status = exc.status
             record.error = exc.code
+            extra = [("x-waterfall-request-id", request_id)]
             if isinstance(exc, Exhausted):
                 record.attempts = [_attempt_log(a) for a in exc.attempts]
-            await send_error(send, exc, [("x-waterfall-request-id", request_id)])
+                # the trail a served answer carries, where a user needs it most
+                trail = _trail(exc.attempts).encode("latin-1", "replace").decode("latin-1")
+                extra.append(("x-waterfall-attempts", trail))
+            await send_error(send, exc, extra)
         except _Disconnected:
             record.status = "client_disconnected"
             record.error = "client went away"
@@ -533,22 +621,36 @@ class WaterfallMiddleware:
                     413, f"Request body larger than {limit} bytes.", code="request_too_large"
                 )
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            body += message.get("body", b"")
-            if len(body) > limit:
-                raise RouterError(
-                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
-                )
-            if not message.get("more_body", False):
-                break
+        timer = self._body_timer  # (what asyncio.timeout does, on one timer for all requests)
+        task = timer.start()
         try:
-            payload = decode(bytes(body))
-        except ValueError:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise RouterError(
+                        413, f"Request body larger than {limit} bytes.", code="request_too_large"
+                    )
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if timer.stop(task) and task.uncancel() == 0:
+                raise RouterError(
+                    408,
+                    f"The request body did not arrive within {timer.seconds:g}s.",
+                    code="request_timeout",
+                    headers=[("connection", "close")],  # the rest of the body is not awaited
+                ) from None
+            raise
+        finally:
+            timer.stop(task)
+        try:
+            payload = decode_request(bytes(body), self.config.limits.max_json_depth)
+        except ValueError as exc:
             raise RouterError(
-                400, "The request body is not valid JSON.", code="invalid_json"
+                400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
             ) from None
         if not isinstance(payload, dict):
             raise RouterError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -642,7 +744,7 @@ class WaterfallMiddleware:
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
-            charge.apply(record, observe_body(served.prefix))
+            charge.apply(record, served.usage or observe_body(served.prefix))
             if response.status < 400:
                 record.status = "success"
             else:  # a 4xx passed back as it was: the request itself was refused upstream
@@ -657,6 +759,10 @@ class WaterfallMiddleware:
             await served.aclose()
             raise
         return charge
+
+
+_STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
+"""The statuses of a stream that failed after it began: the entry's fault."""
 
 
 def _estimate(ranking: Ranking, deployment: Deployment) -> bytes:
@@ -744,12 +850,35 @@ def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**payload, "stream_options": merged}, True
 
 
+def _unconfigured(source: object) -> RouterConfig:
+    """The stand-in config of a middleware whose own config cannot be used: no providers, and
+    the given prefix when it can be read, so that the router's routes still answer (503)."""
+    prefix = source.get("prefix") if isinstance(source, Mapping) else None
+    bare = {"providers": {}, "ledger": {"path": None}}  # nothing to open, nothing to write
+    try:
+        return RouterConfig.model_validate({**bare, "prefix": prefix or "/v1"})
+    except ValueError:
+        return RouterConfig.model_validate(bare)
+
+
+def _startup_failure(error: ConfigError | None) -> str:
+    """What a failed startup says about a config that cannot be used."""
+    lines = "\n".join(f"  {line}" for line in str(error).splitlines())
+    return f"waterfall-asgi: the router's config is invalid, so it cannot start:\n{lines}"
+
+
 def _default_ledger(config: RouterConfig) -> LedgerStore:
-    if config.ledger.path is None:
+    settings = config.ledger
+    url = settings.database_url()
+    if url is not None:
+        from .ledger_postgres import PostgresLedger
+
+        return PostgresLedger(url, lease=settings.lease, instance_id=settings.instance_id)
+    if settings.path is None:
         return MemoryLedger()
     from .ledger_sqlite import SQLiteLedger
 
-    return SQLiteLedger(config.ledger.path)
+    return SQLiteLedger(settings.path, lease=settings.lease, instance_id=settings.instance_id)
 
 
 def _route_path(scope: Scope) -> str:
@@ -766,26 +895,68 @@ def _route_path(scope: Scope) -> str:
 _NOT_DECODED = frozenset(name.encode() for name in _NOT_FORWARDED if name != "connection")
 
 
-def _client_headers(scope: Scope) -> list[tuple[str, str]]:
-    """The request's headers for the router, decoded, less those it would drop anyway."""
-    return [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.lower() not in _NOT_DECODED
-    ]
+def _client_headers(scope: Scope, limits: Limits) -> list[tuple[str, str]]:
+    """The request's headers for the router, decoded, less those it would drop anyway, those
+    larger than ``limits.max_header_bytes`` and those beyond ``limits.max_forwarded_headers``
+    (each drop of the last two kinds logged, by header name)."""
+    largest = limits.max_header_bytes
+    headers: list[tuple[str, str]] = []
+    oversized: list[str] = []
+    for k, v in scope["headers"]:
+        if len(k) + len(v) > largest:
+            oversized.append(_bounded(k.decode("latin-1"), 64))
+        elif k.lower() not in _NOT_DECODED:
+            headers.append((k.decode("latin-1"), v.decode("latin-1")))
+    if oversized:
+        logger.warning(
+            "not forwarded upstream: %d header(s) over %d bytes (%s)",
+            len(oversized),
+            largest,
+            ", ".join(oversized[:8]),
+        )
+    if len(headers) > limits.max_forwarded_headers:
+        logger.warning(
+            "not forwarded upstream: %d header(s) beyond the first %d",
+            len(headers) - limits.max_forwarded_headers,
+            limits.max_forwarded_headers,
+        )
+        del headers[limits.max_forwarded_headers :]
+    return headers
+
+
+def _bounded(text: str, limit: int = 256) -> str:
+    """``text``, cut to ``limit`` characters (marked with an ellipsis): for echoes of what a
+    client sent, in messages and records."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _trail(attempts: list[Attempt]) -> str:
-    return ", ".join(
-        f"{a.entry} {a.status if a.status is not None else a.outcome}" for a in attempts
-    )
+    return ", ".join(_step(a) for a in attempts)
+
+
+_SHOWN = frozenset({"retried", "waited", "too_long"})  # outcomes a status alone would hide
+
+
+def _step(a: Attempt) -> str:
+    if a.status is None:
+        text = f"{a.entry} {a.outcome}"
+    else:
+        text = f"{a.entry} {a.status}"
+        if a.outcome in _SHOWN:
+            text += f" {a.outcome}"
+    if a.kind:
+        text += f" {a.kind}"
+    return text
 
 
 def _attempt_log(a: Attempt) -> dict[str, Any]:
-    return {
+    log = {
         "entry": a.entry,
         "outcome": a.outcome,
         "status": a.status,
         "elapsed_ms": round(a.elapsed * 1000, 3),
         "cooldown_s": a.cooldown,
     }
+    if a.kind:
+        log["kind"] = a.kind
+    return log

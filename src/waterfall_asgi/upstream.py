@@ -12,13 +12,23 @@ its body chunk by chunk. Two implementations ship:
 Both report failures the same way, as :class:`UpstreamError` subclasses that keep the name of the
 client library's own exception (``name``) for messages and logs, and both honour
 :class:`~waterfall_asgi.config.Timeouts`: ``read`` bounds the wait for every body chunk.
+
+Both decode a body sent with ``Content-Encoding: gzip`` or ``deflate`` (the router asks for
+``identity``, but a provider may compress all the same): the response's ``read_chunk`` returns the
+decoded bytes (at most 64 KiB per call, however well they were compressed) and its headers no
+longer carry ``content-encoding`` or ``content-length``. Another encoding is left as it is, named
+in the headers (the router refuses such an answer). A body that does not decode raises
+:class:`UpstreamTransportError`.
 """
 
 from __future__ import annotations
 
+import errno
 import http.cookiejar
+import os
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
@@ -33,10 +43,13 @@ __all__ = [
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamLocalError",
     "UpstreamResponse",
+    "UpstreamStaleConnection",
     "UpstreamTimeout",
     "UpstreamTransportError",
     "as_upstream",
+    "decoded",
 ]
 
 
@@ -58,6 +71,41 @@ class UpstreamConnectError(UpstreamError):
 
 class UpstreamTransportError(UpstreamError):
     """The connection failed after it was opened (a cut body, a protocol error)."""
+
+
+class UpstreamLocalError(UpstreamError):
+    """The router could not make the call for a reason of its own, not the provider's: it is out
+    of file descriptors, buffers or local ports (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ...), or
+    waited too long for a slot in its own connection pool."""
+
+
+class UpstreamStaleConnection(UpstreamLocalError):
+    """The connection closed before any byte of the response: most often a kept-alive connection
+    the upstream had already closed. Safe to send again, on another connection."""
+
+
+# errno values that mean the router's own host is short of something
+LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+)
+
+
+def _local_errno(exc: BaseException) -> int | None:
+    """The local-resource errno behind ``exc`` (its own, ``os_error``'s, or a cause's)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        for candidate in (current, getattr(current, "os_error", None)):
+            if isinstance(candidate, OSError) and candidate.errno in LOCAL_ERRNOS:
+                return candidate.errno
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _local_message(code: int) -> str:
+    """``EMFILE: Too many open files``: the problem, never an address or a secret."""
+    return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
 
 
 class UpstreamResponse(Protocol):
@@ -115,6 +163,103 @@ class Upstream(Protocol):
         ...  # pragma: no cover
 
 
+# -- content-encoding --------------------------------------------------------------------------
+
+_DECODED_CHUNK = 64 * 1024  # the most decoded bytes one read returns
+_WBITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": 32 + zlib.MAX_WBITS,
+}
+
+
+class _Decoded:
+    """A response whose body arrives compressed, read decoded (see :func:`decoded`)."""
+
+    __slots__ = ("_decoder", "_done", "_inner", "_pending", "_seen", "_wbits", "headers")
+
+    def __init__(self, inner: UpstreamResponse, headers: dict[str, str], wbits: int) -> None:
+        self._inner = inner
+        self.headers = headers
+        self._wbits = wbits
+        self._decoder = zlib.decompressobj(wbits)
+        self._pending = b""  # encoded bytes read but not decoded yet
+        self._seen = False  # whether any encoded byte arrived
+        self._done = False
+
+    @property
+    def status(self) -> int:
+        return self._inner.status
+
+    @property
+    def reason(self) -> str:
+        return self._inner.reason
+
+    def _decode(self, data: bytes) -> bytes:
+        try:
+            out = self._decoder.decompress(data, _DECODED_CHUNK)
+        except zlib.error:
+            if self._seen or self._wbits != _WBITS["deflate"]:
+                raise UpstreamTransportError("zlib.error", "the body does not decode") from None
+            # "deflate" without its zlib wrapper, as some servers send it
+            self._wbits = -zlib.MAX_WBITS
+            self._decoder = zlib.decompressobj(self._wbits)
+            return self._decode(data)
+        self._seen = True
+        decoder = self._decoder
+        if decoder.unconsumed_tail:  # more output than one read returns: the rest next time
+            self._pending = decoder.unconsumed_tail
+        elif decoder.eof and decoder.unused_data:  # another gzip member follows
+            self._pending = decoder.unused_data
+            self._decoder = zlib.decompressobj(self._wbits)
+        else:
+            self._pending = b""
+        return out
+
+    def at_end(self) -> bool:
+        """Never known ahead: the relay reads on until ``b""``."""
+        return False
+
+    async def read_chunk(self) -> bytes:
+        while True:
+            if self._pending:
+                out = self._decode(self._pending)
+            elif self._done:
+                return b""
+            else:
+                data = await self._inner.read_chunk()
+                if not data:
+                    self._done = True
+                    if self._seen and not self._decoder.eof:
+                        raise UpstreamTransportError("zlib.error", "the encoded body is cut short")
+                    return b""
+                out = self._decode(data)
+            if out:
+                return out
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def decoded(response: UpstreamResponse) -> UpstreamResponse:
+    """``response`` read decoded when its body is gzip- or deflate-encoded, else itself.
+
+    The decoded response's headers lose ``content-encoding`` and ``content-length`` (which
+    described the encoded body)."""
+    headers = response.headers
+    encoding = headers.get("content-encoding")
+    if encoding is None:
+        return response
+    coding = encoding.strip().lower()
+    if coding in ("", "identity"):
+        return response
+    wbits = _WBITS.get(coding)
+    if wbits is None:  # another encoding (or several): left for the router to refuse
+        return response
+    plain = {k: v for k, v in headers.items() if k not in ("content-encoding", "content-length")}
+    return _Decoded(response, plain, wbits)
+
+
 # -- httpx -------------------------------------------------------------------------------------
 
 
@@ -167,6 +312,18 @@ class _HttpxResponse:
         await self._response.aclose()
 
 
+def _httpx_error(exc: httpx.TransportError) -> UpstreamError:
+    name = type(exc).__name__
+    code = _local_errno(exc)
+    if code is not None:
+        return UpstreamLocalError(name, _local_message(code))
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamConnectError(name, str(exc))
+    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
+        return UpstreamStaleConnection(name, str(exc))
+    return UpstreamTransportError(name, str(exc))
+
+
 class _NoCookies(http.cookiejar.CookieJar):
     """A cookie jar that keeps nothing."""
 
@@ -217,13 +374,13 @@ class HttpxUpstream:
         )
         try:
             response = await self.client.send(request, stream=True)
+        except httpx.PoolTimeout as exc:
+            raise UpstreamLocalError(type(exc).__name__, "no free connection in the pool") from None
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(type(exc).__name__, str(exc)) from None
-        except httpx.ConnectError as exc:
-            raise UpstreamConnectError(type(exc).__name__, str(exc)) from None
         except httpx.TransportError as exc:
-            raise UpstreamTransportError(type(exc).__name__, str(exc)) from None
-        return _HttpxResponse(response)
+            raise _httpx_error(exc) from None
+        return decoded(_HttpxResponse(response))
 
     async def aclose(self) -> None:
         if self._own:
@@ -364,16 +521,26 @@ class AiohttpUpstream:
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(type(exc).__name__, str(exc)) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectError(type(exc).__name__, str(exc)) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamTransportError(type(exc).__name__, str(exc)) from None
-        return _AiohttpResponse(response)
+            raise _aiohttp_error(exc) from None
+        return decoded(_AiohttpResponse(response))
 
     async def aclose(self) -> None:
         if self._own and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _aiohttp_error(exc: aiohttp.ClientError | OSError) -> UpstreamError:
+    name = type(exc).__name__
+    code = _local_errno(exc)
+    if code is not None:
+        return UpstreamLocalError(name, _local_message(code))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(name, str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamStaleConnection(name, str(exc))
+    return UpstreamTransportError(name, str(exc))
 
 
 def as_upstream(client: Upstream | httpx.AsyncClient) -> Upstream:

@@ -314,10 +314,17 @@ def read_usage(
     by: Sequence[str] = ("provider",),
     since: float | None = None,
 ) -> UsageReport:
-    """The report of the ledger at ``path`` (opened read-only), records started at or after
-    ``since`` (Unix seconds). Raises :class:`~waterfall_asgi.ledger_sqlite.LedgerError` if the
-    file is missing or is not a ledger, :class:`ValueError` for an unknown grouping."""
+    """The report of the ledger at ``path`` (opened read-only; a ``postgresql://`` URL reads a
+    PostgreSQL ledger), records started at or after ``since`` (Unix seconds). Raises
+    :class:`~waterfall_asgi.ledger_sqlite.LedgerError` if the file is missing or is not a
+    ledger (or the database cannot be read), :class:`ValueError` for an unknown grouping."""
     keys = _check_by(by)
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from .ledger_postgres import fetch_rows, run_sync
+
+        columns = list(dict.fromkeys((*keys, *_FIELDS)))
+        rows = run_sync(lambda: fetch_rows(path, columns, since=since))
+        return UsageReport.from_rows(rows, by=keys, since=since)
     conn = _connect_readonly(path)
     try:
         query = f"SELECT {_select_list(conn, list(dict.fromkeys((*keys, *_FIELDS))))} FROM {TABLE}"

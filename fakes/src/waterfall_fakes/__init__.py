@@ -8,7 +8,8 @@ Pick a way to run a fake:
 - ``waterfall-fakes serve``: the same from the command line, for any language.
 
 All of them play back what a :class:`FakeProvider` decides, and every behaviour is described in
-:mod:`waterfall_fakes.behaviours`.
+:mod:`waterfall_fakes.behaviours`. All of them answer the control plane under ``/_fake``
+(:mod:`waterfall_fakes.control`): the journal, a reset, the config and the conduct verdict.
 """
 
 from .asgi import ConnectionCut, FakeApp
@@ -18,6 +19,9 @@ from .behaviours import (
     BehaviourError,
     BigEvent,
     Chunking,
+    ContentFilter,
+    ContextLengthExceeded,
+    ContextStyle,
     Cut,
     Dialect,
     DoubleDone,
@@ -31,15 +35,41 @@ from .behaviours import (
     NoDone,
     NoUsage,
     Ok,
+    Prefill,
     RateLimit,
     SlowChunks,
     SlowFirstByte,
+    Stall,
     Status,
     Truncate,
+    When,
     format_behaviours,
     parse_behaviours,
 )
-from .catalog import DEFAULT_MODELS, WORDS, FakeModel, count_prompt_tokens, dumps, reply_words
+from .catalog import (
+    DEFAULT_MODELS,
+    WORDS,
+    FakeModel,
+    count_prompt_tokens,
+    dumps,
+    message_text,
+    reply_words,
+)
+from .control import (
+    CONTROL_PREFIX,
+    CONTROL_VERSION,
+    ControlError,
+    control_reply,
+    is_control_path,
+)
+from .journal import (
+    JOURNAL_VERSION,
+    Delivery,
+    DeliveryEnd,
+    entry_json,
+    journal_json,
+    usage_sent,
+)
 from .network import FakeNetwork
 from .provider import FakeConfig, FakeProvider, RecordedRequest, Reply, chunk_bytes
 from .ratelimit import (
@@ -50,23 +80,49 @@ from .ratelimit import (
     rate_limit_headers,
     remaining_headers,
 )
+from .rules import Draw, Rule, RuleStatus, request_text
 from .server import FakeServer, LoopbackServer
 from .transport import FakeTransport, ReplyStream, read_timeout
+from .verdict import (
+    CONDUCT_CHECKS,
+    ConductCheck,
+    ConductThresholds,
+    ConductVerdict,
+    ConductViolation,
+    assert_good_conduct,
+    hint_seconds,
+    judge_conduct,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BEHAVIOUR_HEADER",
+    "CONDUCT_CHECKS",
+    "CONTROL_PREFIX",
+    "CONTROL_VERSION",
     "DEFAULT_MODELS",
+    "JOURNAL_VERSION",
     "WORDS",
     "Behaviour",
     "BehaviourError",
     "BigEvent",
     "Chunking",
+    "ConductCheck",
+    "ConductThresholds",
+    "ConductVerdict",
+    "ConductViolation",
     "ConnectionCut",
+    "ContentFilter",
+    "ContextLengthExceeded",
+    "ContextStyle",
+    "ControlError",
     "Cut",
+    "Delivery",
+    "DeliveryEnd",
     "Dialect",
     "DoubleDone",
+    "Draw",
     "ErrorEvent",
     "FakeApp",
     "FakeConfig",
@@ -86,24 +142,39 @@ __all__ = [
     "NoDone",
     "NoUsage",
     "Ok",
+    "Prefill",
     "RateLimit",
     "RateLimiter",
     "RecordedRequest",
     "Reply",
     "ReplyStream",
+    "Rule",
+    "RuleStatus",
     "SlowChunks",
     "SlowFirstByte",
+    "Stall",
     "Status",
     "Truncate",
     "Verdict",
+    "When",
+    "assert_good_conduct",
     "chunk_bytes",
+    "control_reply",
     "count_prompt_tokens",
     "dumps",
+    "entry_json",
     "format_behaviours",
     "format_duration",
+    "hint_seconds",
+    "is_control_path",
+    "journal_json",
+    "judge_conduct",
+    "message_text",
     "parse_behaviours",
     "rate_limit_headers",
     "read_timeout",
     "remaining_headers",
     "reply_words",
+    "request_text",
+    "usage_sent",
 ]

@@ -12,7 +12,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .provider import FakeProvider
+from .control import control_reply, is_control_path
+from .journal import Delivery
+from .provider import FakeProvider, Reply
 
 __all__ = ["ConnectionCut", "FakeApp"]
 
@@ -64,8 +66,31 @@ class FakeApp:
             if not message.get("more_body", False):
                 break
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        reply = self.provider.handle(scope["method"], scope["path"], headers, bytes(body))
+        provider = self.provider
+        path = scope["path"]
+        delivery: Delivery | None = None
+        if is_control_path(path):
+            query = scope.get("query_string", b"").decode("latin-1")
+            reply = control_reply(provider, scope["method"], path, query, bytes(body))
+        else:
+            client = scope.get("client")
+            peer = f"{client[0]}:{client[1]}" if client else None
+            reply, record = provider.handle_recorded(
+                scope["method"], path, headers, bytes(body), client=peer
+            )
+            delivery = record.delivery
+        await self._play(reply, receive, send, delivery, provider.clock)
 
+    async def _play(
+        self,
+        reply: Reply,
+        receive: Receive,
+        send: Send,
+        delivery: Delivery | None,
+        clock: Callable[[], float],
+    ) -> None:
+        """Send ``reply`` as scripted, noting in ``delivery`` how it went out."""
+        log = delivery if delivery is not None else Delivery()
         disconnected = asyncio.Event()
 
         async def watch() -> None:
@@ -76,6 +101,7 @@ class FakeApp:
         watcher = asyncio.ensure_future(watch())
         try:
             if not await _wait(reply.headers_delay, disconnected):
+                log.finish("client_gone", clock())
                 return
             await send(
                 {
@@ -86,12 +112,20 @@ class FakeApp:
                     ],
                 }
             )
+            log.headers_at = clock()
             for i, chunk in enumerate(reply.chunks):
                 if not await _wait(reply.delay_before(i), disconnected):
+                    log.finish("client_gone", clock())
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                log.bytes_sent += len(chunk)
             if reply.cut:
+                log.finish("cut", clock())
                 raise ConnectionCut("scripted connection cut")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            log.finish("complete", clock())
+        except OSError:
+            log.finish("client_gone", clock())
+            raise
         finally:
             watcher.cancel()

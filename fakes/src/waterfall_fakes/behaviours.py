@@ -26,6 +26,9 @@ __all__ = [
     "BehaviourError",
     "BigEvent",
     "Chunking",
+    "ContentFilter",
+    "ContextLengthExceeded",
+    "ContextStyle",
     "Cut",
     "Dialect",
     "DoubleDone",
@@ -39,11 +42,14 @@ __all__ = [
     "NoDone",
     "NoUsage",
     "Ok",
+    "Prefill",
     "RateLimit",
     "SlowChunks",
     "SlowFirstByte",
+    "Stall",
     "Status",
     "Truncate",
+    "When",
     "format_behaviours",
     "parse_behaviours",
 ]
@@ -125,10 +131,102 @@ class Truncate(_Behaviour):
 
 
 class Cut(_Behaviour):
-    """Cut the connection after ``bytes`` body bytes (streaming or not)."""
+    """Cut the connection after ``bytes`` body bytes (streaming or not).
+
+    With ``tokens``, a stream is cut after the event that carries its ``tokens``-th completion
+    token (one content delta is one token), plus ``bytes`` bytes of what follows: the answer
+    breaks off in the middle. A JSON answer is cut after ``bytes`` bytes either way.
+    """
 
     kind: Literal["cut"] = "cut"
     bytes: int = Field(default=0, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+
+
+class Stall(_Behaviour):
+    """Streams: send the first ``events`` events, then nothing for ``seconds`` (forever when
+    unset), then the rest. The response has begun, so only a stall timer (or the read timeout)
+    notices."""
+
+    kind: Literal["stall"] = "stall"
+    events: int = Field(default=1, ge=0)
+    seconds: float | None = Field(default=None, ge=0)
+
+
+ContextStyle: TypeAlias = Literal[
+    "openai", "anthropic", "gemini", "mistral", "openrouter", "vllm", "llamacpp"
+]
+"""Whose words a ``context_length_exceeded`` answer uses (see :class:`ContextLengthExceeded`)."""
+
+
+class ContextLengthExceeded(_Behaviour):
+    """Answer 400 as a provider does when the prompt does not fit the model's context window.
+
+    ``openai`` (the default): type ``invalid_request_error``, code ``context_length_exceeded``,
+    param ``messages``, and OpenAI's message with the model's context length and the request's
+    token count (at least one more than the window). The other ``style``s put that provider's
+    wording in the OpenAI error envelope, without OpenAI's code, so only the message says what
+    happened: ``anthropic`` ("prompt is too long: N tokens > W maximum"), ``gemini`` ("The
+    input token count (N) exceeds the maximum number of tokens allowed (W)."), ``mistral``
+    ("Prompt contains N tokens ... too large for model with W maximum context length"),
+    ``openrouter`` ("This endpoint's maximum context length is W tokens. However, you
+    requested about N tokens ..."), ``vllm`` (OpenAI's words, type ``BadRequestError``) and
+    ``llamacpp`` ("the request exceeds the available context size, try increasing it").
+    ``message`` replaces the message.
+    """
+
+    kind: Literal["context_length_exceeded"] = "context_length_exceeded"
+    message: str | None = None
+    style: ContextStyle = "openai"
+
+
+class ContentFilter(_Behaviour):
+    """A content filter's answer.
+
+    Without ``after``: 400 before any output, in OpenAI's shape (code
+    ``content_policy_violation``, type ``invalid_request_error``) or, with
+    ``code=content_filter``, Azure OpenAI's (param ``prompt``, an ``innererror`` with the
+    filter's results). With ``after``: a 200 whose reply stops after ``after`` words with
+    ``finish_reason: "content_filter"`` (the output filter).
+    """
+
+    kind: Literal["content_filter"] = "content_filter"
+    code: Literal["content_policy_violation", "content_filter"] = "content_policy_violation"
+    after: int | None = Field(default=None, ge=0)
+
+
+class Prefill(_Behaviour):
+    """How the model treats a prefill (a chat request whose last message has role
+    ``assistant``), overriding the model's own ``prefill`` setting.
+
+    ``honour``: the reply continues the prefilled text (the model's answer to the request without
+    the prefill, less as many words as the prefill has). ``reject``: 400, code
+    ``prefill_not_supported``, param ``messages``. ``ignore``: a new answer, as if no prefill.
+    """
+
+    kind: Literal["prefill"] = "prefill"
+    mode: Literal["honour", "reject", "ignore"] = "honour"
+
+
+class When(_Behaviour):
+    """A gate: the other behaviours given with it apply only to some requests.
+
+    Of the requests the gate sees (in a script step, a rule, or the same header text, each
+    counted on its own), those inside the time window ``start`` to ``end`` (seconds since the
+    fake started, or with ``since=first`` since its first chat or embeddings request; either
+    bound may be left open) are candidates; the first ``skip`` candidates pass untouched; of
+    the rest, each is hit with chance ``p``, drawn from the fake's seed (reproducible for the
+    same sequence of requests), until ``times`` have been hit (no limit when unset). A request
+    that is not hit is answered normally.
+    """
+
+    kind: Literal["when"] = "when"
+    p: float = Field(default=1.0, ge=0, le=1)
+    times: int | None = Field(default=None, ge=0)
+    skip: int = Field(default=0, ge=0)
+    start: float | None = Field(default=None, ge=0)
+    end: float | None = Field(default=None, ge=0)
+    since: Literal["start", "first"] = "start"
 
 
 class NoDone(_Behaviour):
@@ -231,6 +329,11 @@ Behaviour = Annotated[
     | SlowFirstByte
     | Truncate
     | Cut
+    | Stall
+    | ContextLengthExceeded
+    | ContentFilter
+    | Prefill
+    | When
     | NoDone
     | DoubleDone
     | ErrorEvent

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ __all__ = [
     "FakeModel",
     "count_prompt_tokens",
     "dumps",
+    "message_text",
     "reply_words",
 ]
 
@@ -37,12 +38,20 @@ class FakeModel(BaseModel):
     Prices are exact decimals: ``usd_*`` in US dollars per token (published as strings, the
     OpenRouter style) and ``sats_*`` in sats per token (published as numbers in ``sats_pricing``,
     the Routstr style); ``*_request`` is a fee per request.
+
+    With ``enforce_context``, a chat request whose prompt tokens plus ``max_tokens`` (or
+    ``max_completion_tokens``) exceed ``context_length`` is answered as OpenAI answers it: 400,
+    code ``context_length_exceeded``. ``prefill`` says what the model does with a chat request
+    whose last message has role ``assistant``: ``ignore`` it (a new answer, as OpenAI does),
+    ``honour`` it (continue the prefilled text) or ``reject`` it (400).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
     context_length: int = Field(default=16_384, ge=1)
+    enforce_context: bool = False
+    prefill: Literal["ignore", "honour", "reject"] = "ignore"
     usd_prompt: Decimal = Decimal("0.000001")
     usd_completion: Decimal = Decimal("0.000002")
     usd_request: Decimal = Decimal("0")
@@ -128,7 +137,8 @@ DEFAULT_MODELS: tuple[FakeModel, ...] = (
 """Three models, cheap to dear, used when a fake is given none."""
 
 
-def _text_of(content: Any) -> str:
+def message_text(content: Any) -> str:
+    """The text of a message's ``content``: the string, or its text parts joined by spaces."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts
@@ -144,7 +154,7 @@ def count_prompt_tokens(messages: list[Any]) -> int:
     for m in messages:
         total += 3
         if isinstance(m, dict):
-            total += len(_text_of(m.get("content")).split())
+            total += len(message_text(m.get("content")).split())
     return total
 
 

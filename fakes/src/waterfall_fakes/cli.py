@@ -2,6 +2,8 @@
 
 ``waterfall-fakes serve --port 0`` prints the base URL (``http://127.0.0.1:PORT/v1``) as its
 first line of standard output, then serves until SIGINT or SIGTERM, and exits 0.
+``waterfall-fakes verdict URL`` judges the conduct of a running fake's client from its journal
+(exit 1 when a check fails).
 """
 
 from __future__ import annotations
@@ -9,20 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
 import sys
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from pydantic import ValidationError
 
 from .asgi import FakeApp
 from .behaviours import Behaviour, BehaviourError, parse_behaviours
+from .control import CONTROL_PREFIX
 from .provider import FakeConfig, FakeProvider
-from .server import _FILTER, _Server
+from .server import _FILTER, _listen, _Server
+from .verdict import ConductThresholds, judge_conduct
 
 __all__ = ["load_config", "main"]
 
@@ -66,16 +70,21 @@ def _serve(args: argparse.Namespace) -> int:
         if args.cycle:
             overrides["cycle"] = True
         provider = FakeProvider(config, **overrides)
-    except (OSError, ValueError, ValidationError, BehaviourError) as exc:
+    except ValidationError as exc:  # one line per problem, by key: no dump, no values
+        print(f"waterfall-fakes: bad config: {args.config or 'options'}", file=sys.stderr)
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in error["loc"]) or "config"
+            message = error["msg"].removeprefix("Value error, ").replace("Input should", "should")
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            print(f"  {where}: {message}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, BehaviourError) as exc:
         print(f"waterfall-fakes: bad config: {exc}", file=sys.stderr)
         return 2
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        sock = _listen(args.host, args.port)
     except OSError as exc:
-        sock.close()
         print(f"waterfall-fakes: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     sock.listen(128)  # connections made as soon as the URL is printed wait in the backlog
@@ -95,6 +104,36 @@ def _serve(args: argparse.Namespace) -> int:
     server.run(sockets=[sock])
     sock.close()
     return 0
+
+
+def _journal_source(where: str) -> dict[str, Any]:
+    """The journal at a fake's URL (its root or its ``/v1`` base URL), or in a JSON file."""
+    if not where.startswith(("http://", "https://")):
+        data = json.loads(Path(where).read_text(encoding="utf-8"))
+    else:
+        root = where.rstrip("/").removesuffix("/v1")
+        answer = httpx.get(root + CONTROL_PREFIX + "/journal", timeout=30)
+        answer.raise_for_status()
+        data = answer.json()
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise ValueError("not a journal: expected an object with a list of entries")
+    return data
+
+
+def _verdict(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in ConductThresholds.NAMES}
+    try:
+        thresholds = ConductThresholds(**{k: v for k, v in given.items() if v is not None})
+        journal = _journal_source(args.source)
+        verdict = judge_conduct(journal, thresholds)
+    except (OSError, ValueError, KeyError, TypeError, httpx.HTTPError) as exc:
+        print(f"waterfall-fakes: cannot judge {args.source}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.report())
+    return 0 if verdict.passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,10 +160,32 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     sub.add_parser("behaviours", help="list every behaviour and its parameters")
+    verdict = sub.add_parser(
+        "verdict",
+        help="judge the conduct of a fake's client from its journal (exit 1 on failure)",
+        description="Judge how the client of a running fake retried, from the fake's journal: "
+        "Retry-After honoured, backoff after failures with no hint, no storm, no retry of a "
+        "request-fault 4xx, no attempt after being told to stop. Exit 0: passed; 1: failed; "
+        "2: the journal could not be read.",
+    )
+    verdict.add_argument(
+        "source", metavar="URL", help="the fake's URL (root or /v1), or a saved journal file"
+    )
+    verdict.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    for name in ConductThresholds.NAMES:
+        field = ConductThresholds.model_fields[name]
+        verdict.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            metavar="N",
+            help=f"{field.description} (default {field.default})",
+        )
     args = parser.parse_args(argv)
     if args.command == "behaviours":
         print(_describe())
         return 0
+    if args.command == "verdict":
+        return _verdict(args)
     return _serve(args)
 
 

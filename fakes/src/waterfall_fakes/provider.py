@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sse_starlette.event import ServerSentEvent
 
 from .behaviours import (
@@ -30,6 +30,8 @@ from .behaviours import (
     BehaviourError,
     BigEvent,
     Chunking,
+    ContentFilter,
+    ContextLengthExceeded,
     Cut,
     DoubleDone,
     ErrorEvent,
@@ -41,15 +43,27 @@ from .behaviours import (
     MalformedEvent,
     NoDone,
     NoUsage,
+    Prefill,
     RateLimit,
     SlowChunks,
     SlowFirstByte,
+    Stall,
     Status,
     Truncate,
+    When,
     parse_behaviours,
 )
-from .catalog import DEFAULT_MODELS, FakeModel, count_prompt_tokens, dumps, reply_words
+from .catalog import (
+    DEFAULT_MODELS,
+    FakeModel,
+    count_prompt_tokens,
+    dumps,
+    message_text,
+    reply_words,
+)
+from .journal import Delivery, usage_sent
 from .ratelimit import Limits, RateLimiter, rate_limit_headers, remaining_headers
+from .rules import Draw, Rule, RuleStatus
 
 __all__ = ["FakeConfig", "FakeProvider", "RecordedRequest", "Reply", "chunk_bytes"]
 
@@ -75,9 +89,10 @@ class FakeConfig(BaseModel):
     """Everything that makes one fake behave the way it does.
 
     ``script`` is a list of steps, one per chat/embeddings request, each step a behaviour list
-    (or its header text); when the script runs out the fake answers normally, or starts again
-    from the top with ``cycle``. Behaviours from the ``x-fake-behaviour`` header are added to the
-    step's own.
+    (or its header text); when the script runs out the fake answers normally, starts again
+    from the top with ``cycle``, or repeats its last step forever with ``repeat_last``.
+    ``rules`` (see :mod:`waterfall_fakes.rules`) add behaviours to the requests they match,
+    after the step's. Behaviours from the ``x-fake-behaviour`` header come last.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,6 +102,8 @@ class FakeConfig(BaseModel):
     models: tuple[FakeModel, ...] = DEFAULT_MODELS
     script: tuple[tuple[Behaviour, ...], ...] = ()
     cycle: bool = False
+    repeat_last: bool = False
+    rules: tuple[Rule, ...] = ()
     limits: Limits | None = None
     api_key: str | None = Field(default=None, repr=False)
     reply_words: int = Field(default=12, ge=0)
@@ -102,10 +119,37 @@ class FakeConfig(BaseModel):
         except BehaviourError as exc:
             raise ValueError(str(exc)) from None
 
+    @model_validator(mode="after")
+    def _one_ending(self) -> FakeConfig:
+        if self.cycle and self.repeat_last:
+            raise ValueError("a script either cycles or repeats its last step, not both")
+        names = [r.name for r in self.rules if r.name is not None]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two rules have the same name: {sorted(names)}")
+        return self
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request a fake received, kept for assertions."""
+    """One request a fake received and how it was answered, kept for assertions.
+
+    The same fields as an entry of the control plane's journal (``GET /_fake/journal``):
+
+    - ``index``: its place in the journal since the last reset, from 0;
+    - ``number``: its place among the requests the script and rules count (chat, completions,
+      embeddings), from 0; ``None`` for the others (``/health``, ``/v1/models``, unknown paths);
+    - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "rule:flaky", "header")``
+      (a script step by its index, a rule by its name); empty when it was answered normally;
+    - ``draws``: the chances drawn for it (:class:`~waterfall_fakes.rules.Draw`: the gate, its
+      count, the value drawn and the ``p`` it was compared with), which the fake's seed decides;
+    - ``behaviours`` and ``status``: what was applied, and the status sent;
+    - ``response_headers``: the headers sent with it;
+    - ``usage``: the ``usage`` object the reply carried (``None``: none);
+    - ``received_at``: when it arrived, on the fake's clock (seconds);
+    - ``client``: the client's ``host:port`` over TCP (``None`` in-process);
+    - ``delivery``: how the reply went out (:class:`~waterfall_fakes.journal.Delivery`), filled in
+      while it is sent.
+    """
 
     method: str
     path: str
@@ -114,6 +158,15 @@ class RecordedRequest:
     json: Any
     behaviours: tuple[Behaviour, ...]
     status: int
+    index: int = 0
+    number: int | None = None
+    answered_by: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    usage: dict[str, Any] | None = None
+    received_at: float = 0.0
+    client: str | None = None
+    draws: tuple[Draw, ...] = ()
+    delivery: Delivery = field(default_factory=Delivery, compare=False)
 
 
 @dataclass(frozen=True)
@@ -121,14 +174,14 @@ class Reply:
     """What to send back, byte for byte and moment by moment.
 
     ``headers_delay`` is the wait before the headers (``None``: forever). ``delays[i]`` is the wait
-    before ``chunks[i]``. With ``cut`` the connection is cut after the last chunk instead of
-    ending cleanly.
+    before ``chunks[i]`` (``None``: forever, a stall). With ``cut`` the connection is cut after
+    the last chunk instead of ending cleanly.
     """
 
     status: int
     headers: tuple[tuple[str, str], ...]
     chunks: tuple[bytes, ...]
-    delays: tuple[float, ...] = ()
+    delays: tuple[float | None, ...] = ()
     headers_delay: float | None = 0.0
     cut: bool = False
 
@@ -137,8 +190,8 @@ class Reply:
         """All the body bytes joined."""
         return b"".join(self.chunks)
 
-    def delay_before(self, index: int) -> float:
-        """The wait before chunk ``index``."""
+    def delay_before(self, index: int) -> float | None:
+        """The wait before chunk ``index`` (``None``: forever)."""
         return self.delays[index] if index < len(self.delays) else 0.0
 
 
@@ -185,6 +238,7 @@ class _Event:
     comment: str | None = None
     event: str | None = None
     id: str | None = None
+    tokens: int = 0  # the completion tokens this event carries
 
     def encode(self, sep: str) -> bytes:
         return ServerSentEvent(
@@ -220,6 +274,20 @@ def _enlarge(events: list[_Event], big: BigEvent) -> None:
         return
 
 
+def _split_at(chunks: list[bytes], offset: int) -> tuple[list[bytes], int]:
+    """``chunks`` split so that one begins at byte ``offset`` (an empty one at the very end),
+    and its index."""
+    pos = 0
+    for i, c in enumerate(chunks):
+        if pos == offset:
+            return chunks, i
+        if offset < pos + len(c):
+            head, tail = c[: offset - pos], c[offset - pos :]
+            return [*chunks[:i], head, tail, *chunks[i + 1 :]], i + 1
+        pos += len(c)
+    return [*chunks, b""], len(chunks)
+
+
 @dataclass
 class _Draft:
     """A reply under construction; the behaviours edit it, then it is frozen into a Reply."""
@@ -229,13 +297,46 @@ class _Draft:
     body: bytes = b""
     events: list[_Event] | None = None
     natural: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # where each data event begins
+    token_spans: list[tuple[int, int]] = field(default_factory=list)  # each token's event
+
+
+@dataclass
+class _Decision:
+    """What was chosen for one request: its number, its behaviours, where they came from
+    (``script:INDEX``, ``rule:NAME``, ``header``) and the chances drawn."""
+
+    number: int = 0
+    behaviours: tuple[Behaviour, ...] = ()
+    sources: list[str] = field(default_factory=list)
+    draws: list[Draw] = field(default_factory=list)
+
+    def add(self, source: str, behaviours: tuple[Behaviour, ...]) -> None:
+        if behaviours:
+            self.behaviours += behaviours
+            self.sources.append(source)
+
+
+@dataclass
+class _Gate:
+    """What one gate (a ``when`` behaviour, in its place) has seen so far."""
+
+    seen: int = 0
+    hits: int = 0
+
+
+def _draw(seed: int, key: str, number: int) -> float:
+    """A number in [0, 1) that depends on the seed, the gate and the candidate's number only."""
+    digest = hashlib.sha256(f"{seed}\x00{key}\x00{number}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class FakeProvider:
     """One fake provider: its config, state and the requests it received.
 
-    ``clock`` gives wall-clock seconds (for the rate limiter, HTTP dates and reset timestamps);
-    pass your own to control time in tests.
+    ``clock`` gives wall-clock seconds (for the rate limiter, HTTP dates, reset timestamps and
+    the time windows of ``when`` gates, which count from the fake's creation or its last
+    :meth:`reset`); pass your own to control time in tests.
     """
 
     def __init__(
@@ -254,16 +355,27 @@ class FakeProvider:
         self._count = 0
         self._limiter = RateLimiter(self.config.limits, clock) if self.config.limits else None
         self._models = {m.id: m for m in self.config.models}
+        self._gates: dict[str, _Gate] = {}
+        self._started = clock()
+        self._first: float | None = None
+        self._rules: dict[str, Rule] = {}
+        self._queued: set[str] = set()
+        self._set_rules()
 
     def __repr__(self) -> str:
         return f"FakeProvider(name={self.config.name!r}, requests={len(self.requests)})"
 
     # -- state ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget received requests, rewind the script and empty the rate limiter."""
+        """Forget received requests, rewind the script and the gates' counts, restart the time
+        windows, put back the config's rules (rules added since and queued behaviours go) and
+        empty the rate limiter."""
         with self._lock:
             self.requests.clear()
             self._step = self._count = 0
+            self._gates.clear()
+            self._started, self._first = self.clock(), None
+            self._set_rules()
             if self._limiter:
                 self._limiter.reset()
 
@@ -271,16 +383,161 @@ class FakeProvider:
         """The recorded requests to ``path``."""
         return [r for r in self.requests if r.path == path]
 
-    def _next_step(self) -> tuple[int, tuple[Behaviour, ...]]:
+    # -- rules ---------------------------------------------------------------------------------
+    def _set_rules(self) -> None:
+        self._rules.clear()
+        self._queued.clear()
+        self._names = itertools.count()
+        for rule in self.config.rules:
+            self._put(rule)
+
+    def _put(self, rule: Rule) -> Rule:
+        name = rule.name
+        if name is None:
+            name = f"rule-{next(self._names)}"
+            while name in self._rules:
+                name = f"rule-{next(self._names)}"
+            rule = rule.model_copy(update={"name": name})
+        if name in self._rules:  # replaced: it starts counting again
+            self._forget(name)
+        self._rules[name] = rule
+        return rule
+
+    def _forget(self, name: str) -> None:
+        self._rules.pop(name, None)
+        self._queued.discard(name)
+        self._gates.pop(f"rule:{name}", None)
+
+    def add_rule(self, rule: Rule | Mapping[str, Any]) -> Rule:
+        """Add a rule (a :class:`~waterfall_fakes.rules.Rule` or its JSON shape) and return it
+        with its name (``rule-N`` when it had none). A rule of the same name is replaced, and
+        the new one counts its matching requests from zero."""
+        rule = rule if isinstance(rule, Rule) else Rule.model_validate(rule)
         with self._lock:
-            number = self._count
+            return self._put(rule)
+
+    def queue(self, behaviours: Any, count: int = 1, **match: Any) -> Rule:
+        """Give ``behaviours`` (header text, behaviours, or their JSON) to exactly the next
+        ``count`` requests that match ``match`` (a :class:`~waterfall_fakes.rules.Rule`'s
+        matching fields: ``model``, ``stream``, ``tools``, ``headers``, ``messages``, ``path``;
+        none: every request). The queued entry is a rule named ``queue-N`` with ``times=count``;
+        it goes away once spent."""
+        with self._lock:
+            if count < 0:
+                raise ValueError(f"count={count} must be at least 0")
+            name = f"queue-{next(self._names)}"
+            rule = Rule.model_validate(
+                {**match, "name": name, "times": count, "behaviours": behaviours}
+            )
+            self._put(rule)
+            self._queued.add(name)
+            if count == 0:
+                self._forget(name)
+            return rule
+
+    def remove_rule(self, name: str) -> bool:
+        """Remove the rule (or queued entry) called ``name``; False when there is none."""
+        with self._lock:
+            found = name in self._rules
+            self._forget(name)
+            return found
+
+    def clear_rules(self) -> None:
+        """Remove every rule and queued entry, the config's included (until :meth:`reset`)."""
+        with self._lock:
+            for name in list(self._rules):
+                self._forget(name)
+
+    def rules(self) -> list[RuleStatus]:
+        """The rules and queued entries in force, in the order they apply, with their counts."""
+        with self._lock:
+            out = []
+            for name, rule in self._rules.items():
+                gate = self._gates.get(f"rule:{name}", _Gate())
+                out.append(RuleStatus(rule, gate.seen, gate.hits, name in self._queued))
+            return out
+
+    # -- choosing a request's behaviours -------------------------------------------------------
+    def _next_step(
+        self, path: str, hdrs: dict[str, str], body: bytes, header: str | None
+    ) -> _Decision:
+        """The request's number and the behaviours that apply to it: its script step's, the
+        matching rules' and its header's, each let through (or not) by its gates."""
+        header_behaviours = parse_behaviours(header)
+        decision = _Decision()
+        with self._lock:
+            decision.number = self._count
             self._count += 1
+            now = self.clock()
+            if self._first is None:
+                self._first = now
             script = self.config.script
-            if not script:
-                return number, ()
-            index = self._step % len(script) if self.config.cycle else self._step
-            self._step += 1
-            return number, script[index] if index < len(script) else ()
+            if script:
+                index = self._step
+                if self.config.cycle:
+                    index %= len(script)
+                elif self.config.repeat_last:
+                    index = min(index, len(script) - 1)
+                self._step += 1
+                if index < len(script):
+                    self._gated(decision, f"script:{index}", script[index], now)
+            payload: Any = None
+            if self._rules:  # only rules read the body here
+                try:
+                    payload = json.loads(body) if body else None
+                except ValueError:
+                    payload = None
+            for name, rule in list(self._rules.items()):
+                if not rule.matches(path, hdrs, payload):
+                    continue
+                key = f"rule:{name}"
+                if self._passes(decision, key, rule.gate(), now):
+                    decision.add(key, rule.behaviours)
+                    if name in self._queued and self._gates[key].hits >= (rule.times or 0):
+                        self._rules.pop(name)
+                        self._queued.discard(name)
+            if header_behaviours:
+                key = f"header:{(header or '').strip()}"
+                self._gated(decision, key, header_behaviours, now, source="header")
+            return decision
+
+    def _gated(
+        self,
+        decision: _Decision,
+        key: str,
+        behaviours: Iterable[Behaviour],
+        now: float,
+        source: str | None = None,
+    ) -> None:
+        """Add ``behaviours`` less their gates to ``decision`` if every gate lets this request
+        through."""
+        behaviours = tuple(behaviours)
+        gates = [b for b in behaviours if isinstance(b, When)]
+        for i, gate in enumerate(gates):
+            if not self._passes(decision, f"{key}:{i}" if i else key, gate, now):
+                return
+        decision.add(source or key, tuple(b for b in behaviours if not isinstance(b, When)))
+
+    def _passes(self, decision: _Decision, key: str, gate: When, now: float) -> bool:
+        """Whether ``gate`` (whose counts are kept under ``key``) hits this request."""
+        origin = self._started if gate.since == "start" else (self._first or now)
+        elapsed = now - origin
+        if (gate.start is not None and elapsed < gate.start) or (
+            gate.end is not None and elapsed >= gate.end
+        ):
+            return False
+        state = self._gates.setdefault(key, _Gate())
+        number = state.seen
+        state.seen += 1
+        if number < gate.skip or (gate.times is not None and state.hits >= gate.times):
+            return False
+        if gate.p < 1:
+            draw = Draw(key, number, _draw(self.config.seed, key, number), gate.p)
+            decision.draws.append(draw)
+            if not draw.hit:
+                return False
+        state.hits += 1
+        return True
 
     # -- the entry point -----------------------------------------------------------------------
     def handle(
@@ -291,6 +548,20 @@ class FakeProvider:
         body: bytes,
     ) -> Reply:
         """Answer one request. ``headers`` may be a mapping or (name, value) pairs."""
+        return self.handle_recorded(method, path, headers, body)[0]
+
+    def handle_recorded(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        client: str | None = None,
+    ) -> tuple[Reply, RecordedRequest]:
+        """Answer one request like :meth:`handle`; also return its record (in :attr:`requests`),
+        whose ``delivery`` the caller fills in as it sends the reply."""
+        received_at = self.clock()
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         hdrs = {k.lower(): v for k, v in pairs}
         path = "/" + path.strip("/")
@@ -298,9 +569,9 @@ class FakeProvider:
             payload: Any = json.loads(body) if body else None
         except ValueError:
             payload = None
-        behaviours: tuple[Behaviour, ...] = ()
+        decision: _Decision | None = None
         try:
-            reply, behaviours = self._route(method.upper(), path, hdrs, body)
+            reply, decision = self._route(method.upper(), path, hdrs, body)
         except BehaviourError as exc:
             reply = self._error(
                 400,
@@ -308,15 +579,31 @@ class FakeProvider:
                 "invalid_request_error",
                 "invalid_fake_behaviour",
             )
+        usage = usage_sent(reply)
         with self._lock:
-            self.requests.append(
-                RecordedRequest(method.upper(), path, hdrs, body, payload, behaviours, reply.status)
+            record = RecordedRequest(
+                method.upper(),
+                path,
+                hdrs,
+                body,
+                payload,
+                decision.behaviours if decision else (),
+                reply.status,
+                index=len(self.requests),
+                number=decision.number if decision else None,
+                answered_by=tuple(decision.sources) if decision else (),
+                draws=tuple(decision.draws) if decision else (),
+                response_headers=reply.headers,
+                usage=usage,
+                received_at=received_at,
+                client=client,
             )
-        return reply
+            self.requests.append(record)
+        return reply, record
 
     def _route(
         self, method: str, path: str, hdrs: dict[str, str], body: bytes
-    ) -> tuple[Reply, tuple[Behaviour, ...]]:
+    ) -> tuple[Reply, _Decision | None]:
         routes: dict[str, tuple[str, Callable[..., Reply] | None]] = {
             "/health": ("GET", None),
             "/v1/models": ("GET", None),
@@ -327,7 +614,7 @@ class FakeProvider:
         if path not in routes:
             return self._error(
                 404, f"Unknown path {path}.", "invalid_request_error", "unknown_url"
-            ), ()
+            ), None
         want, handler = routes[path]
         if method != want:
             reply = self._error(
@@ -336,23 +623,23 @@ class FakeProvider:
                 "invalid_request_error",
                 "method_not_allowed",
             )
-            return replace(reply, headers=(*reply.headers, ("allow", want))), ()
+            return replace(reply, headers=(*reply.headers, ("allow", want))), None
         if path == "/health":
-            return self._json(200, {"status": "ok", "name": self.config.name}), ()
+            return self._json(200, {"status": "ok", "name": self.config.name}), None
         if handler is None:
             data = [m.listing(self.config.created) for m in self.config.models]
-            return self._json(200, {"object": "list", "data": data}), ()
-        number, step = self._next_step()
+            return self._json(200, {"object": "list", "data": data}), None
         header_spec = hdrs.get(BEHAVIOUR_HEADER) or hdrs.get("x-fake-behavior")
-        behaviours = (*step, *parse_behaviours(header_spec))
+        decision = self._next_step(path, hdrs, body, header_spec)
+        number, behaviours = decision.number, decision.behaviours
         if (
             self.config.api_key is not None
             and hdrs.get("authorization") != f"Bearer {self.config.api_key}"
         ):
             return self._error(
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-            ), behaviours
-        return handler(number, body, behaviours), behaviours
+            ), decision
+        return handler(number, body, behaviours), decision
 
     # -- building blocks -----------------------------------------------------------------------
     def _json(self, status: int, obj: Any, extra: Iterable[tuple[str, str]] = ()) -> Reply:
@@ -412,11 +699,108 @@ class FakeProvider:
             )
         return req, None
 
+    def _context_error(
+        self,
+        model: str,
+        prompt: int,
+        completion: int | None,
+        param: str,
+        message: str | None,
+        style: str = "openai",
+    ) -> Reply:
+        """A provider's 400 for a prompt (plus ``max_tokens``) over the model's context window,
+        in ``style``; the token count said is at least one more than the window."""
+        window = self._models[model].context_length if model in self._models else 0
+        total = max(prompt + (completion or 0), window + 1)
+        asked = total - prompt
+        type_, code, says = "invalid_request_error", None, message
+        if style == "openai" or style == "vllm":
+            head = f"This model's maximum context length is {window} tokens. However, "
+            if completion is None and style == "openai":
+                words = (
+                    f"{head}your messages resulted in {total} tokens. "
+                    "Please reduce the length of the messages."
+                )
+            else:
+                words = (
+                    f"{head}you requested {total} tokens ({prompt} in the messages, "
+                    f"{asked} in the completion). "
+                    "Please reduce the length of the messages or completion."
+                )
+            if style == "openai":
+                code = "context_length_exceeded"
+            else:
+                type_, param = "BadRequestError", ""
+        elif style == "anthropic":
+            words = f"prompt is too long: {total} tokens > {window} maximum"
+        elif style == "gemini":
+            words = (
+                f"The input token count ({total}) exceeds the maximum number of tokens allowed "
+                f"({window})."
+            )
+            type_ = "INVALID_ARGUMENT"
+        elif style == "mistral":
+            words = (
+                f"Prompt contains {total} tokens and 0 draft tokens, too large for model with "
+                f"{window} maximum context length"
+            )
+        elif style == "openrouter":
+            words = (
+                f"This endpoint's maximum context length is {window} tokens. However, you "
+                f"requested about {total} tokens ({prompt} of text input, {asked} in the "
+                'output). Please reduce the length of either one, or use the "middle-out" '
+                "transform to compress your prompt automatically."
+            )
+        else:  # llama.cpp's server
+            words = "the request exceeds the available context size, try increasing it"
+            type_ = "exceed_context_size_error"
+        return self._error(400, says or words, type_, code, param=param or None)
+
+    def _content_filter(self, code: str) -> Reply:
+        if code == "content_filter":  # Azure OpenAI's prompt filter
+            filtered = {"filtered": True, "severity": "high"}
+            safe = {"filtered": False, "severity": "safe"}
+            return self._json(
+                400,
+                {
+                    "error": {
+                        "message": "The response was filtered due to the prompt triggering "
+                        "Azure OpenAI's content management policy. Please modify your prompt "
+                        "and retry.",
+                        "type": None,
+                        "param": "prompt",
+                        "code": "content_filter",
+                        "status": 400,
+                        "innererror": {
+                            "code": "ResponsibleAIPolicyViolation",
+                            "content_filter_result": {
+                                "hate": safe,
+                                "jailbreak": {"filtered": False, "detected": False},
+                                "self_harm": safe,
+                                "sexual": safe,
+                                "violence": filtered,
+                            },
+                        },
+                    }
+                },
+            )
+        return self._error(
+            400,
+            "Your request was rejected as a result of our safety system. Your prompt may "
+            "contain text that is not allowed by our safety system.",
+            "invalid_request_error",
+            "content_policy_violation",
+        )
+
     def _failure(
-        self, behaviours: tuple[Behaviour, ...], tokens: int
+        self,
+        behaviours: tuple[Behaviour, ...],
+        tokens: int,
+        context: tuple[str, int, int | None, str] = ("", 0, None, "messages"),
     ) -> tuple[Reply | None, list[tuple[str, str]]]:
         """A reply that replaces the normal answer (the limiter's 429, or a scripted error), and
-        the limiter's headers for a success."""
+        the limiter's headers for a success. ``context`` is the model, the prompt tokens, the
+        completion tokens asked for and the prompt's parameter name, for a context error."""
         now = self.clock()
         ok_headers: list[tuple[str, str]] = []
         if self._limiter is not None:
@@ -457,6 +841,10 @@ class FakeProvider:
                     b.code, ("server_error", f"http_{b.code}", f"Error {b.code}.")
                 )
                 return self._error(b.code, b.message or default, type_, code), []
+            if isinstance(b, ContextLengthExceeded):
+                return self._context_error(*context, b.message, b.style), []
+            if isinstance(b, ContentFilter) and b.after is None:
+                return self._content_filter(b.code), []
         return None, ok_headers
 
     # -- endpoints -----------------------------------------------------------------------------
@@ -502,26 +890,62 @@ class FakeProvider:
                 ),
                 behaviours,
             )
+        model = self._models[req["model"]]
         count = self.config.reply_words
         limit = req.get("max_completion_tokens", req.get("max_tokens"))
         if not isinstance(limit, int) or isinstance(limit, bool):
             limit = None
+        # chat: 3 per message plus its words; text completions: the prompt's words
+        prompt = sum(len(t.split()) for t in given) if legacy else count_prompt_tokens(given)
+        lead = ""  # before the first word: a space when it continues a prefill
+        skip = 0  # the words of the answer a prefill already holds
+        last = given[-1] if given and not legacy else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            override = _first(behaviours, Prefill)
+            mode = override.mode if override is not None else model.prefill
+            if mode == "reject":
+                return self._finish(
+                    self._error(
+                        400,
+                        "This model does not support assistant message prefill. "
+                        "The conversation must end with a user message.",
+                        "invalid_request_error",
+                        "prefill_not_supported",
+                        param="messages",
+                    ),
+                    behaviours,
+                )
+            if mode == "honour":
+                text = message_text(last.get("content"))
+                skip = len(text.split())
+                lead = " " if text and not text[-1].isspace() else ""
+                count = max(count - skip, 0)
+        if model.enforce_context and prompt + max(limit or 0, 0) > model.context_length:
+            asked = None if limit is None else max(limit, 0)
+            return self._finish(
+                self._context_error(model.id, prompt, asked, field, None), behaviours
+            )
         finish = "stop"
         if limit is not None and limit < count:
             count, finish = max(limit, 0), "length"
-        # chat: 3 per message plus its words; text completions: the prompt's words
-        prompt = sum(len(t.split()) for t in given) if legacy else count_prompt_tokens(given)
         failed, ok_headers = self._failure(
-            behaviours, prompt + (max(limit, 0) if limit is not None else count) * n
+            behaviours,
+            prompt + (max(limit, 0) if limit is not None else count) * n,
+            (model.id, prompt, None if limit is None else max(limit, 0), field),
         )
         if failed is not None:
             return self._finish(failed, behaviours)
+        filtered = _first(behaviours, ContentFilter)
+        if filtered is not None and filtered.after is not None:
+            count, finish = min(count, filtered.after), "content_filter"
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": count * n,
             "total_tokens": prompt + count * n,
         }
-        words = [reply_words(self.config.seed, number, c, body, count) for c in range(n)]
+        words = [
+            reply_words(self.config.seed, number, c, body, skip + count)[skip:] for c in range(n)
+        ]
         digest = hashlib.sha256(b"%d:%d" % (self.config.seed, number)).hexdigest()
         base = {
             "id": f"{'cmpl' if legacy else 'chatcmpl'}-{digest[:24]}",
@@ -535,7 +959,13 @@ class FakeProvider:
             opts = req.get("stream_options")
             include = isinstance(opts, dict) and opts.get("include_usage") is True
             events = self._stream_events(
-                base, words, finish, usage if include and not no_usage else None, include, legacy
+                base,
+                words,
+                finish,
+                usage if include and not no_usage else None,
+                include,
+                legacy,
+                lead,
             )
             draft = _Draft(
                 200,
@@ -560,7 +990,7 @@ class FakeProvider:
                         else {
                             "message": {
                                 "role": "assistant",
-                                "content": " ".join(w),
+                                "content": (lead if w else "") + " ".join(w),
                                 "refusal": None,
                             }
                         }
@@ -585,7 +1015,9 @@ class FakeProvider:
             for i in inputs
         ]
         prompt = sum(max(1, len(t.split())) for t in texts)
-        failed, ok_headers = self._failure(behaviours, prompt)
+        failed, ok_headers = self._failure(
+            behaviours, prompt, (req["model"], prompt, None, "input")
+        )
         if failed is not None:
             return self._finish(failed, behaviours)
         as_base64 = req.get("encoding_format") == "base64"
@@ -611,14 +1043,15 @@ class FakeProvider:
         usage: dict[str, int] | None,
         include: bool,
         legacy: bool = False,
+        lead: str = "",
     ) -> list[_Event]:
         kind = "text_completion" if legacy else "chat.completion.chunk"
 
-        def chunk(choices: list[dict[str, Any]], last_usage: Any = None) -> _Event:
+        def chunk(choices: list[dict[str, Any]], last_usage: Any = None, tokens: int = 0) -> _Event:
             obj = {**base, "object": kind, "choices": choices}
             if include:
                 obj["usage"] = last_usage
-            return _Event(data=dumps(obj).decode())
+            return _Event(data=dumps(obj).decode(), tokens=tokens)
 
         def choice(c: int, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
             if legacy:  # text completions carry the text itself, not a delta
@@ -637,9 +1070,8 @@ class FakeProvider:
         )
         for i in range(len(words[0])):
             for c in range(n):
-                events.append(
-                    chunk([choice(c, {"content": words[c][i] if i == 0 else " " + words[c][i]})])
-                )
+                text = (lead if i == 0 else " ") + words[c][i]
+                events.append(chunk([choice(c, {"content": text})], tokens=1))
         events += [chunk([choice(c, {}, finish)]) for c in range(n)]
         if usage is not None:
             events.append(chunk([], usage))
@@ -693,11 +1125,16 @@ class FakeProvider:
         style = _first(behaviours, LineEndings)
         sep = _LINE_ENDS[style.style if style else "lf"]
         encoded = [e.encode(sep) for e in events]
-        offsets, pos = [], 0
-        for piece in encoded[:-1]:
+        pos = 0
+        for e, piece in zip(events, encoded, strict=True):
+            if e.data is not None:
+                draft.starts.append(pos)
+            if e.tokens:
+                draft.token_spans.append((pos, pos + len(piece)))
             pos += len(piece)
-            offsets.append(pos)
-        draft.body, draft.natural = b"".join(encoded), offsets
+            draft.natural.append(pos)
+        draft.natural = draft.natural[:-1]
+        draft.body = b"".join(encoded)
         return self._timed(draft, behaviours)
 
     def _finish(self, reply: Reply, behaviours: tuple[Behaviour, ...]) -> Reply:
@@ -706,9 +1143,23 @@ class FakeProvider:
 
     def _timed(self, draft: _Draft, behaviours: tuple[Behaviour, ...]) -> Reply:
         chunks = chunk_bytes(draft.body, _first(behaviours, Chunking), draft.natural)
+        stall = _first(behaviours, Stall)
+        stalled = None  # the index of the chunk the stall comes before
+        if stall is not None and draft.events is not None:
+            at = draft.starts[stall.events] if stall.events < len(draft.starts) else len(draft.body)
+            chunks, stalled = _split_at(chunks, at)
         cut = _first(behaviours, Cut)
         if cut is not None:
-            kept, left = [], cut.bytes
+            left = cut.bytes
+            if cut.tokens is not None and draft.events is not None:
+                spans = draft.token_spans
+                if not spans:
+                    pass
+                elif cut.tokens == 0:
+                    left += spans[0][0]
+                else:
+                    left += spans[min(cut.tokens, len(spans)) - 1][1]
+            kept: list[bytes] = []
             for c in chunks:
                 if left <= 0:
                     break
@@ -718,9 +1169,11 @@ class FakeProvider:
         hang = _first(behaviours, Hang)
         slow_first = _first(behaviours, SlowFirstByte)
         slow = _first(behaviours, SlowChunks)
-        delays = [slow.seconds if slow else 0.0] * len(chunks)
+        delays: list[float | None] = [slow.seconds if slow else 0.0] * len(chunks)
         if delays:
             delays[0] = slow_first.seconds if slow_first else 0.0
+        if stall is not None and stalled is not None and stalled < len(delays):
+            delays[stalled] = stall.seconds
         headers_delay = 0.0 if hang is None else hang.seconds
         if headers_delay is not None and math.isinf(headers_delay):
             headers_delay = None

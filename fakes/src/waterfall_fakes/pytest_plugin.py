@@ -6,6 +6,9 @@
   (the server starts once per session; each test gets it with its own fresh provider);
 - ``fake_factory``: a :class:`FakeFactory` that makes as many fakes as a test needs and stops
   every server it started when the test ends;
+- ``fake_openai_env`` (opt-in: ask for it by name): ``fake_server``, with ``OPENAI_BASE_URL`` and
+  ``OPENAI_API_KEY`` set for the test so that the official OpenAI SDKs (Python, and Node in a
+  process the test starts) talk to the fake with no change to the code under test;
 - the ``@pytest.mark.fake_config(config=None, **overrides)`` marker configures ``fake_provider``
   (and so ``fake_transport`` and ``fake_server``) with :class:`~waterfall_fakes.FakeConfig` fields
   or a ``clock``::
@@ -33,8 +36,10 @@ if TYPE_CHECKING:
     from waterfall_fakes import FakeConfig, FakeProvider, FakeServer, FakeTransport
 
 __all__ = [
+    "FAKE_API_KEY",
     "FakeFactory",
     "fake_factory",
+    "fake_openai_env",
     "fake_provider",
     "fake_server",
     "fake_transport",
@@ -43,6 +48,8 @@ __all__ = [
 ]
 
 _MARKER = "fake_config"
+FAKE_API_KEY = "sk-waterfall-fake"
+"""The key ``fake_openai_env`` gives the SDKs when the fake asks for none."""
 _FAKES = pytest.StashKey[list["FakeProvider"]]()
 
 
@@ -72,8 +79,9 @@ def _describe(providers: list[FakeProvider]) -> str:
         lines.append(f"{p.config.name!r} received {count(len(p.requests), 'request')}{script}")
         for i, r in enumerate(p.requests, 1):
             how = format_behaviours(list(r.behaviours))
+            by = f" by {', '.join(r.answered_by)}" if r.answered_by else ""
             lines.append(
-                f"  {i}. {r.method} {r.path} -> {r.status}" + (f"  [{how}]" if how else "")
+                f"  {i}. {r.method} {r.path} -> {r.status}" + (f"  [{how}]{by}" if how else "")
             )
     return "\n".join(lines)
 
@@ -161,6 +169,19 @@ def fake_server(
         yield server
     finally:
         server.provider = idle
+
+
+@pytest.fixture
+def fake_openai_env(fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
+    """``fake_server``, with the OpenAI SDKs' environment pointing at it for this test.
+
+    Sets ``OPENAI_BASE_URL`` to the server's ``/v1`` URL and ``OPENAI_API_KEY`` to the fake's
+    ``api_key`` (:data:`FAKE_API_KEY` when it has none); both are restored after the test.
+    ``openai.OpenAI()`` made during the test, and any process the test starts, use the fake.
+    """
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", fake_server.provider.config.api_key or FAKE_API_KEY)
+    return fake_server
 
 
 def _stop_all(servers: list[FakeServer]) -> None:

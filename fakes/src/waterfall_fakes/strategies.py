@@ -7,8 +7,8 @@ Needs the optional dependency: ``pip install 'waterfall-fakes[hypothesis]'``.
 - :func:`sse_events` and :func:`sse_encodings`: server-sent events and every legal way to put a
   stream of them on the wire;
 - :func:`chunkings`: every way a transport may split bytes into chunks;
-- :func:`behaviours` / :func:`fault_scripts`: fault scripts for a
-  :class:`~waterfall_fakes.FakeProvider`;
+- :func:`behaviours` / :func:`fault_scripts` / :func:`fault_rules`: fault scripts and rules
+  for a :class:`~waterfall_fakes.FakeProvider`;
 - :func:`register_profiles`: the ``dev`` and ``ci`` settings profiles.
 
 Everything shrinks towards the plainest case (one choice, ``\\n`` line ends, no comments, one
@@ -35,6 +35,9 @@ from .behaviours import (
     Behaviour,
     BigEvent,
     Chunking,
+    ContentFilter,
+    ContextLengthExceeded,
+    ContextStyle,
     Cut,
     Dialect,
     DoubleDone,
@@ -48,12 +51,16 @@ from .behaviours import (
     NoDone,
     NoUsage,
     Ok,
+    Prefill,
     RateLimit,
     SlowChunks,
     SlowFirstByte,
+    Stall,
     Status,
     Truncate,
+    When,
 )
+from .rules import Rule
 
 __all__ = [
     "BEHAVIOUR_KINDS",
@@ -64,6 +71,7 @@ __all__ = [
     "chat_completion_chunks",
     "chat_completion_streams",
     "chunkings",
+    "fault_rules",
     "fault_scripts",
     "register_profiles",
     "sse_encodings",
@@ -79,7 +87,8 @@ LINE_ENDINGS: tuple[str, ...] = ("\n", "\r\n", "\r")
 BEHAVIOUR_KINDS: tuple[str, ...] = (
     "ok", "no_usage", "no_done", "double_done", "truncate", "cut", "chunking", "line_endings",
     "keepalive", "fields", "error_event", "malformed_event", "big_event", "rate_limit",
-    "insufficient_balance", "status", "slow_first_byte", "slow_chunks", "hang",
+    "insufficient_balance", "status", "context_length_exceeded", "content_filter", "prefill",
+    "when", "slow_first_byte", "slow_chunks", "stall", "hang",
 )  # fmt: skip
 """Every behaviour kind, the plainest first (the order :func:`behaviours` shrinks in)."""
 
@@ -487,6 +496,19 @@ def chunkings(
 
 
 # -- fault scripts -----------------------------------------------------------------------------
+def _gates() -> SearchStrategy[Behaviour]:
+    seconds = st.floats(0, 3600, allow_nan=False)
+    return st.builds(
+        When,
+        p=st.just(1.0) | st.floats(0, 1),
+        times=st.none() | st.integers(0, 8),
+        skip=st.integers(0, 8),
+        start=st.none() | seconds,
+        end=st.none() | seconds,
+        since=st.sampled_from(["start", "first"]),
+    )
+
+
 def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviour]]:
     delays = st.floats(0, max_delay) if max_delay > 0 else st.just(0.0)
     small = st.integers(0, 16)
@@ -497,7 +519,7 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
         "no_done": st.just(NoDone()),
         "double_done": st.just(DoubleDone()),
         "truncate": st.builds(Truncate, events=small),
-        "cut": st.builds(Cut, bytes=st.integers(0, 4096)),
+        "cut": st.builds(Cut, bytes=st.integers(0, 4096), tokens=st.none() | small),
         "chunking": st.one_of(
             st.builds(Chunking, size=st.integers(1, 64)),
             st.builds(Chunking, at=st.lists(st.integers(0, 4096), max_size=8).map(tuple)),
@@ -531,6 +553,19 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
             | st.integers(400, 599),
             message=st.none() | st.text(_UNICODE, max_size=20),
         ),
+        "context_length_exceeded": st.builds(
+            ContextLengthExceeded,
+            message=st.none() | st.text(_UNICODE, max_size=20),
+            style=st.sampled_from(get_args(ContextStyle)),
+        ),
+        "content_filter": st.builds(
+            ContentFilter,
+            code=st.sampled_from(["content_policy_violation", "content_filter"]),
+            after=st.none() | small,
+        ),
+        "prefill": st.builds(Prefill, mode=st.sampled_from(["honour", "reject", "ignore"])),
+        "when": _gates(),
+        "stall": st.builds(Stall, events=small, seconds=delays),
         "slow_first_byte": st.builds(SlowFirstByte, seconds=delays),
         "slow_chunks": st.builds(SlowChunks, seconds=delays),
         "hang": st.builds(Hang, seconds=delays),
@@ -543,8 +578,9 @@ def behaviours(
     """Single valid behaviours, of the given ``kinds`` (default: all of
     :data:`BEHAVIOUR_KINDS`), shrinking towards ``ok``.
 
-    Waits (``hang``, ``slow_first_byte``, ``slow_chunks``) last from 0 to ``max_delay``
-    seconds (default 0, so that a property test never sleeps); a hang never lasts forever here.
+    Waits (``hang``, ``slow_first_byte``, ``slow_chunks``, ``stall``) last from 0 to
+    ``max_delay`` seconds (default 0, so that a property test never sleeps); a hang or a stall
+    never lasts forever here.
     """
     if kinds is None:
         kinds = BEHAVIOUR_KINDS
@@ -583,6 +619,59 @@ def fault_scripts(
     steps = st.lists(behaviours(), max_size=3) if steps is None else steps
     _check_strategy("steps", steps)
     return st.lists(steps, min_size=min_size, max_size=max_size)
+
+
+def fault_rules(
+    steps: SearchStrategy[list[Behaviour]] | None = None,
+    *,
+    models: SearchStrategy[str] | None = None,
+    min_size: int = 0,
+    max_size: int | None = None,
+) -> SearchStrategy[list[Rule]]:
+    """Rules for ``FakeProvider(rules=...)``: lists of ``min_size`` to ``max_size``
+    :class:`~waterfall_fakes.rules.Rule` with distinct names, each matching on some of model
+    (a glob drawn from ``models``, default ``fake-*`` and the three default models), streaming
+    and tools, and applying ``steps`` (default: up to three behaviours from :func:`behaviours`,
+    gates left out) always, ``nth``, ``times`` times or at a rate ``p``. Windows are left out:
+    they need a clock.
+    """
+    _check_sizes(min_size, max_size)
+    kinds = [k for k in BEHAVIOUR_KINDS if k != "when"]
+    steps = st.lists(behaviours(kinds), max_size=3) if steps is None else steps
+    _check_strategy("steps", steps)
+    models = (
+        st.sampled_from(["fake-*", "fake-small", "fake-medium", "fake-large"])
+        if models is None
+        else models
+    )
+    _check_strategy("models", models)
+
+    @st.composite
+    def one(draw: DrawFn, name: str) -> Rule:
+        step = draw(steps)
+        if any(isinstance(b, When) for b in step):
+            raise InvalidArgument(f"steps drew {step!r}: a rule cannot hold a 'when' gate")
+        fields: dict[str, Any] = {"name": name, "behaviours": tuple(step)}
+        if draw(st.booleans()):
+            fields["model"] = draw(models)
+        for key in ("stream", "tools"):
+            if draw(st.booleans()):
+                fields[key] = draw(st.booleans())
+        how = draw(st.sampled_from(["always", "nth", "times", "p"]))
+        if how == "nth":
+            fields["nth"] = draw(st.integers(1, 8))
+        elif how == "times":
+            fields["times"] = draw(st.integers(0, 8))
+        elif how == "p":
+            fields["p"] = draw(st.floats(0, 1))
+        return Rule(**fields)
+
+    @st.composite
+    def lists(draw: DrawFn) -> list[Rule]:
+        count = draw(st.integers(min_size, min_size + 4 if max_size is None else max_size))
+        return [draw(one(f"rule-{i}")) for i in range(count)]
+
+    return lists()
 
 
 # -- settings profiles -------------------------------------------------------------------------

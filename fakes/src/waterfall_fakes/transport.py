@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import httpx
 
+from .control import control_reply, is_control_path
 from .provider import FakeProvider, Reply
 
 __all__ = ["FakeTransport", "ReplyStream", "read_timeout"]
@@ -119,10 +120,18 @@ class FakeTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self.provider = provider if provider is not None else FakeProvider()
 
     def _start(self, request: httpx.Request, body: bytes) -> tuple[Reply, float, bool]:
-        reply = self.provider.handle(
-            request.method, request.url.path, request.headers.items(), body
+        provider = self.provider
+        path = request.url.path
+        if is_control_path(path):
+            query = request.url.query.decode("latin-1")
+            reply = control_reply(provider, request.method, path, query, body)
+            return reply, 0.0, False
+        reply, record = provider.handle_recorded(
+            request.method, path, request.headers.items(), body
         )
         wait, expires = _limit(reply.headers_delay, read_timeout(request))
+        if not expires and reply.headers_delay is not None:  # the headers reach the client
+            record.delivery.headers_at = record.received_at + wait
         return reply, wait, expires
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
