@@ -200,7 +200,7 @@ async def test_an_echoed_key_never_reaches_the_client_log_or_ledger(
         assert "[redacted]" in result.json()["error"]["message"]
     else:  # the exhaustion message names the status, and no code that is not one
         assert result.json()["error"]["message"] == (
-            "All providers for 'fast' are exhausted: p0/m: HTTP 500 (cooling down 30s)."
+            "All providers for 'fast' are exhausted: p0/m: HTTP 500, retried; p0/m: HTTP 500."
         )
 
 
@@ -272,8 +272,9 @@ async def test_a_body_that_does_not_decode_falls_through(client: str) -> None:
         result = await chat(app)
     assert result.status == 200
     assert result.json() == ANSWER
+    # (a body that does not decode is taken for a transient cut: retried once first)
     assert result.headers["x-waterfall-attempts"] == (
-        "p0/m transport_error, p1/m transport_error, p2/m 200, p3/m 200"
+        "p0/m retried, p0/m transport_error, p1/m retried, p1/m transport_error, p2/m 200, p3/m 200"
     )
 
 

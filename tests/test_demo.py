@@ -141,7 +141,7 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
         "openai/fake-large cooling, openrouter/fake-medium 429, local/fake-small 200"
     )
     assert trails[2] == "all exhausted, Retry-After: 1"
-    assert trails[4].startswith("openai/fake-large empty_stream, ")
+    assert trails[4].startswith("openai/fake-large retried, openai/fake-large empty_stream, ")
     assert [r["client saw"] for r in router][1:3] == ["complete", "all_providers_exhausted"]
 
     # Cost routing: the cheapest fitting deployment, down the list on a 429, and the saving.

@@ -160,7 +160,7 @@ async def test_json_requests_read_usage_from_the_body() -> None:
 @pytest.mark.parametrize(
     ("scripts", "body", "status", "http"),
     [
-        ({"a": ["status:code=503"], "b": ["rate_limit"]}, CHAT, "exhausted", 503),
+        ({"a": ["status:code=503"] * 2, "b": ["rate_limit"]}, CHAT, "exhausted", 503),
         ({}, {"model": "nope", "messages": MESSAGES}, "rejected", 404),
         ({}, {"model": "fast"}, "rejected", 400),
         ({"a": ["status:code=400"]}, CHAT, "rejected", 400),

@@ -371,15 +371,15 @@ async def test_a_client_passed_in_is_used_and_never_closed(build: Callable[[], A
 async def test_a_full_run_leaves_no_task_behind() -> None:
     before = asyncio.all_tasks()
     events: list[str] = []
-    net = network(a=["rate_limit"], b=["ok", "error_event:after=0"])
+    net = network(a=["rate_limit"], b=["ok", "error_event:after=0", "rate_limit"])
     mw = WaterfallMiddleware(starlette_with_lifespan(events), CONFIG, transport=net)
     life = Lifespan(mw)
     assert await life.startup() == "lifespan.startup.complete"
     client = owned(mw)
     assert client is not None
     streamed = {**CHAT, "stream": True}
-    # a: 429 -> b streams; then a cools down and b's stream starts with an error event: 503;
-    # then both cool down: 503 without an upstream call.
+    # a: 429 -> b streams; then a cools down and b's stream starts with an error event, and its
+    # retry gets a 429: 503; then both cool down: 503 without an upstream call.
     answers = [await ask(mw, streamed), await ask(mw, streamed), await ask(mw)]
     assert [a.status_code for a in answers] == [200, 503, 503]
     assert answers[0].text.endswith("data: [DONE]\n\n")
@@ -388,7 +388,7 @@ async def test_a_full_run_leaves_no_task_behind() -> None:
         answers[1].headers["x-waterfall-request-id"] != answers[2].headers["x-waterfall-request-id"]
     )
     assert [r.status for r in net["a"].requests] == [429]
-    assert [r.status for r in net["b"].requests] == [200, 200]
+    assert [r.status for r in net["b"].requests] == [200, 200, 429]
     assert await life.shutdown() == "lifespan.shutdown.complete"
     await life.finish()
     assert client.is_closed is True

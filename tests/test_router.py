@@ -101,12 +101,15 @@ def chat_calls(net: FakeNetwork, host: str) -> int:
 async def test_provider_failure_falls_through_to_next_entry(
     clock: Clock, behaviour: str, payload: dict[str, Any]
 ) -> None:
-    app, net = make(clock, {"a": [behaviour]})
+    # a transient failure (408, a 5xx without a hint) is retried once on the same entry first
+    retried = behaviour.startswith("status:code=5") or behaviour == "status:code=408"
+    app, net = make(clock, {"a": [behaviour, behaviour]}, policy={"backoff": 0})
     result = await call(app, "POST", "/v1/chat/completions", payload)
     assert result.status == 200
     assert result.headers["x-waterfall-provider"] == "b"
     assert result.headers["x-waterfall-model"] == "fake-medium"
-    assert (chat_calls(net, "a"), chat_calls(net, "b"), chat_calls(net, "c")) == (1, 1, 0)
+    calls = (chat_calls(net, "a"), chat_calls(net, "b"), chat_calls(net, "c"))
+    assert calls == ((2, 1, 0) if retried else (1, 1, 0))
     assert result.headers["x-waterfall-attempts"].startswith("a/fake-small ")
     # the entry's own model name went upstream
     assert net["b"].calls()[0].json["model"] == "fake-medium"
@@ -134,12 +137,19 @@ def _fake_error(code: int) -> bytes:
     return fake.handle("POST", "/v1/chat/completions", {}, body).body
 
 
-async def test_connect_error_falls_through_with_default_cooldown(clock: Clock) -> None:
-    app, net = make(clock, policy={"default_cooldown": 12})
+async def test_connect_error_is_retried_then_falls_through_without_cooling(clock: Clock) -> None:
+    app, net = make(clock, policy={"default_cooldown": 12, "backoff": 0})
     net.down.add("a")
     result = await call(app, "POST", "/v1/chat/completions", CHAT)
     assert result.headers["x-waterfall-provider"] == "b"
-    assert await app.cooldowns.get("a/fake-small") == clock.now + 12
+    assert result.headers["x-waterfall-attempts"] == (
+        "a/fake-small retried, a/fake-small connect_error, b/fake-medium 200"
+    )
+    # evidence, not a verdict: the next request tries a again
+    assert await app.cooldowns.get("a/fake-small") is None
+    net.down.discard("a")
+    again = await call(app, "POST", "/v1/chat/completions", CHAT)
+    assert again.headers["x-waterfall-provider"] == "a"
 
 
 # -- cooldowns -------------------------------------------------------------------------------
@@ -216,7 +226,7 @@ async def test_all_exhausted_is_503_with_retry_after_of_the_soonest_recovery(
         {
             "a": ["rate_limit:dialect=retry-after,seconds=40"],
             "b": ["rate_limit:dialect=retry-after-ms,seconds=12.2"],
-            "c": ["status:code=503"],
+            "c": ["rate_limit:dialect=retry-after,seconds=20"],
         },
         policy={"default_cooldown": 30},
     )
@@ -226,9 +236,9 @@ async def test_all_exhausted_is_503_with_retry_after_of_the_soonest_recovery(
     error = result.json()["error"]
     assert error["code"] == "all_providers_exhausted"
     assert error["type"] == "server_error"
-    for entry in ("a/fake-small: HTTP 429", "b/fake-medium: HTTP 429", "c/fake-large: HTTP 503"):
+    for entry in ("a/fake-small: HTTP 429", "b/fake-medium: HTTP 429", "c/fake-large: HTTP 429"):
         assert entry in error["message"]
-    # now everything cools: a second request makes no upstream call at all
+    # every entry is under a provider's hint: a second request makes no upstream call at all
     again = await call(app, "POST", "/v1/chat/completions", payload)
     assert again.status == 503
     assert again.headers["retry-after"] == "13"
@@ -255,7 +265,8 @@ async def test_all_exhausted_is_503_with_retry_after_of_the_soonest_recovery(
 async def test_stream_that_fails_before_its_first_event_falls_through(
     clock: Clock, behaviour: str
 ) -> None:
-    app, net = make(clock, {"a": [behaviour]})
+    # (each is retried once on the same entry first, but a timeout: its wait was spent already)
+    app, net = make(clock, {"a": [behaviour, behaviour]}, policy={"backoff": 0})
     result = await call(app, "POST", "/v1/chat/completions", STREAM)
     assert result.status == 200
     assert result.headers["x-waterfall-provider"] == "b"
@@ -264,7 +275,7 @@ async def test_stream_that_fails_before_its_first_event_falls_through(
     assert all('"error"' not in d for d in data)
     # the client saw exactly one response: nothing from the failed attempt
     assert result.messages[0]["type"] == "http.response.start"
-    assert chat_calls(net, "a") == 1
+    assert chat_calls(net, "a") == (1 if behaviour.startswith("slow_first_byte") else 2)
 
 
 async def test_stream_is_relayed_byte_for_byte(clock: Clock) -> None:
@@ -357,7 +368,7 @@ async def test_unknown_model_is_404_model_not_found(clock: Clock) -> None:
 
 
 async def test_embeddings_and_completions_use_the_waterfall(clock: Clock) -> None:
-    app, net = make(clock, {"a": ["status:code=502"]})
+    app, net = make(clock, {"a": ["status:code=502"] * 2}, policy={"backoff": 0})
     result = await call(app, "POST", "/v1/embeddings", {"model": "fast", "input": ["x", "y"]})
     assert result.status == 200
     assert len(result.json()["data"]) == 2
@@ -480,7 +491,7 @@ async def test_credentials_and_hop_by_hop_headers_never_reach_upstream(
     everything = result.body.decode() + json.dumps(result.headers) + caplog.text
     for secret in (SECRET_A, SECRET_B, CLIENT_KEY):
         assert secret not in everything
-    exhausted, _ = make(clock, {h: ["status:code=500"] for h in "abc"})
+    exhausted, _ = make(clock, {h: ["status:code=500"] * 2 for h in "abc"}, policy={"backoff": 0})
     failed = await call(exhausted, "POST", "/v1/chat/completions", CHAT)
     assert failed.status == 503
     for secret in (SECRET_A, SECRET_B):

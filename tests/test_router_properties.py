@@ -1,10 +1,11 @@
 """Properties of the waterfall over random chains, faults, cooldowns and a controllable clock.
 
 An oracle says what must happen for each random chain: the request is served by the first entry
-that is neither cooling nor failing; a 4xx that is the request's own fault comes back as it is;
-503 exactly when no entry can serve, with ``Retry-After`` equal to the soonest recovery; no call is
-ever made to a cooling entry; cooldowns never shrink; and for streams nothing reaches the client
-before an upstream is accepted.
+that is neither cooling nor failing (a transient failure is retried once on the same entry, whose
+script then answers); a 4xx that is the request's own fault comes back as it is; 503 exactly when
+no entry can serve, with ``Retry-After`` equal to the soonest recovery (at least 1); no call is
+ever made to a cooling entry; only a provider's instruction (a 429, a 402) cools an entry;
+cooldowns never shrink; and for streams nothing reaches the client before an upstream is accepted.
 """
 
 from __future__ import annotations
@@ -58,11 +59,20 @@ def hint(behaviour: str) -> float | None:
 
 
 def outcome(behaviour: str, stream: bool) -> str:
+    """``served``, ``rejected`` (back to the client), ``instruction`` (cools the entry),
+    ``transient`` (retried on the same entry) or ``failed`` (falls through, cools nothing)."""
     if behaviour == "ok":
         return "served"
     if behaviour in ("status:code=400", "status:code=422", "status:code=404"):
         return "rejected"
-    return "failed"
+    if behaviour.startswith("rate_limit") or behaviour in (
+        "status:code=402",
+        "insufficient_balance",
+    ):
+        return "instruction"
+    if behaviour in ("status:code=401", "status:code=403"):
+        return "failed"
+    return "transient"
 
 
 quarter_seconds = st.integers(min_value=1, max_value=2400).map(lambda k: k / 4)
@@ -121,7 +131,11 @@ def build(
             for h in hosts
         },
         "chains": {"c": [f"{h}/fake-small" for h in hosts]},
-        "policy": {"default_cooldown": DEFAULT_COOLDOWN, "max_cooldown": MAX_COOLDOWN},
+        "policy": {
+            "default_cooldown": DEFAULT_COOLDOWN,
+            "max_cooldown": MAX_COOLDOWN,
+            "backoff": 0.001,
+        },
     }
     return WaterfallMiddleware(None, config, transport=net, clock=clock), net
 
@@ -139,19 +153,35 @@ async def check_one_request(chain: list[Entry], stream: bool) -> None:
     # the oracle
     expected_calls = [0] * len(chain)
     deadlines: dict[int, float] = {}
+    ready: list[float] = []  # when each entry may be called again, for Retry-After
     winner: tuple[int, str] | None = None
+    made = 0  # upstream calls, within the request's budget (8 by default)
     for i, entry in enumerate(chain):
         if entry.cooling is not None:
             deadlines[i] = NOW + entry.cooling
+            ready.append(deadlines[i])
             continue
-        expected_calls[i] = 0 if entry.behaviour == "down" else 1
+        if made >= 8:
+            break
         kind = outcome(entry.behaviour, stream)
-        if kind != "failed":
+        made += 1
+        expected_calls[i] = 0 if entry.behaviour == "down" else 1
+        if kind == "transient" and made < 8:  # retried: the script has run out, so it answers
+            made += 1
+            if entry.behaviour != "down":
+                expected_calls[i] = 2
+                winner = (i, "served")
+                break
+        if kind in ("served", "rejected"):
             winner = (i, kind)
             break
-        seconds = hint(entry.behaviour)
-        seconds = min(DEFAULT_COOLDOWN if seconds is None else seconds, MAX_COOLDOWN)
-        deadlines[i] = NOW + seconds
+        if kind == "instruction":
+            seconds = hint(entry.behaviour)
+            seconds = min(DEFAULT_COOLDOWN if seconds is None else seconds, MAX_COOLDOWN)
+            deadlines[i] = NOW + seconds
+            ready.append(deadlines[i])
+        else:
+            ready.append(NOW)  # evidence only: not cooled
 
     calls = [len(net[f"p{i}"].calls()) for i in range(len(chain))]
     assert calls == expected_calls  # in particular: no call to a cooling entry
@@ -161,8 +191,10 @@ async def check_one_request(chain: list[Entry], stream: bool) -> None:
     if winner is None:
         assert result.status == 503
         assert result.json()["error"]["code"] == "all_providers_exhausted"
-        soonest = min(deadlines.values())
-        assert result.headers["retry-after"] == str(max(0, math.ceil(round(soonest - NOW, 6))))
+        soonest = min(
+            ready + [NOW + entry.cooling for entry in chain[len(ready) :] if entry.cooling]
+        )
+        assert result.headers["retry-after"] == str(max(1, math.ceil(round(soonest - NOW, 6))))
     else:
         index, kind = winner
         if kind == "served":
@@ -175,6 +207,7 @@ async def check_one_request(chain: list[Entry], stream: bool) -> None:
         assert after[key] >= until  # cooldowns never shrink
     for i, until in deadlines.items():
         assert after[f"p{i}/fake-small"] == pytest.approx(until, abs=1e-6)
+    assert set(after) == set(before) | {f"p{i}/fake-small" for i in deadlines}  # no other
     await app.shutdown()
 
 

@@ -180,7 +180,8 @@ async def test_429_storm_on_the_first_entry_is_absorbed_by_the_second() -> None:
 
 @pytest.mark.anyio
 async def test_all_exhausted_is_a_503_with_retry_after() -> None:
-    a, b = fake("a", "rate_limit:seconds=2"), fake("b", "status:code=503")
+    # (a 429 without a hint cools for the default 30 s; a 503 without one would only count)
+    a, b = fake("a", "rate_limit:seconds=2"), fake("b", "rate_limit:dialect=none")
     with standalone(a=a, b=b) as (ups, server):
         async with client_for(server) as client:
             first = await client.post("/v1/chat/completions", json=STREAM)
@@ -192,7 +193,7 @@ async def test_all_exhausted_is_a_503_with_retry_after() -> None:
         "error": {
             "message": "All providers for 'fast' are exhausted: "
             "a/fake-small: HTTP 429 rate_limit_exceeded (cooling down 2s); "
-            "b/fake-small: HTTP 503 overloaded (cooling down 30s).",
+            "b/fake-small: HTTP 429 rate_limit_exceeded (cooling down 30s).",
             "type": "server_error",
             "param": None,
             "code": "all_providers_exhausted",
@@ -242,7 +243,9 @@ async def test_mounted_in_front_of_starlette_on_uvicorn() -> None:
         return JSONResponse({"orders": [1, 2]})
 
     app = Starlette(routes=[Route("/orders", orders)], lifespan=lifespan)
-    with upstreams(a=fake("a", "status:code=500"), b=fake("b")) as ups:
+    # a answers every request with a 500
+    failing = FakeProvider(name="a", api_key="key-a", script=["status:code=500"], repeat_last=True)
+    with upstreams(a=failing, b=fake("b")) as ups:
         mw = WaterfallMiddleware(app, config_for(ups))
         with LoopbackServer(mw, lifespan="on") as server:
             assert events == ["app startup"]
@@ -265,13 +268,16 @@ async def test_mounted_in_front_of_starlette_on_uvicorn() -> None:
     assert own.json() == {"orders": [1, 2]}
     assert (missing.status_code, missing.text) == (404, "Not Found")
     assert chat.status_code == 200
-    assert chat.headers["x-waterfall-attempts"] == "a/fake-small 500, b/fake-small 200"
+    assert chat.headers["x-waterfall-attempts"] == (
+        "a/fake-small 500 retried, a/fake-small 500, b/fake-small 200"
+    )
     assert stream_status == 200
     assert sse_data(b"".join(chunks))[-1] == "[DONE]"
-    # a's 500 cooled it down (30 s by default): the embedding went straight to b.
+    # a's fifth 500 in a row opened its circuit: the embedding did not retry it, went on to b.
     assert emb.status_code == 200
-    assert emb.headers["x-waterfall-attempts"] == "a/fake-small cooling, b/fake-small 200"
+    assert emb.headers["x-waterfall-attempts"] == "a/fake-small 500, b/fake-small 200"
     assert emb.content == twin_reply(ups["b"].provider).body
     assert [(r.path, r.status) for r in ups["a"].provider.requests] == [
-        ("/v1/chat/completions", 500)
+        *[("/v1/chat/completions", 500)] * 4,
+        ("/v1/embeddings", 500),
     ]

@@ -14,8 +14,9 @@ upstreams = FakeNetwork(
     {
         # openai serves two requests, then says 429 and cools down for 20 s
         "openai": FakeProvider(script=["ok", "ok", "rate_limit:dialect=retry-after,seconds=20"]),
-        # groq serves one, then its stream ends without [DONE], then it fails with a 503
-        "groq": FakeProvider(script=["ok", "no_done", "status:code=503"]),
+        # groq serves one, then its stream ends without [DONE], then it fails with a 503 (and
+        # again on the router's one retry)
+        "groq": FakeProvider(script=["ok", "no_done", "status:code=503", "status:code=503"]),
     }
 )
 PROVIDERS = {"openai": {"base_url": "http://openai/v1"}, "groq": {"base_url": "http://groq/v1"}}

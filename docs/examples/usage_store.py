@@ -33,7 +33,10 @@ class JsonLinesLedger:
         pass  # every save is written before it returns: nothing to flush
 
 
-upstreams = FakeNetwork({"openai": FakeProvider(script=["ok", "status:code=503"])})
+# one success, then a 503 on the request and on its one retry
+upstreams = FakeNetwork(
+    {"openai": FakeProvider(script=["ok", "status:code=503", "status:code=503"])}
+)
 config = {
     "providers": {"openai": {"base_url": "http://openai/v1"}},
     "chains": {"fast": ["openai/fake-small"]},

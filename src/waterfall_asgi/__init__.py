@@ -6,7 +6,9 @@ run :func:`create_app` on its own; configure it with :class:`RouterConfig` or a 
 """
 
 from .app import GC_YOUNG_THRESHOLD, create_app, tune_gc
+from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import (
+    CircuitPolicy,
     ConfigError,
     Deployment,
     LedgerSettings,
@@ -78,7 +80,15 @@ from .relay import (
     error_event,
     relay_stream,
 )
-from .router import Attempt, Exhausted, Router, Served, forwarded_headers
+from .router import (
+    NO_CALL,
+    Attempt,
+    Exhausted,
+    Router,
+    Served,
+    forwarded_headers,
+    is_context_length_error,
+)
 from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
 from .upstream import (
     AiohttpUpstream,
@@ -86,7 +96,9 @@ from .upstream import (
     Upstream,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamLocalError,
     UpstreamResponse,
+    UpstreamStaleConnection,
     UpstreamTimeout,
     UpstreamTransportError,
     as_upstream,
@@ -102,11 +114,14 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "NO_CALL",
     "REDACTED",
     "TERMINAL_STATUSES",
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
+    "Circuit",
+    "CircuitPolicy",
     "ClientWatch",
     "ConfigError",
     "CooldownStore",
@@ -122,6 +137,7 @@ __all__ = [
     "LedgerSettings",
     "LedgerStore",
     "Limits",
+    "LocalHealth",
     "MemoryLedger",
     "ModelInfo",
     "NoFittingDeployment",
@@ -135,6 +151,7 @@ __all__ = [
     "Rate",
     "Redactor",
     "RelayOutcome",
+    "RetryBudget",
     "Route",
     "Router",
     "RouterConfig",
@@ -150,8 +167,10 @@ __all__ = [
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamLocalError",
     "UpstreamResponse",
     "UpstreamSettings",
+    "UpstreamStaleConnection",
     "UpstreamTimeout",
     "UpstreamTransportError",
     "UsageRecord",
@@ -170,6 +189,7 @@ __all__ = [
     "error_event",
     "estimate_prompt_tokens",
     "forwarded_headers",
+    "is_context_length_error",
     "load_config",
     "missing_prices",
     "models_url",

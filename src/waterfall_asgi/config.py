@@ -30,6 +30,7 @@ from pydantic import (
 from ._config_words import did_you_mean, plain_errors
 
 __all__ = [
+    "CircuitPolicy",
     "ConfigError",
     "Deployment",
     "LedgerSettings",
@@ -214,15 +215,43 @@ class Deployment(_Model):
         return value
 
 
+class CircuitPolicy(_Model):
+    """When an entry's health circuit opens, and for how long (``[policy.circuit]``).
+
+    Health signals (a 5xx without a hint, a timeout, a reset, a stream that ends before its first
+    event) are counted per entry in this process; the circuit opens after ``failures`` of them in
+    a row, or when at least ``min_requests`` calls in the last ``window`` seconds saw a failure
+    ratio of ``failure_ratio`` or more. It stays open ``open_for`` seconds, then one probe decides;
+    each failed probe opens it ``growth`` times longer, up to ``policy.max_cooldown``.
+    """
+
+    failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
+    failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="failure ratio over the window that opens it"
+    )
+    window: float = Field(default=60.0, gt=0, description="seconds the ratio is measured over")
+    min_requests: int = Field(
+        default=20, ge=1, description="calls in the window before the ratio counts"
+    )
+    open_for: float = Field(default=5.0, gt=0, description="seconds of the first open period")
+    growth: float = Field(
+        default=2.0, ge=1, description="each failed probe multiplies the open period by this"
+    )
+
+
 class RoutingPolicy(_Model):
-    """When to fall through to the next entry, and how long an entry cools down."""
+    """When to fall through to the next entry, when to retry, and how long an entry is left
+    alone."""
 
     fall_through: frozenset[int] = Field(
         default=DEFAULT_FALL_THROUGH,
         description="upstream statuses that fall through (every 5xx does too)",
     )
     default_cooldown: float = Field(
-        default=30.0, ge=0, description="seconds, when the provider gives no hint"
+        default=30.0,
+        ge=0,
+        description="seconds a 429 or 402 without a hint cools its entry (other failures "
+        "without a hint are health signals: see circuit)",
     )
     max_cooldown: float = Field(default=3600.0, ge=0, description="cap on any one cooldown")
     cool_on_zero_remaining: bool = Field(
@@ -233,6 +262,34 @@ class RoutingPolicy(_Model):
         description="when a streaming upstream is accepted: after its first complete SSE event, "
         "or as soon as its headers say 200",
     )
+    retries: int = Field(
+        default=1, ge=0, le=10, description="retries of a transient failure on the same entry"
+    )
+    backoff: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="seconds before the first retry (jittered, doubled for each further one)",
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="upstream calls one request may make, in all"
+    )
+    retry_budget: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="router-wide retries, as a fraction of the requests it has seen",
+    )
+    retry_burst: int = Field(
+        default=10, ge=0, description="retries the router-wide budget can hold in reserve"
+    )
+    max_wait: float = Field(
+        default=0.0,
+        ge=0,
+        description="a 429 whose hint is at most this many seconds is waited out on the same "
+        "entry (0: fall through at once)",
+    )
+    circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
 
     def falls_through(self, status: int) -> bool:
         """Whether an upstream ``status`` makes the request move to the next entry."""

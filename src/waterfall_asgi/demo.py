@@ -323,9 +323,14 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     from .app import create_app
 
     scripts = {
-        "openai": ["rate_limit:dialect=retry-after-ms,seconds=1.5", "truncate:events=0"],
+        # (a 503 or an empty stream is retried once on the same entry: so each fails twice)
+        "openai": [
+            "rate_limit:dialect=retry-after-ms,seconds=1.5",
+            "truncate:events=0",
+            "truncate:events=0",
+        ],
         "openrouter": ["ok", "rate_limit:dialect=openrouter,seconds=1"],
-        "local": ["ok", "status:code=503"],
+        "local": ["ok", "status:code=503", "status:code=503"],
     }
     models = {"openai": "fake-large", "openrouter": "fake-medium", "local": "fake-small"}
     fakes = {name: _serve(stack, name, script=script) for name, script in scripts.items()}
@@ -345,9 +350,9 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     steps: list[tuple[str, bool, float]] = [
         ("openai says 429 (retry-after-ms)", False, 0),
         ("openrouter says 429 (X-RateLimit-Reset)", True, 0),
-        ("local fails with 503: all exhausted", False, 0),
+        ("local fails with 503, retried: all exhausted", False, 0),
         ("after waiting Retry-After", False, -1),
-        ("openai's 200 closes before any event", True, 0.6),
+        ("openai's 200 closes before any event, twice", True, 0.6),
     ]
     retry_after = 0.0
     for number, (what, stream, wait) in enumerate(steps, 1):

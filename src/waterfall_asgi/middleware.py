@@ -170,6 +170,12 @@ class WaterfallMiddleware:
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
 
+    @property
+    def router(self) -> Router | None:
+        """The router (made by :meth:`startup` or the first request): its circuits, retry budget
+        and local health are there."""
+        return self._router
+
     # -- resources -----------------------------------------------------------------------------
     async def startup(self) -> None:
         """Open the upstream client (done by lifespan, or on the first request)."""
@@ -858,16 +864,32 @@ def _bounded(text: str, limit: int = 256) -> str:
 
 
 def _trail(attempts: list[Attempt]) -> str:
-    return ", ".join(
-        f"{a.entry} {a.status if a.status is not None else a.outcome}" for a in attempts
-    )
+    return ", ".join(_step(a) for a in attempts)
+
+
+_SHOWN = frozenset({"retried", "waited", "too_long"})  # outcomes a status alone would hide
+
+
+def _step(a: Attempt) -> str:
+    if a.status is None:
+        text = f"{a.entry} {a.outcome}"
+    else:
+        text = f"{a.entry} {a.status}"
+        if a.outcome in _SHOWN:
+            text += f" {a.outcome}"
+    if a.kind:
+        text += f" {a.kind}"
+    return text
 
 
 def _attempt_log(a: Attempt) -> dict[str, Any]:
-    return {
+    log = {
         "entry": a.entry,
         "outcome": a.outcome,
         "status": a.status,
         "elapsed_ms": round(a.elapsed * 1000, 3),
         "cooldown_s": a.cooldown,
     }
+    if a.kind:
+        log["kind"] = a.kind
+    return log

@@ -1,9 +1,21 @@
 """The waterfall: try each entry of a plan in order until one is accepted.
 
-An entry is skipped without a call while it cools down. An attempt *falls through* (and cools its
-entry down for as long as the provider asked, capped, else a default) on a status the policy names
-(429, 402, 408, 401/403, every 5xx by default), a connect error, or a timeout before the first
-byte. Any other status goes back to the client unchanged: the request itself is wrong.
+Every failure is classified, and acted on by its class:
+
+- a provider's *instruction* (a 429 or 402, or any failing status with a ``Retry-After`` or
+  ``x-ratelimit-*`` hint; a success saying nothing is left) cools the entry in the shared
+  :class:`~waterfall_asgi.cooldown.CooldownStore` for exactly as long as it said (else
+  ``policy.default_cooldown``): it is never called while it cools;
+- a *health signal* (a 5xx or other fall-through status without a hint, a timeout, a connect
+  error, a reset, a stream that ends or errs before its first event) is evidence, counted in the
+  entry's :class:`~waterfall_asgi.circuits.Circuit`; a transient one (not a timeout) is retried on
+  the same entry within the budgets, then the request falls through;
+- a *request error* (any other 4xx) goes back to the client unchanged and cools nothing; but a 400
+  saying the context is too long falls through to the next entry with a larger declared
+  ``context_window``;
+- the router's *own* failure (out of file descriptors or buffers, its own pool limit, a kept-alive
+  connection closed before any response byte) never counts against the provider
+  (:class:`~waterfall_asgi.circuits.LocalHealth`).
 
 A streaming attempt is *accepted* only once its first complete SSE event has arrived and is not an
 error (policy ``accept = "first_event"``), so a 200 that closes, stalls or fails straight away
@@ -15,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -22,8 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._fastjson import encoder
+from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import Deployment, RouterConfig
 from .cooldown import CooldownStore, preemptive_hint, retry_hint
+from .cost import estimate_prompt_tokens
 from .deadline import Deadline
 from .errors import RouterError
 from .redact import Redactor
@@ -32,11 +47,21 @@ from .upstream import (
     Upstream,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamLocalError,
     UpstreamResponse,
+    UpstreamStaleConnection,
 )
 from .usage import UsageResult, observe_body
 
-__all__ = ["Attempt", "Exhausted", "Router", "Served", "forwarded_headers"]
+__all__ = [
+    "NO_CALL",
+    "Attempt",
+    "Exhausted",
+    "Router",
+    "Served",
+    "forwarded_headers",
+    "is_context_length_error",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -89,20 +114,37 @@ class Attempt:
 
     entry: str
     outcome: str
-    """``served``, ``rejected`` (a 4xx sent back as is), ``cooling`` (skipped, no call),
-    ``status`` (a failing status), ``timeout``, ``connect_error``, ``transport_error``,
-    ``empty_stream`` or ``error_event``."""
+    """What the call did: ``served``; ``rejected`` (a 4xx sent back as is); ``status`` (a
+    failing status), ``timeout``, ``connect_error``, ``transport_error``, ``empty_stream`` or
+    ``error_event`` (the request moved on); ``retried`` (a transient failure, called again);
+    ``waited`` (a 429 with a short hint, waited out and called again); ``too_long`` (a 400 saying
+    the context is too long: on to a larger window); ``local_error`` (the router's own trouble).
+    Or why there was no call (see :data:`NO_CALL`): ``cooling`` (under a provider's hint),
+    ``open_circuit`` (its health circuit is open), ``skipped_context`` (its declared context window
+    is too small) or ``budget`` (the request's attempt budget was spent)."""
     status: int | None = None
     elapsed: float = 0.0
     cooldown: float | None = None
+    """Seconds the entry now stays out: its cooldown, or its circuit's open period."""
     detail: str = ""
+    kind: str = ""
+    """``probe`` (the one call after an open period) or ``fail_open`` (a call to an open entry
+    because nothing else could serve), else empty."""
 
     def describe(self) -> str:
         """One human-readable phrase, for error messages and logs."""
         text = f"{self.entry}: {self.detail or self.outcome}"
-        if self.cooldown is not None and self.outcome != "cooling":
+        if self.outcome == "retried":
+            text += ", retried"
+        if self.kind:
+            text += f" ({self.kind.replace('_', '-')})"
+        if self.cooldown is not None and self.outcome not in NO_CALL:
             text += f" (cooling down {self.cooldown:g}s)"
         return text
+
+
+NO_CALL = frozenset({"cooling", "open_circuit", "skipped_context", "budget"})
+"""The :attr:`Attempt.outcome` values of an entry passed over without a call."""
 
 
 @dataclass
@@ -171,12 +213,73 @@ class Exhausted(RouterError):
         self.retry_after = retry_after
 
 
+# the classes of failure (see the module's docstring)
+_HINT, _HEALTH, _LOCAL, _STALE = "hint", "health", "local", "stale"
+
+
 class _Failed(Exception):
     def __init__(
-        self, outcome: str, detail: str, status: int | None = None, hint: float | None = None
+        self,
+        outcome: str,
+        detail: str,
+        status: int | None = None,
+        hint: float | None = None,
+        *,
+        kind: str = _HEALTH,
+        transient: bool = True,
     ) -> None:
         super().__init__(detail)
         self.outcome, self.detail, self.status, self.hint = outcome, detail, status, hint
+        self.kind = kind
+        self.transient = transient
+        """Worth calling the same entry again (not a timeout: that wait was spent already)."""
+
+
+# What providers say when the prompt does not fit: OpenAI, Azure, Groq, DeepSeek, vLLM and
+# OpenRouter ("maximum context length", "context_length_exceeded", "reduce the length of the
+# messages"), Anthropic ("prompt is too long"), Gemini ("input token count ... exceeds the
+# maximum"), Mistral ("too large for model with ... maximum context length"), Bedrock ("input is
+# too long"), llama.cpp ("exceeds the available context size"), TGI ("must be <= ...").
+_TOO_LONG = re.compile(
+    r"context[_ ]length|context[_ ]window|context size|maximum model length|prompt is too long"
+    r"|input is too long|too many (?:input |prompt )?tokens|reduce the length of the messages"
+    r"|input token count.{0,40}exceeds|tokens \+ `?max_new_tokens`? must be",
+    re.IGNORECASE,
+)
+
+
+def is_context_length_error(body: bytes) -> bool:
+    """Whether an upstream's 400 body says the request's context is too long for the model.
+
+    >>> is_context_length_error(b'{"error": {"code": "context_length_exceeded", "message": "x"}}')
+    True
+    >>> is_context_length_error(b'{"error": {"message": "prompt is too long: 210000 tokens"}}')
+    True
+    >>> is_context_length_error(b'{"error": {"code": "content_filter", "message": "flagged"}}')
+    False
+    """
+    try:
+        error = json.loads(body[:_ERROR_PEEK]).get("error")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return False
+    if isinstance(error, str):
+        return _TOO_LONG.search(error) is not None
+    if not isinstance(error, dict):
+        return False
+    code = error.get("code")
+    if code == "context_length_exceeded":
+        return True
+    if isinstance(code, str) and "content" in code and "filter" in code:
+        return False  # a content-policy refusal, whatever its message says
+    message = error.get("message")
+    return isinstance(message, str) and _TOO_LONG.search(message[:2000]) is not None
+
+
+def _max_tokens(payload: Mapping[str, Any]) -> int:
+    limit = payload.get("max_completion_tokens")
+    if limit is None:
+        limit = payload.get("max_tokens")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
 
 
 class Router:
@@ -206,6 +309,21 @@ class Router:
         for d in config.all_deployments():
             self._by_model.setdefault(d.model, []).append(d)
             self._by_key[d.key] = d
+        policy = config.policy
+        self.circuits: dict[str, Circuit] = {}
+        """Each entry's health circuit in this process, made on its first failure."""
+        self.retry_budget = RetryBudget(policy.retry_budget, policy.retry_burst)
+        self.local = LocalHealth()
+        """The router's own failures, kept apart from every provider's."""
+        # declared context windows, by entry key (only entries whose model declares one)
+        self._windows: dict[str, int] = {}
+        for d in [
+            *config.all_deployments(),
+            *(d for r in config.routes.values() for d in r.deployments),
+        ]:
+            info = config.models.get(d.model)
+            if info is not None and info.context_window is not None:
+                self._windows[d.key] = info.context_window
 
     def models(self) -> list[str]:
         """Every name a request's ``model`` can take: chains first, then models."""
@@ -256,33 +374,112 @@ class Router:
         """Try ``plan`` in order for a request to ``endpoint`` (e.g. ``/chat/completions``)."""
         attempts: list[Attempt] = []
         passthrough = forwarded_headers(client_headers)
-        for d in plan:
-            now = self.clock()
-            until = await self.cooldowns.get(d.key)
-            if until is not None and until > now:
-                attempts.append(
-                    Attempt(d.key, "cooling", detail=f"cooling down, {until - now:.3g}s left")
-                )
-                continue
-            started = time.monotonic()
-            try:
-                served = await self._attempt(d, endpoint, payload, passthrough, stream)
-            except _Failed as failure:
-                cooled = await self._cool(d, failure.hint)
-                attempts.append(
-                    Attempt(
-                        d.key,
-                        failure.outcome,
-                        failure.status,
-                        time.monotonic() - started,
-                        cooled if cooled > 0 else None,
-                        failure.detail,
+        self.retry_budget.requests += 1
+        circuits = self.circuits
+        fits = need = 0  # the smallest context window an entry may declare (0: any)
+        declared = False  # whether only entries that declare a window may be tried
+        if self._windows:
+            fits, need = self._fit(plan, payload)
+        opened: list[Deployment] | None = None  # passed over for an open circuit
+        index = 0
+        while True:
+            kind = ""
+            if index < len(plan):
+                d = plan[index]
+                index += 1
+            elif opened is not None and (d_open := self._fail_open(opened)) is not None:
+                d, opened, kind = d_open, None, "fail_open"
+            else:
+                break
+            if fits or declared:
+                window = self._windows.get(d.key)
+                if (window is None and declared) or (window is not None and window < fits):
+                    attempts.append(
+                        Attempt(
+                            d.key,
+                            "skipped_context",
+                            detail=f"context window {window} < {fits} tokens"
+                            if window is not None
+                            else "no declared context window",
+                        )
                     )
-                )
+                    if kind:
+                        self.circuits[d.key].release()
+                    continue
+            now = self.clock()
+            circuit = circuits.get(d.key)
+            if not kind:
+                until = await self.cooldowns.get(d.key)
+                if until is not None and until > now:
+                    attempts.append(
+                        Attempt(d.key, "cooling", detail=f"cooling down, {until - now:.3g}s left")
+                    )
+                    continue
+                if circuit is not None and circuit.open_until is not None:
+                    if not circuit.take_probe(now):
+                        left = circuit.open_until - now
+                        attempts.append(
+                            Attempt(
+                                d.key,
+                                "open_circuit",
+                                detail=f"circuit open, {left:.3g}s left"
+                                if left > 0
+                                else "circuit open, its probe in flight",
+                            )
+                        )
+                        if opened is None:
+                            opened = []
+                        opened.append(d)
+                        continue
+                    kind = "probe"
+            served = None
+            tries = 0
+            try:
+                while True:  # calls to this entry: the first, then retries
+                    if attempts and self._spent(attempts):
+                        attempts.append(
+                            Attempt(d.key, "budget", detail="the request's attempt budget is spent")
+                        )
+                        index, opened = len(plan), None  # and no further entry either
+                        break
+                    started = time.monotonic()
+                    try:
+                        served = await self._attempt(d, endpoint, payload, passthrough, stream)
+                    except _Failed as failure:
+                        elapsed = time.monotonic() - started
+                        if await self._failed(d, failure, kind, tries, attempts, elapsed):
+                            tries += 1
+                            continue
+                    break
+            finally:
+                if kind:
+                    assert circuit is not None
+                    circuit.release()
+            if served is None:
                 continue
             status = served.response.status
+            if not kind:  # (made meanwhile, perhaps: by this request's retry, or another's)
+                circuit = circuits.get(d.key)
+            if circuit is not None and circuit.success(now, bool(kind)):
+                del circuits[d.key]  # nothing failed in its window: forget it
+            if status == 400 and self._windows:
+                floor = self._too_long(d, served, plan[index:], max(fits, need))
+                if floor:
+                    await served.aclose()
+                    fits, declared = floor, True
+                    attempts.append(
+                        Attempt(
+                            d.key,
+                            "too_long",
+                            400,
+                            time.monotonic() - started,
+                            detail="HTTP 400 context too long",
+                            kind=kind,
+                        )
+                    )
+                    continue
             outcome = "served" if status < 400 else "rejected"
-            attempts.append(Attempt(d.key, outcome, status, time.monotonic() - started))
+            attempts.append(Attempt(d.key, outcome, status, time.monotonic() - started, kind=kind))
             served.attempts = attempts
             if status < 400 and self.config.policy.cool_on_zero_remaining:
                 seconds = preemptive_hint(served.response.headers, self.clock())
@@ -291,11 +488,180 @@ class Router:
             return served
         raise Exhausted(label, attempts, await self._retry_after(plan))
 
-    async def _retry_after(self, plan: list[Deployment]) -> int:
+    def _spent(self, attempts: list[Attempt], more: int = 0) -> bool:
+        """Whether the request has made as many upstream calls as it may (counting ``more``
+        not yet recorded)."""
+        calls = sum(1 for a in attempts if a.outcome not in NO_CALL) + more
+        return calls >= self.config.policy.max_attempts
+
+    async def _failed(
+        self,
+        d: Deployment,
+        failure: _Failed,
+        kind: str,
+        tries: int,
+        attempts: list[Attempt],
+        elapsed: float,
+    ) -> bool:
+        """Act on a failed call by its class and record it; whether to call ``d`` again."""
+        policy = self.config.policy
         now = self.clock()
-        deadlines = [await self.cooldowns.get(d.key) for d in plan]
-        soonest = min((u if u is not None else now) for u in deadlines) if deadlines else now
-        return max(0, math.ceil(round(soonest - now, 6)))
+        if failure.kind == _HINT:
+            hint = failure.hint
+            cooled = await self._cool(d, hint)
+            if (
+                failure.status == 429
+                and hint is not None
+                and hint <= policy.max_wait
+                and not any(a.entry == d.key and a.outcome == "waited" for a in attempts)
+                and not self._spent(attempts, 1)
+            ):
+                attempts.append(
+                    Attempt(
+                        d.key,
+                        "waited",
+                        429,
+                        elapsed,
+                        cooled or None,
+                        f"{failure.detail}, waited {hint:g}s",
+                        kind,
+                    )
+                )
+                return await self._wait_out(d)
+            attempts.append(
+                Attempt(
+                    d.key,
+                    failure.outcome,
+                    failure.status,
+                    elapsed,
+                    cooled if cooled > 0 else None,
+                    failure.detail,
+                    kind,
+                )
+            )
+            return False
+        if failure.kind == _STALE and any(
+            a.entry == d.key and a.outcome == "local_error" for a in attempts
+        ):
+            # closed again on a fresh connection: that is the provider's doing
+            failure.kind, failure.outcome = _HEALTH, "transport_error"
+            failure.detail = "connection closed before any response byte, again"
+        if failure.kind in (_LOCAL, _STALE):
+            self.local.note(failure.outcome, d.key, failure.detail, now)
+            # a stale kept-alive connection: sent again at once, on another connection, once
+            again = failure.kind == _STALE and not any(
+                a.entry == d.key and a.outcome == "local_error" for a in attempts
+            )
+            if again and self._spent(attempts, 1):
+                again = False
+            elif (
+                not again
+                and tries < policy.retries
+                and not self._spent(attempts, 1)
+                and self.retry_budget.take()
+            ):
+                again = True
+                await asyncio.sleep(self._backoff(tries))
+            attempts.append(
+                Attempt(d.key, "local_error", None, elapsed, None, failure.detail, kind)
+            )
+            return again
+        circuit = self.circuits.get(d.key)
+        if circuit is None:
+            circuit = self.circuits[d.key] = Circuit(policy.circuit, policy.max_cooldown)
+        opened = circuit.failure(now, kind == "probe")
+        if (
+            failure.transient
+            and not opened
+            and not kind
+            and tries < policy.retries
+            and not self._spent(attempts, 1)
+            and self.retry_budget.take()
+        ):
+            attempts.append(
+                Attempt(d.key, "retried", failure.status, elapsed, None, failure.detail)
+            )
+            await asyncio.sleep(self._backoff(tries))
+            return True
+        left = None
+        if opened and circuit.open_until is not None:
+            left = round(max(circuit.open_until - now, 0.0), 3)
+        attempts.append(
+            Attempt(d.key, failure.outcome, failure.status, elapsed, left, failure.detail, kind)
+        )
+        return False
+
+    def _backoff(self, tries: int) -> float:
+        """Seconds before retry number ``tries + 1``: jittered, doubling."""
+        return float(self.config.policy.backoff * 2.0**tries * (0.5 + random.random()))
+
+    async def _wait_out(self, d: Deployment) -> bool:
+        """Wait out ``d``'s short cooldown; whether it is over (else the request moves on)."""
+        limit = self.config.policy.max_wait
+        for _ in range(2):
+            until = await self.cooldowns.get(d.key)
+            left = 0.0 if until is None else until - self.clock()
+            if left <= 0:
+                return True
+            if left > limit:
+                return False  # extended meanwhile beyond what is worth a wait
+            await asyncio.sleep(left)
+        until = await self.cooldowns.get(d.key)
+        return until is None or until <= self.clock()
+
+    def _fit(self, plan: list[Deployment], payload: Mapping[str, Any]) -> tuple[int, int]:
+        """The smallest context window an entry of ``plan`` may declare to be tried, and the
+        tokens the request needs (its estimated prompt plus ``max_tokens``); ``(0, 0)`` when no
+        entry declares a window. When no entry that declares one would fit, nothing is skipped
+        (the estimate is rough: the entries are tried, and a provider's own "too long" moves the
+        request on as usual)."""
+        windows = [self._windows.get(d.key) for d in plan]
+        if all(w is None for w in windows):
+            return 0, 0
+        need = estimate_prompt_tokens(payload) + _max_tokens(payload)
+        if all(w is not None and w < need for w in windows):
+            return 0, need
+        return need, need
+
+    def _too_long(self, d: Deployment, served: Served, rest: list[Deployment], need: int) -> int:
+        """For a 400: the smallest window the next entry must declare, if the body says the
+        context is too long and one of ``rest`` declares a window that large; else 0 (the 400
+        goes back to the client)."""
+        if not is_context_length_error(served.prefix):
+            return 0
+        own = self._windows.get(d.key)
+        floor = max(need, own + 1 if own is not None else 1)
+        for e in rest:
+            window = self._windows.get(e.key)
+            if window is not None and window >= floor:
+                return floor
+        return 0
+
+    def _fail_open(self, opened: list[Deployment]) -> Deployment | None:
+        """The open entry most likely to answer (the soonest to end its open period) whose one
+        call at a time is free, taken; ``None`` if every one is in use."""
+        candidates = [(c, d) for d in opened if (c := self.circuits.get(d.key)) is not None]
+        candidates.sort(key=lambda cd: (cd[0].open_until or 0.0, cd[0].consecutive))
+        for circuit, d in candidates:
+            if circuit.take_fail_open():
+                return d
+        return None
+
+    async def _retry_after(self, plan: list[Deployment]) -> int:
+        """Whole seconds until the soonest entry of ``plan`` may be called again (its cooldown
+        over, its circuit's open period over), at least 1: a client is never invited to loop."""
+        now = self.clock()
+        soonest = math.inf
+        for d in plan:
+            until = await self.cooldowns.get(d.key)
+            ready = until if until is not None and until > now else now
+            circuit = self.circuits.get(d.key)
+            if circuit is not None and circuit.open_until is not None:
+                ready = max(ready, circuit.open_until)
+            soonest = min(soonest, ready)
+        if soonest == math.inf:
+            return 1
+        return max(1, math.ceil(round(soonest - now, 6)))
 
     async def _attempt(
         self,
@@ -332,7 +698,18 @@ class Router:
         except BaseException as exc:
             deadline.close()
             if isinstance(exc, TimeoutError):
-                raise _Failed("timeout", "timed out before the first byte") from None
+                raise _Failed(
+                    "timeout", "timed out before the first byte", transient=False
+                ) from None
+            if isinstance(exc, UpstreamStaleConnection):
+                raise _Failed(
+                    "stale_connection",
+                    "connection closed before any response byte (a stale kept-alive one?)",
+                    kind=_STALE,
+                ) from None
+            if isinstance(exc, UpstreamLocalError):
+                kind = str(exc).partition(":")[0] if exc.name != "PoolTimeout" else exc.name
+                raise _Failed(kind, f"the router's own trouble: {exc}", kind=_LOCAL) from None
             if isinstance(exc, UpstreamConnectError):
                 raise _Failed("connect_error", "could not connect") from None
             if isinstance(exc, UpstreamError):
@@ -359,11 +736,19 @@ class Router:
             detail = await self._error_detail(response, read_timeout)
             await response.aclose()
             hint = retry_hint(response.headers, self.clock())
-            raise _Failed("status", f"HTTP {status}{detail}", status, hint)
+            if hint is not None or status in (429, 402):
+                raise _Failed("status", f"HTTP {status}{detail}", status, hint, kind=_HINT)
+            transient = status >= 500 or status == 408
+            raise _Failed("status", f"HTTP {status}{detail}", status, transient=transient)
         if 300 <= status < 400:  # a redirect is not an answer (and is never followed)
-            raise _Failed("status", f"HTTP {status} (a redirect)", status)
+            raise _Failed("status", f"HTTP {status} (a redirect)", status, transient=False)
         if "content-encoding" in response.headers:  # one the client could not decode
-            raise _Failed("status", f"HTTP {status} in an unsupported content-encoding", status)
+            raise _Failed(
+                "status",
+                f"HTTP {status} in an unsupported content-encoding",
+                status,
+                transient=False,
+            )
         served = Served(d, response, b"", False, read_timeout=read_timeout, deadline=deadline)
         is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
         if stream and status < 300 and is_sse:
@@ -380,7 +765,9 @@ class Router:
         else:
             served.usage = observe_body(body)
             if not served.usage.complete:
-                raise _Failed("invalid_body", f"HTTP {status} with a body that is not JSON")
+                raise _Failed(
+                    "invalid_body", f"HTTP {status} with a body that is not JSON", transient=False
+                )
         served.prefix, served.complete = body, True
         await served.aclose()
         return served
@@ -399,12 +786,14 @@ class Router:
             while chunk := await served.read_chunk():
                 size += len(chunk)
                 if size > cap:
-                    raise _Failed("too_large", f"body larger than {cap} bytes")
+                    raise _Failed("too_large", f"body larger than {cap} bytes", transient=False)
                 chunks.append(chunk)
                 if clock() > until:
-                    raise _Failed("timeout", "body not read within max_response_seconds")
+                    raise _Failed(
+                        "timeout", "body not read within max_response_seconds", transient=False
+                    )
         except TimeoutError:
-            raise _Failed("timeout", "timed out reading the body") from None
+            raise _Failed("timeout", "timed out reading the body", transient=False) from None
         except UpstreamError as exc:
             raise _Failed("transport_error", f"body cut short ({exc.name})") from None
         return b"".join(chunks)
@@ -424,7 +813,9 @@ class Router:
                 with deadline:
                     chunk = await read()
             except TimeoutError:
-                raise _Failed("timeout", "no stream event before the first-byte timeout") from None
+                raise _Failed(
+                    "timeout", "no stream event before the first-byte timeout", transient=False
+                ) from None
             except UpstreamError as exc:
                 raise _Failed(
                     "transport_error", f"stream cut before its first event ({exc.name})"

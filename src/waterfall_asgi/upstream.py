@@ -24,7 +24,9 @@ in the headers (the router refuses such an answer). A body that does not decode 
 
 from __future__ import annotations
 
+import errno
 import http.cookiejar
+import os
 import urllib.parse
 import urllib.request
 import zlib
@@ -47,7 +49,9 @@ __all__ = [
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamLocalError",
     "UpstreamResponse",
+    "UpstreamStaleConnection",
     "UpstreamTimeout",
     "UpstreamTransportError",
     "as_upstream",
@@ -73,6 +77,41 @@ class UpstreamConnectError(UpstreamError):
 
 class UpstreamTransportError(UpstreamError):
     """The connection failed after it was opened (a cut body, a protocol error)."""
+
+
+class UpstreamLocalError(UpstreamError):
+    """The router could not make the call for a reason of its own, not the provider's: it is out
+    of file descriptors, buffers or local ports (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ...), or
+    waited too long for a slot in its own connection pool."""
+
+
+class UpstreamStaleConnection(UpstreamLocalError):
+    """The connection closed before any byte of the response: most often a kept-alive connection
+    the upstream had already closed. Safe to send again, on another connection."""
+
+
+# errno values that mean the router's own host is short of something
+LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+)
+
+
+def _local_errno(exc: BaseException) -> int | None:
+    """The local-resource errno behind ``exc`` (its own, ``os_error``'s, or a cause's)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        for candidate in (current, getattr(current, "os_error", None)):
+            if isinstance(candidate, OSError) and candidate.errno in LOCAL_ERRNOS:
+                return candidate.errno
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _local_message(code: int) -> str:
+    """``EMFILE: Too many open files``: the problem, never an address or a secret."""
+    return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
 
 
 class UpstreamResponse(Protocol):
@@ -319,6 +358,18 @@ class _HttpxResponse:
         await self._response.aclose()
 
 
+def _httpx_error(exc: httpx.TransportError) -> UpstreamError:
+    name = type(exc).__name__
+    code = _local_errno(exc)
+    if code is not None:
+        return UpstreamLocalError(name, _local_message(code))
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamConnectError(name, str(exc))
+    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
+        return UpstreamStaleConnection(name, str(exc))
+    return UpstreamTransportError(name, str(exc))
+
+
 class _NoCookies(http.cookiejar.CookieJar):
     """A cookie jar that keeps nothing."""
 
@@ -369,12 +420,12 @@ class HttpxUpstream:
         )
         try:
             response = await self.client.send(request, stream=True)
+        except httpx.PoolTimeout as exc:
+            raise UpstreamLocalError(type(exc).__name__, "no free connection in the pool") from None
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(type(exc).__name__, str(exc)) from None
-        except httpx.ConnectError as exc:
-            raise UpstreamConnectError(type(exc).__name__, str(exc)) from None
         except httpx.TransportError as exc:
-            raise UpstreamTransportError(type(exc).__name__, str(exc)) from None
+            raise _httpx_error(exc) from None
         return decoded(_HttpxResponse(response))
 
     async def aclose(self) -> None:
@@ -516,16 +567,26 @@ class AiohttpUpstream:
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(type(exc).__name__, str(exc)) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectError(type(exc).__name__, str(exc)) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamTransportError(type(exc).__name__, str(exc)) from None
+            raise _aiohttp_error(exc) from None
         return decoded(_AiohttpResponse(response))
 
     async def aclose(self) -> None:
         if self._own and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _aiohttp_error(exc: aiohttp.ClientError | OSError) -> UpstreamError:
+    name = type(exc).__name__
+    code = _local_errno(exc)
+    if code is not None:
+        return UpstreamLocalError(name, _local_message(code))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(name, str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamStaleConnection(name, str(exc))
+    return UpstreamTransportError(name, str(exc))
 
 
 def as_upstream(client: Upstream | httpx.AsyncClient) -> Upstream:
