@@ -10,6 +10,7 @@ from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import (
     CircuitPolicy,
     ConfigError,
+    CooldownSettings,
     Deployment,
     LedgerSettings,
     Limits,
@@ -32,6 +33,7 @@ from .cooldown import (
     preemptive_hint,
     retry_hint,
 )
+from .cooldown_redis import RedisCooldownStore, redact_url
 from .cost import (
     Candidate,
     NoFittingDeployment,
@@ -124,6 +126,7 @@ __all__ = [
     "CircuitPolicy",
     "ClientWatch",
     "ConfigError",
+    "CooldownSettings",
     "CooldownStore",
     "Deadline",
     "Deployment",
@@ -150,6 +153,7 @@ __all__ = [
     "Ranking",
     "Rate",
     "Redactor",
+    "RedisCooldownStore",
     "RelayOutcome",
     "RetryBudget",
     "Route",
@@ -203,6 +207,7 @@ __all__ = [
     "read_postgres_records",
     "read_records",
     "read_usage",
+    "redact_url",
     "relay_stream",
     "request_limits",
     "required_capabilities",
