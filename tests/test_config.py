@@ -334,7 +334,7 @@ def test_config_is_frozen() -> None:
         pytest.param(
             changed("bogus", 1),
             "bogus: unknown setting (known here: prefix, providers, deployments, chains, "
-            "default_chain, client_keys, policy, limits, upstream, ledger, models, routes, rates, "
+            "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, routes, rates, "
             "price_refresh)",
             id="extra-top",
         ),
@@ -400,7 +400,7 @@ def test_every_field_mistake_is_reported_one_per_line() -> None:
         "providers.b.timeouts.read: should be greater than 0",
         "chains.fast.1: 'nope' is not of the form 'provider/model'",
         "typo: unknown setting (known here: prefix, providers, deployments, chains, "
-        "default_chain, client_keys, policy, limits, upstream, ledger, models, routes, rates, "
+        "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, routes, rates, "
         "price_refresh)",
     ]
 

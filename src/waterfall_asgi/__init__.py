@@ -10,6 +10,7 @@ from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import (
     CircuitPolicy,
     ConfigError,
+    CooldownSettings,
     Deployment,
     LedgerSettings,
     Limits,
@@ -33,6 +34,7 @@ from .cooldown import (
     preemptive_hint,
     retry_hint,
 )
+from .cooldown_redis import RedisCooldownStore, redact_url
 from .cost import (
     Candidate,
     NoFittingDeployment,
@@ -127,6 +129,7 @@ __all__ = [
     "ClientWatch",
     "ConfigError",
     "Continuation",
+    "CooldownSettings",
     "CooldownStore",
     "Deadline",
     "Deployment",
@@ -153,6 +156,7 @@ __all__ = [
     "Ranking",
     "Rate",
     "Redactor",
+    "RedisCooldownStore",
     "RelayOutcome",
     "Relayed",
     "RetryBudget",
@@ -208,6 +212,7 @@ __all__ = [
     "read_postgres_records",
     "read_records",
     "read_usage",
+    "redact_url",
     "relay_stream",
     "relayed_text",
     "request_limits",

@@ -8,6 +8,7 @@ log line or an error message.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tomllib
@@ -32,6 +33,7 @@ from ._config_words import did_you_mean, plain_errors
 __all__ = [
     "CircuitPolicy",
     "ConfigError",
+    "CooldownSettings",
     "Deployment",
     "LedgerSettings",
     "Limits",
@@ -370,6 +372,63 @@ class UpstreamSettings(_Model):
     )
 
 
+class CooldownSettings(_Model):
+    """Where cooldowns are kept: in this process (the default), or shared by every replica
+    through Redis (``url`` or ``url_env``; needs ``pip install 'waterfall-asgi[redis]'``).
+
+    The URL is a secret (it may carry a password): it never appears in a repr, a log line, an
+    error or ``/health`` except with its password redacted.
+    """
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="redis://[user:password@]host:port/db, rediss://… or unix://…; "
+        "none: cooldowns are kept in this process",
+    )
+    url_env: str | None = Field(
+        default=None, description="the environment variable holding the URL (for a password)"
+    )
+    prefix: str = Field(
+        default="waterfall:cooldown:",
+        min_length=1,
+        description="namespaces the keys and the pub/sub channel (one per router fleet)",
+    )
+    timeout: float = Field(
+        default=0.05, gt=0, le=10, description="seconds, the most any one Redis call may take"
+    )
+    connect_timeout: float = Field(
+        default=0.25, gt=0, le=30, description="seconds, the most opening a connection may take"
+    )
+    heartbeat: float = Field(
+        default=1.0, gt=0, description="seconds between checks that Redis still answers"
+    )
+
+    @field_validator("url_env")
+    @classmethod
+    def _check_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        has_url = info.data.get("url") is not None or "url" not in info.data
+        if value and not has_url and value not in os.environ:
+            raise ValueError(f"environment variable {value} is not set")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_url(self) -> CooldownSettings:
+        if self.url is None and self.url_env:
+            value = os.environ.get(self.url_env)
+            if value is None:  # unset between the two checks
+                raise ValueError(f"environment variable {self.url_env} is not set")
+            object.__setattr__(self, "url", SecretStr(value))
+        if self.url is None:
+            return self
+        where = f"the URL in {self.url_env}" if self.url_env else "url"
+        scheme = self.url.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):  # (never quote the URL: a secret)
+            raise ValueError(f"{where} must start with redis://, rediss:// or unix://")
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError("Redis cooldowns need redis-py: pip install 'waterfall-asgi[redis]'")
+        return self
+
+
 class Route(_Model):
     """A cost route: a request naming it is served by the cheapest fitting deployment that
     meets ``min_quality``, then the next cheapest, and so on down the waterfall."""
@@ -512,6 +571,10 @@ class RouterConfig(_Model):
     limits: Limits = Field(default_factory=Limits)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    cooldowns: CooldownSettings = Field(
+        default_factory=CooldownSettings,
+        description="where cooldowns are kept (shared through Redis with a url)",
+    )
     models: dict[str, ModelInfo] = Field(
         default_factory=dict, description="quality and capabilities, by model name"
     )

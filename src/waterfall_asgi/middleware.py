@@ -97,9 +97,11 @@ class WaterfallMiddleware:
     a whole httpx ``client``) makes the router use httpx over it instead, which is how the fakes
     plug in without patching, and ``upstream`` replaces the client altogether (neither a given
     ``client`` nor a given ``upstream`` is closed by the middleware); ``cooldowns`` replaces the
-    in-memory cooldown store; ``ledger`` the usage store (default: SQLite at
-    ``config.ledger.path``), opened and closed with the middleware; ``on_complete`` receives each
-    finished record; ``prompt_estimator`` estimates a request's prompt tokens for cost routes.
+    cooldown store (default: shared through Redis with ``config.cooldowns.url``, else in
+    memory; a store with ``open``/``close`` is opened and closed with the middleware);
+    ``ledger`` the usage store (default: SQLite at ``config.ledger.path``), opened and closed
+    with the middleware; ``on_complete`` receives each finished record; ``prompt_estimator``
+    estimates a request's prompt tokens for cost routes.
 
     A config that cannot be used does not raise here (Starlette and FastAPI build their
     middleware lazily, inside the server's first lifespan or request call, where an exception
@@ -160,8 +162,10 @@ class WaterfallMiddleware:
         self._given_client = client
         self._given = upstream
         self._upstream: Upstream | None = None
-        self.cooldowns = cooldowns if cooldowns is not None else InMemoryCooldownStore()
         self.clock = clock
+        self.cooldowns = (
+            cooldowns if cooldowns is not None else _default_cooldowns(self.config, clock)
+        )
         self._router: Router | None = None
         self._lock = asyncio.Lock()
         self._watches = WatchStarter()
@@ -195,6 +199,9 @@ class WaterfallMiddleware:
                     raise ConfigError(f"routes: no price for {', '.join(gaps)} (not imported)")
                 self._refresher = asyncio.ensure_future(self.price_book.run(self._upstream))
             await self.ledger.open()
+            opening = getattr(self.cooldowns, "open", None)
+            if opening is not None:
+                await opening()  # never fails for want of Redis: the store starts degraded
             self._router = Router(self.config, self._upstream, self.cooldowns, clock=self.clock)
 
     def _make_upstream(self) -> Upstream:
@@ -222,6 +229,9 @@ class WaterfallMiddleware:
                 self._refresher = None
             if self._router is not None:
                 await self.ledger.close()
+                closing = getattr(self.cooldowns, "close", None)
+                if closing is not None:
+                    await closing()
             if self._upstream is not None:
                 if self._upstream is not self._given:
                     await self._upstream.aclose()
@@ -344,6 +354,11 @@ class WaterfallMiddleware:
                 RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
             )
             return
+        describe = getattr(self.cooldowns, "health", None)
+        if describe is not None:  # a shared store: say whether it is shared right now
+            store = describe()
+            state = "ok" if store.get("state") == "ok" else "degraded"
+            body = json.dumps({"status": state, "cooldowns": store}).encode()
         await self._send_json(send, 200, body, [])
 
     async def _send_json(
@@ -848,6 +863,22 @@ def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     merged = {**options} if isinstance(options, Mapping) else {}
     merged["include_usage"] = True
     return {**payload, "stream_options": merged}, True
+
+
+def _default_cooldowns(config: RouterConfig, clock: Callable[[], float]) -> CooldownStore:
+    settings = config.cooldowns
+    if settings.url is None:
+        return InMemoryCooldownStore()
+    from .cooldown_redis import RedisCooldownStore
+
+    return RedisCooldownStore(
+        settings.url.get_secret_value(),
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        connect_timeout=settings.connect_timeout,
+        heartbeat=settings.heartbeat,
+        clock=clock,
+    )
 
 
 def _unconfigured(source: object) -> RouterConfig:
