@@ -69,8 +69,22 @@ class Timeouts(_Model):
         default=60.0, gt=0, description="from sending the request to the response headers"
     )
     read: float = Field(default=60.0, gt=0, description="between two body chunks")
+    stall: float = Field(
+        default=15.0,
+        gt=0,
+        description="once a stream has begun: seconds without a byte before it is given up "
+        "(at most ``read``; unset, it is ``read`` if that is shorter)",
+    )
     write: float = Field(default=30.0, gt=0, description="to send the request body")
     pool: float = Field(default=5.0, gt=0, description="to get a connection from the pool")
+
+    @model_validator(mode="after")
+    def _check_stall(self) -> Timeouts:
+        if self.stall > self.read:
+            if "stall" in self.model_fields_set:
+                raise ValueError(f"stall ({self.stall:g}) must not exceed read ({self.read:g})")
+            object.__setattr__(self, "stall", self.read)
+        return self
 
     def for_headers(self) -> Timeouts:
         """These timeouts for a client waiting for response headers within ``first_byte``: its
@@ -190,7 +204,11 @@ class ModelInfo(_Model):
 
     quality: Decimal = Field(default=Decimal(0), description="higher is better")
     context_window: int | None = Field(default=None, ge=1, description="tokens, prompt + reply")
-    capabilities: frozenset[Literal["tools", "vision", "json_schema"]] = frozenset()
+    capabilities: frozenset[Literal["tools", "vision", "json_schema", "prefill"]] = Field(
+        default=frozenset(),
+        description="``prefill``: it continues an assistant message given last (see "
+        "``policy.continue_streams``)",
+    )
 
 
 class Deployment(_Model):
@@ -292,6 +310,12 @@ class RoutingPolicy(_Model):
         "entry (0: fall through at once)",
     )
     circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
+
+    continue_streams: bool = Field(
+        default=False,
+        description="continue a chat stream cut or stalled after it began on a further entry "
+        "of its plan whose model declares the capability ``prefill``",
+    )
 
     def falls_through(self, status: int) -> bool:
         """Whether an upstream ``status`` makes the request move to the next entry."""

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import itertools
 import json
 import logging
 import time
@@ -43,6 +44,7 @@ from .config import (
     ceil_units,
     load_config,
 )
+from .continuation import Continuation
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .cost import (
     PromptEstimator,
@@ -55,7 +57,7 @@ from .cost import (
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
 from .pricing import PriceBook, missing_prices
-from .relay import ClientWatch, WatchStarter, relay_stream
+from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
 from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
@@ -451,14 +453,10 @@ class WaterfallMiddleware:
             current = asyncio.current_task()
             assert current is not None
             watch = self._watches.watch(receive, current.cancel)
+            client_headers = _client_headers(scope, self.config.limits)
             try:
                 served = await router.run(
-                    label,
-                    plan,
-                    endpoint,
-                    upstream_payload,
-                    _client_headers(scope, self.config.limits),
-                    stream,
+                    label, plan, endpoint, upstream_payload, client_headers, stream
                 )
             except asyncio.CancelledError:
                 if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
@@ -468,10 +466,23 @@ class WaterfallMiddleware:
                 return
             finally:
                 watch.on_gone = None  # no await since run() returned: nothing cancels now
+            continuation = (
+                Continuation(router, label, plan, endpoint, upstream_payload, client_headers)
+                if self.config.policy.continue_streams
+                and stream
+                and Continuation.possible(self.config, endpoint, upstream_payload, plan)
+                else None
+            )
             # The request's JSON and the plan are not needed while the answer is relayed (a
-            # stream may take minutes): let them go now, not at the end. (What a request holds
-            # while it waits also sets the garbage collector off sooner: see the benchmarks.)
-            del payload, upstream_payload, plan
+            # stream may take minutes): let them go now, not at the end (but for a stream that
+            # may be continued). (What a request holds while it waits also sets the garbage
+            # collector off sooner: see the benchmarks.)
+            choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
+            if stream:  # (with_usage made stream_options a mapping with include_usage)
+                n = payload.get("n")
+                choices = n if type(n) is int and n > 1 else 1
+                usage_asked = upstream_payload["stream_options"]["include_usage"] is True
+            del payload, upstream_payload, plan, client_headers
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
@@ -491,9 +502,20 @@ class WaterfallMiddleware:
                         _cost_event(charge, request_id) if self.config.ledger.cost_event else None
                     ),
                     watch=watch,
+                    choices=choices,
+                    usage=usage_asked,
+                    stall=self.config.providers[served.deployment.provider].timeouts.stall,
+                    continuation=continuation,
                 )
                 charge.apply(record, outcome.usage)
+                if outcome.parts or outcome.attempts:
+                    self._continued(record, outcome, charge)
                 record.status, record.error = outcome.status, outcome.error
+                if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
+                    for part in outcome.parts:
+                        router.stream_failed(part.deployment)
+                    if outcome.status in _STREAM_FAILED:
+                        router.stream_failed(outcome.deployment or served.deployment)
         except RouterError as exc:
             if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
                 accounted = False
@@ -526,6 +548,47 @@ class WaterfallMiddleware:
                 await self._finish(record)
             if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
                 logger.info(json.dumps({"method": scope["method"], **record.to_dict()}))
+
+    def _continued(self, record: UsageRecord, outcome: RelayOutcome, charge: _Charge) -> None:
+        """Record a stream the router tried to continue: the continuation's attempts, and, when
+        it was continued, the tokens and cost of every part (each priced at its own entry's
+        price, in one unit), summed, and each on its served attempt."""
+        served = [a for a in record.attempts if a["outcome"] == "served"][-1:]
+        for attempt in outcome.attempts:
+            log = _attempt_log(attempt)
+            log["continuation"] = True
+            record.attempts.append(log)
+            if attempt.outcome == "served":
+                served.append(log)
+        if not outcome.parts or outcome.deployment is None:
+            return
+        usages = [(p.deployment, p.usage) for p in outcome.parts]
+        usages.append((outcome.deployment, outcome.usage))
+        unit = charge.unit or (charge.price.unit if charge.price is not None else None)
+        tokens = [0, 0, 0]
+        counted = False
+        total: int | None = 0
+        for (deployment, usage), log, part in itertools.zip_longest(usages, served, outcome.parts):
+            price = self._price(deployment)
+            own = _Charge(self.config, price, unit or (price.unit if price else None))
+            costs = own.costs(usage)
+            if log is not None:
+                log["prompt_tokens"] = usage.prompt_tokens
+                log["completion_tokens"] = usage.completion_tokens
+                log["cost"] = costs[0] if costs is not None else None
+                if part is not None:
+                    log["ended"] = part.ended
+            if usage.has_usage:
+                counted = True
+                tokens[0] += usage.prompt_tokens or 0
+                tokens[1] += usage.completion_tokens or 0
+                tokens[2] += usage.total_tokens or 0
+                total = None if costs is None or total is None else total + costs[0]
+        if counted:
+            record.prompt_tokens, record.completion_tokens, record.total_tokens = tokens
+        record.cost = total if counted and total is not None else None
+        record.cost_unit = unit if record.cost is not None else None
+        record.reference_cost = None
 
     async def _save(self, record: UsageRecord) -> None:
         try:
@@ -711,6 +774,10 @@ class WaterfallMiddleware:
             await served.aclose()
             raise
         return charge
+
+
+_STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
+"""The statuses of a stream that failed after it began: the entry's fault."""
 
 
 def _estimate(ranking: Ranking, deployment: Deployment) -> bytes:
