@@ -10,6 +10,7 @@ from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import (
     CircuitPolicy,
     ConfigError,
+    CooldownSettings,
     Deployment,
     LedgerSettings,
     Limits,
@@ -27,6 +28,7 @@ from .config import (
     ceil_units,
     load_config,
 )
+from .continuation import Continuation, Relayed, relayed_text, rewrite_events
 from .cooldown import (
     CooldownStore,
     InMemoryCooldownStore,
@@ -34,6 +36,7 @@ from .cooldown import (
     preemptive_hint,
     retry_hint,
 )
+from .cooldown_redis import RedisCooldownStore, redact_url
 from .cost import (
     Candidate,
     NoFittingDeployment,
@@ -79,6 +82,7 @@ from .relay import (
     ClientWatch,
     EventAligner,
     RelayOutcome,
+    StreamPart,
     WatchStarter,
     error_event,
     relay_stream,
@@ -131,6 +135,8 @@ __all__ = [
     "CircuitPolicy",
     "ClientWatch",
     "ConfigError",
+    "Continuation",
+    "CooldownSettings",
     "CooldownStore",
     "Deadline",
     "Deployment",
@@ -158,7 +164,9 @@ __all__ = [
     "Ranking",
     "Rate",
     "Redactor",
+    "RedisCooldownStore",
     "RelayOutcome",
+    "Relayed",
     "RetryBudget",
     "Route",
     "Router",
@@ -173,6 +181,7 @@ __all__ = [
     "Served",
     "Status",
     "StreamObserver",
+    "StreamPart",
     "Timeouts",
     "TracingSettings",
     "Upstream",
@@ -217,10 +226,13 @@ __all__ = [
     "read_postgres_records",
     "read_records",
     "read_usage",
+    "redact_url",
     "relay_stream",
+    "relayed_text",
     "request_limits",
     "required_capabilities",
     "retry_hint",
+    "rewrite_events",
     "send_error",
     "tune_gc",
     "usage_only_chunk",

@@ -57,12 +57,18 @@ def _check(path: str) -> int:
         _report(path, exc)
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
-    print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
+    shared = ""
+    if config.cooldowns.url is not None:
+        from .cooldown_redis import redact_url
+
+        where = redact_url(config.cooldowns.url.get_secret_value())
+        shared = f"; cooldowns shared in Redis at {where} (prefix {config.cooldowns.prefix})"
+    print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}{shared}")
     url = config.ledger.database_url()
     if url is not None:
-        from .ledger_postgres import redact_url
+        from .ledger_postgres import redact_url as redact_database_url
 
-        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
+        print(f"  usage ledger: PostgreSQL at {redact_database_url(url)}")
     return 0
 
 

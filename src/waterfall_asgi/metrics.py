@@ -108,8 +108,8 @@ class RouterMetrics:
 
     >>> from prometheus_client import CollectorRegistry
     >>> metrics = RouterMetrics(CollectorRegistry())
-    >>> b"waterfall_requests_total" in metrics.exposition()[1]
-    False
+    >>> b"# TYPE waterfall_requests_total counter" in metrics.exposition()[1]
+    True
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
