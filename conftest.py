@@ -6,6 +6,7 @@
 - The Hypothesis profile comes from ``HYPOTHESIS_PROFILE`` (``dev`` by default; ``.ci/run``
   uses ``ci``).
 - ``@pytest.mark.anyio`` tests run on asyncio.
+- ``tests/services.py`` gives the servers tests need (Redis, ...) as fixtures.
 """
 
 import os

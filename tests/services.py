@@ -1,4 +1,4 @@
-"""Real services for the tests: PostgreSQL (and whatever else joins it here).
+"""Real services for the tests: PostgreSQL and Redis.
 
 - ``database_url`` (session): a PostgreSQL server's URL. ``DATABASE_URL`` when set; else a
   throwaway server started from the installed ``initdb``/``pg_ctl`` in a temporary directory
@@ -9,6 +9,13 @@
   ``search_path``), dropped after the test.
 - :class:`PostgresServer`: a throwaway server a test may stop and start (a fault test never
   restarts the machine's shared one).
+- ``redis_url`` (each test; the server is found once per session): ``REDIS_URL`` when set (and
+  answering PING); else a throwaway ``redis-server`` from the installed binary in a temporary
+  directory; else skipped with what to install (failed under ``WATERFALL_REQUIRE_SERVICES=1``).
+- ``redis_prefix`` (each test): a key prefix no other test or run uses; every key under it is
+  deleted afterwards.
+- ``redis_server`` (each test) / :class:`RedisServer`: a throwaway ``redis-server`` of the
+  test's own, to stop, restart or pause (never the machine's shared one).
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -31,10 +41,15 @@ import pytest
 
 __all__ = [
     "PostgresServer",
+    "RedisServer",
     "database_url",
     "execute",
+    "free_port",
     "missing_service",
     "pg_url",
+    "redis_prefix",
+    "redis_server",
+    "redis_url",
     "with_search_path",
 ]
 
@@ -46,7 +61,8 @@ def missing_service(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -76,7 +92,7 @@ class PostgresServer:
                 "(apt-get install postgresql) or set DATABASE_URL"
             )
         self._initdb, self._pg_ctl = initdb, pg_ctl
-        self.port = _free_port()
+        self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="waterfall-pg-"))
         self._as: list[str] = []
         if os.geteuid() == 0:
@@ -210,3 +226,176 @@ def pg_url(database_url: str) -> Iterator[str]:
         yield with_search_path(database_url, schema)
     finally:
         execute(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+# -- Redis -------------------------------------------------------------------------------------
+class RedisServer:
+    """A throwaway ``redis-server`` on a loopback port, in a directory of its own, with no
+    persistence; it can be stopped (killed), started again on the same port, and paused
+    (SIGSTOP: a Redis that hangs). Always :meth:`stop` it (a context manager does)."""
+
+    def __init__(
+        self, directory: Path, port: int | None = None, *, password: str | None = None
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server")
+        self.binary = binary
+        self.directory = directory
+        self.port = port or free_port()
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where it listens (database 0), with the password if it has one."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start it and wait (bounded) until it answers PING."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = (self.directory / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                *(["--requirepass", self.password] if self.password else []),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        for _ in range(500):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: see {self.directory / 'redis.log'}")
+            if _pings(self.url):
+                return self
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError("redis-server did not answer within 5 s")
+
+    def stop(self) -> None:
+        """Kill it (as a crash would: nothing is saved) and wait for it to end."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)  # (a paused one must run to die)
+            process.kill()
+        process.wait(10)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open and nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _pings(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def _redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """The session's Redis URL (``None``: there is none; the reason is in ``_REDIS_MISSING``)."""
+    global _REDIS_MISSING
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        _REDIS_MISSING = "redis-py is not installed: pip install 'waterfall-asgi[redis]'"
+        yield None
+        return
+    url = os.environ.get("REDIS_URL")
+    if url:
+        if not _pings(url):
+            _REDIS_MISSING = "REDIS_URL is set but nothing answers PING there"
+            yield None
+            return
+        yield url
+        return
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    except FileNotFoundError:
+        _REDIS_MISSING = (
+            "no Redis: set REDIS_URL, or install redis-server (apt-get install redis-server)"
+        )
+        yield None
+        return
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+_REDIS_MISSING = ""
+
+
+@pytest.fixture
+def redis_url(_redis_service: str | None) -> str:
+    """A Redis URL for this test (skips, or fails under ``WATERFALL_REQUIRE_SERVICES=1``)."""
+    if _redis_service is None:
+        missing_service(_REDIS_MISSING)
+    assert _redis_service is not None
+    return _redis_service
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test (or run) uses; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"waterfall-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        names = list(client.scan_iter(match=prefix + "*", count=1000))
+        if names:
+            client.delete(*names)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A throwaway ``redis-server`` of this test's own, to stop, restart or pause at will
+    (never the shared one)."""
+    try:
+        server = RedisServer(tmp_path / "redis").start()
+    except FileNotFoundError:
+        missing_service("no redis-server binary: apt-get install redis-server")
+        raise AssertionError("unreachable") from None
+    try:
+        yield server
+    finally:
+        server.stop()

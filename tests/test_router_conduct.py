@@ -57,3 +57,38 @@ async def test_two_replicas_without_a_shared_cooldown_store_fail() -> None:
     check = judge_conduct(net["a"]).check("retry_after")
     assert check.status == "fail"
     assert "another request for fake-small came" in check.violations[0].message
+
+
+async def test_the_router_retries_a_transient_failure_with_backoff() -> None:
+    app, net = make({"a": ["status:code=503", "ok"]})
+    answer = await call(app, "POST", "/v1/chat/completions", chat("one"))
+    assert answer.status == 200
+    assert [r.status for r in net["a"].requests] == [503, 200]  # retried on the same entry
+    verdict = judge_conduct(net["a"])
+    assert verdict.passed, verdict.report()
+    assert verdict.check("backoff").status == "pass"
+
+
+async def test_the_router_never_retries_a_request_error() -> None:
+    app, net = make({"a": ["status:code=400"]})
+    answer = await call(app, "POST", "/v1/chat/completions", chat("one"))
+    assert answer.status == 400
+    verdict = judge_conduct(net["a"])
+    assert verdict.passed, verdict.report()
+    assert verdict.check("no_retry_4xx").status == "pass"
+
+
+async def test_the_router_under_seeded_chaos_passes() -> None:
+    """A provider failing 30% of its requests at random (seed 0): every request is served,
+    and neither fake sees misconduct."""
+    app, net = make({})
+    net["a"].add_rule({"name": "chaos", "p": 0.3, "behaviours": "status:code=503"})
+    statuses = [
+        (await call(app, "POST", "/v1/chat/completions", chat(f"request {i}"))).status
+        for i in range(20)
+    ]
+    assert statuses == [200] * 20
+    assert any(r.status == 503 for r in net["a"].requests)
+    for host in ("a", "b"):
+        verdict = judge_conduct(net[host])
+        assert verdict.passed, verdict.report()

@@ -57,12 +57,18 @@ def _check(path: str) -> int:
         _report(path, exc)
         return 1
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
-    print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}")
+    shared = ""
+    if config.cooldowns.url is not None:
+        from .cooldown_redis import redact_url
+
+        where = redact_url(config.cooldowns.url.get_secret_value())
+        shared = f"; cooldowns shared in Redis at {where} (prefix {config.cooldowns.prefix})"
+    print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}{shared}")
     url = config.ledger.database_url()
     if url is not None:
-        from .ledger_postgres import redact_url
+        from .ledger_postgres import redact_url as redact_database_url
 
-        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
+        print(f"  usage ledger: PostgreSQL at {redact_database_url(url)}")
     return 0
 
 
@@ -116,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            log_config=serve_logging(args.log_level),
+            log_config=serve_logging(args.log_level, args.log_format),
             lifespan="on",
             http=guarded_h11(args.header_timeout),
             h11_max_incomplete_event_size=args.max_header_bytes,
@@ -365,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="for uvicorn's lines and the router's (one JSON line per request at info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text (uvicorn's format; the per-request line's message is a JSON object) or json "
+        "(every line one JSON object; a request line's fields at its top level)",
     )
     serve.add_argument(
         "--header-timeout",

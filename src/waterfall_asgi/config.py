@@ -8,6 +8,7 @@ log line or an error message.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tomllib
@@ -32,9 +33,11 @@ from ._config_words import did_you_mean, plain_errors
 __all__ = [
     "CircuitPolicy",
     "ConfigError",
+    "CooldownSettings",
     "Deployment",
     "LedgerSettings",
     "Limits",
+    "MetricsSettings",
     "ModelInfo",
     "Price",
     "Provider",
@@ -43,6 +46,7 @@ __all__ = [
     "RouterConfig",
     "RoutingPolicy",
     "Timeouts",
+    "TracingSettings",
     "UpstreamSettings",
     "ceil_units",
     "load_config",
@@ -67,8 +71,22 @@ class Timeouts(_Model):
         default=60.0, gt=0, description="from sending the request to the response headers"
     )
     read: float = Field(default=60.0, gt=0, description="between two body chunks")
+    stall: float = Field(
+        default=15.0,
+        gt=0,
+        description="once a stream has begun: seconds without a byte before it is given up "
+        "(at most ``read``; unset, it is ``read`` if that is shorter)",
+    )
     write: float = Field(default=30.0, gt=0, description="to send the request body")
     pool: float = Field(default=5.0, gt=0, description="to get a connection from the pool")
+
+    @model_validator(mode="after")
+    def _check_stall(self) -> Timeouts:
+        if self.stall > self.read:
+            if "stall" in self.model_fields_set:
+                raise ValueError(f"stall ({self.stall:g}) must not exceed read ({self.read:g})")
+            object.__setattr__(self, "stall", self.read)
+        return self
 
     def for_headers(self) -> Timeouts:
         """These timeouts for a client waiting for response headers within ``first_byte``: its
@@ -188,7 +206,11 @@ class ModelInfo(_Model):
 
     quality: Decimal = Field(default=Decimal(0), description="higher is better")
     context_window: int | None = Field(default=None, ge=1, description="tokens, prompt + reply")
-    capabilities: frozenset[Literal["tools", "vision", "json_schema"]] = frozenset()
+    capabilities: frozenset[Literal["tools", "vision", "json_schema", "prefill"]] = Field(
+        default=frozenset(),
+        description="``prefill``: it continues an assistant message given last (see "
+        "``policy.continue_streams``)",
+    )
 
 
 class Deployment(_Model):
@@ -298,6 +320,12 @@ class RoutingPolicy(_Model):
     )
     circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
 
+    continue_streams: bool = Field(
+        default=False,
+        description="continue a chat stream cut or stalled after it began on a further entry "
+        "of its plan whose model declares the capability ``prefill``",
+    )
+
     def falls_through(self, status: int) -> bool:
         """Whether an upstream ``status`` makes the request move to the next entry."""
         return status in self.fall_through or status >= 500
@@ -351,6 +379,100 @@ class UpstreamSettings(_Model):
     max_keepalive: int = Field(
         default=100, ge=0, description="idle connections kept for reuse (httpx only)"
     )
+
+
+class MetricsSettings(_Model):
+    """Prometheus metrics (``pip install 'waterfall-asgi[metrics]'``): see the Observability
+    page for the list."""
+
+    enabled: bool = Field(default=False, description="collect the router's Prometheus metrics")
+    path: str | None = Field(
+        default=None,
+        description='serve them at this path, e.g. "/metrics" (None: not served; the host '
+        "exposes the registry itself)",
+    )
+    require_client_key: bool = Field(
+        default=True,
+        description="when client_keys are set, the metrics path asks for one too",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError('give a path such as "/metrics" (starting with /, no trailing /)')
+        return value or None
+
+
+class TracingSettings(_Model):
+    """OpenTelemetry spans and GenAI client metrics (``pip install 'waterfall-asgi[otel]'``),
+    through the tracer and meter providers the host configured."""
+
+    enabled: bool = Field(
+        default=False, description="a span per request, a child span per upstream attempt"
+    )
+    propagate: bool = Field(
+        default=False,
+        description="send the request span's traceparent upstream (otherwise a client's "
+        "traceparent and tracestate are not forwarded while tracing is enabled)",
+    )
+
+
+class CooldownSettings(_Model):
+    """Where cooldowns are kept: in this process (the default), or shared by every replica
+    through Redis (``url`` or ``url_env``; needs ``pip install 'waterfall-asgi[redis]'``).
+
+    The URL is a secret (it may carry a password): it never appears in a repr, a log line, an
+    error or ``/health`` except with its password redacted.
+    """
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="redis://[user:password@]host:port/db, rediss://… or unix://…; "
+        "none: cooldowns are kept in this process",
+    )
+    url_env: str | None = Field(
+        default=None, description="the environment variable holding the URL (for a password)"
+    )
+    prefix: str = Field(
+        default="waterfall:cooldown:",
+        min_length=1,
+        description="namespaces the keys and the pub/sub channel (one per router fleet)",
+    )
+    timeout: float = Field(
+        default=0.05, gt=0, le=10, description="seconds, the most any one Redis call may take"
+    )
+    connect_timeout: float = Field(
+        default=0.25, gt=0, le=30, description="seconds, the most opening a connection may take"
+    )
+    heartbeat: float = Field(
+        default=1.0, gt=0, description="seconds between checks that Redis still answers"
+    )
+
+    @field_validator("url_env")
+    @classmethod
+    def _check_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        has_url = info.data.get("url") is not None or "url" not in info.data
+        if value and not has_url and value not in os.environ:
+            raise ValueError(f"environment variable {value} is not set")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_url(self) -> CooldownSettings:
+        if self.url is None and self.url_env:
+            value = os.environ.get(self.url_env)
+            if value is None:  # unset between the two checks
+                raise ValueError(f"environment variable {self.url_env} is not set")
+            object.__setattr__(self, "url", SecretStr(value))
+        if self.url is None:
+            return self
+        where = f"the URL in {self.url_env}" if self.url_env else "url"
+        scheme = self.url.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix"):  # (never quote the URL: a secret)
+            raise ValueError(f"{where} must start with redis://, rediss:// or unix://")
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError("Redis cooldowns need redis-py: pip install 'waterfall-asgi[redis]'")
+        return self
 
 
 class Route(_Model):
@@ -495,6 +617,10 @@ class RouterConfig(_Model):
     limits: Limits = Field(default_factory=Limits)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    cooldowns: CooldownSettings = Field(
+        default_factory=CooldownSettings,
+        description="where cooldowns are kept (shared through Redis with a url)",
+    )
     models: dict[str, ModelInfo] = Field(
         default_factory=dict, description="quality and capabilities, by model name"
     )
@@ -503,6 +629,8 @@ class RouterConfig(_Model):
     price_refresh: float | None = Field(
         default=None, gt=0, description="seconds between price imports (None: at start only)"
     )
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("prefix")
     @classmethod
