@@ -13,7 +13,8 @@ Both report failures the same way, as :class:`UpstreamError` subclasses that kee
 client library's own exception (``name``) for messages and logs, and both honour
 :class:`~waterfall_asgi.config.Timeouts`: ``read`` bounds the wait for every body chunk.
 
-Both decode a body sent with ``Content-Encoding: gzip`` or ``deflate`` (the router asks for
+Both decode a body sent with ``Content-Encoding: gzip``, ``deflate`` or (with the ``brotli``
+package installed: the ``brotli`` extra) ``br`` (the router asks for
 ``identity``, but a provider may compress all the same): the response's ``read_chunk`` returns the
 decoded bytes (at most 64 KiB per call, however well they were compressed) and its headers no
 longer carry ``content-encoding`` or ``content-length``. Another encoding is left as it is, named
@@ -34,6 +35,11 @@ from typing import Any, Protocol
 
 import aiohttp
 import httpx
+
+try:  # the optional extra "brotli": without it, a br-encoded answer is refused (it falls through)
+    import brotli  # type: ignore[import-untyped,unused-ignore]
+except ImportError:  # pragma: no cover - depends on the installed extras
+    brotli = None
 
 from .config import Timeouts
 
@@ -195,6 +201,16 @@ class _Decoded:
     def reason(self) -> str:
         return self._inner.reason
 
+    def _more(self) -> bool:
+        """Whether decoded bytes are waiting without a further read."""
+        return bool(self._pending)
+
+    def _next(self) -> bytes:
+        return self._decode(self._pending)
+
+    def _finished(self) -> bool:
+        return bool(self._decoder.eof)
+
     def _decode(self, data: bytes) -> bytes:
         try:
             out = self._decoder.decompress(data, _DECODED_CHUNK)
@@ -222,15 +238,15 @@ class _Decoded:
 
     async def read_chunk(self) -> bytes:
         while True:
-            if self._pending:
-                out = self._decode(self._pending)
+            if self._more():
+                out = self._next()
             elif self._done:
                 return b""
             else:
                 data = await self._inner.read_chunk()
                 if not data:
                     self._done = True
-                    if self._seen and not self._decoder.eof:
+                    if self._seen and not self._finished():
                         raise UpstreamTransportError("zlib.error", "the encoded body is cut short")
                     return b""
                 out = self._decode(data)
@@ -241,8 +257,36 @@ class _Decoded:
         await self._inner.aclose()
 
 
+class _BrotliDecoded(_Decoded):
+    """A response whose body arrives br-encoded, read decoded."""
+
+    __slots__ = ("_br",)
+
+    def __init__(self, inner: UpstreamResponse, headers: dict[str, str]) -> None:
+        super().__init__(inner, headers, zlib.MAX_WBITS)
+        self._br = brotli.Decompressor()
+
+    def _more(self) -> bool:
+        return self._seen and not self._br.can_accept_more_data()
+
+    def _next(self) -> bytes:
+        return self._decode(b"")
+
+    def _finished(self) -> bool:
+        return bool(self._br.is_finished())
+
+    def _decode(self, data: bytes) -> bytes:
+        try:
+            out: bytes = self._br.process(data, output_buffer_limit=_DECODED_CHUNK)
+        except brotli.error:
+            raise UpstreamTransportError("brotli.error", "the body does not decode") from None
+        self._seen = True
+        return out
+
+
 def decoded(response: UpstreamResponse) -> UpstreamResponse:
-    """``response`` read decoded when its body is gzip- or deflate-encoded, else itself.
+    """``response`` read decoded when its body is gzip-, deflate- or (with the ``brotli``
+    package) br-encoded, else itself.
 
     The decoded response's headers lose ``content-encoding`` and ``content-length`` (which
     described the encoded body)."""
@@ -254,9 +298,11 @@ def decoded(response: UpstreamResponse) -> UpstreamResponse:
     if coding in ("", "identity"):
         return response
     wbits = _WBITS.get(coding)
-    if wbits is None:  # another encoding (or several): left for the router to refuse
-        return response
+    if wbits is None and (coding != "br" or brotli is None):
+        return response  # another encoding (or several): left for the router to refuse
     plain = {k: v for k, v in headers.items() if k not in ("content-encoding", "content-length")}
+    if wbits is None:
+        return _BrotliDecoded(response, plain)
     return _Decoded(response, plain, wbits)
 
 
