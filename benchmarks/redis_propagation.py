@@ -7,7 +7,8 @@ where nothing cools (``python benchmarks/redis_propagation.py``; ``--quick`` for
    mirror (what the router's next request reads). Latency = that moment minus the moment the
    writer called ``extend`` (one host, one clock). ``--busy`` makes each reader's event loop
    also run a CPU-bound task that holds the loop for that many ms at a time and then lets it go
-   as long (half a core per reader), as a loaded router's requests do. Printed: p50, p99 and max per run, and any key a reader never saw.
+   as long (half a core per reader), as a loaded router's requests do. Printed: p50, p99 and max
+   per run, and any key a reader never saw.
 2. **The request path.** A router (``WaterfallMiddleware`` over the in-process fakes, Redis
    cooldowns on) serves ``--requests`` chat completions where nothing is cooling; the Redis
    server's own command counts (``INFO commandstats``) before and after say how many commands
