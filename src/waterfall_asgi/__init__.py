@@ -66,6 +66,7 @@ from .ledger_sqlite import (
     read_records,
     utf8_text,
 )
+from .logs import REQUEST_FIELDS, JsonFormatter
 from .metrics import METRIC_NAMES, RouterMetrics, attempt_outcome, exposition, known_labels
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
@@ -126,6 +127,7 @@ __all__ = [
     "NO_CALL",
     "OPERATIONS",
     "REDACTED",
+    "REQUEST_FIELDS",
     "TERMINAL_STATUSES",
     "TRACE_HEADERS",
     "AiohttpUpstream",
@@ -146,6 +148,7 @@ __all__ = [
     "HttpxUpstream",
     "ImportStyle",
     "InMemoryCooldownStore",
+    "JsonFormatter",
     "LedgerError",
     "LedgerSettings",
     "LedgerStore",

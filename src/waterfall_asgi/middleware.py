@@ -398,11 +398,14 @@ class WaterfallMiddleware:
                 RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
             )
             return
-        describe = getattr(self.cooldowns, "health", None)
-        if describe is not None:  # a shared store: say whether it is shared right now
-            store = describe()
-            state = "ok" if store.get("state") == "ok" else "degraded"
-            body = json.dumps({"status": state, "cooldowns": store}).encode()
+        stores = {}  # a shared store says whether it is shared right now (nothing secret)
+        for name, store in (("cooldowns", self.cooldowns), ("ledger", self.ledger)):
+            describe = getattr(store, "health", None)
+            if describe is not None:
+                stores[name] = describe()
+        if stores:
+            ok = all(store.get("state") == "ok" for store in stores.values())
+            body = json.dumps({"status": "ok" if ok else "degraded", **stores}).encode()
         await self._send_json(send, 200, body, [])
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
