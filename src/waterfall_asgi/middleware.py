@@ -491,9 +491,12 @@ class WaterfallMiddleware:
                         _cost_event(charge, request_id) if self.config.ledger.cost_event else None
                     ),
                     watch=watch,
+                    redact=router.redactor.bytes,
                 )
                 charge.apply(record, outcome.usage)
                 record.status, record.error = outcome.status, outcome.error
+                if outcome.error is not None:  # (it may quote an upstream's error event)
+                    record.error = router.redactor.text(outcome.error)
         except RouterError as exc:
             if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
                 accounted = False

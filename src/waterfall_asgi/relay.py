@@ -348,12 +348,14 @@ async def relay_stream(
     request_id: str | None = None,
     closing_event: Callable[[UsageResult], bytes | None] | None = None,
     watch: ClientWatch | None = None,
+    redact: Callable[[bytes], bytes] | None = None,
 ) -> RelayOutcome:
     """Relay the rest of ``served`` (its ``prefix`` first) to the client; the response start has
     been sent already. ``closing_event`` may add one last event after a complete stream.
     ``watch`` is the request's :class:`ClientWatch`, if it has one already (else the relay
-    listens to ``receive`` itself)."""
-    state = _Relay(send, strip_usage, drain_seconds, request_id)
+    listens to ``receive`` itself). ``redact`` cleans what is sent from the first error event
+    on (see :class:`~waterfall_asgi.redact.Redactor`)."""
+    state = _Relay(send, strip_usage, drain_seconds, request_id, redact)
     own_watch = watch is None
     watcher = ClientWatch(receive) if watch is None else watch
     watcher.on_gone = state.client_left
@@ -398,6 +400,7 @@ class _Relay(EventAligner):
         "drain_seconds",
         "gone",
         "observer",
+        "redact",
         "send",
         "skip_lf",
         "strip_usage",
@@ -405,9 +408,15 @@ class _Relay(EventAligner):
     )
 
     def __init__(
-        self, send: Send, strip_usage: bool, drain_seconds: float, request_id: str | None
+        self,
+        send: Send,
+        strip_usage: bool,
+        drain_seconds: float,
+        request_id: str | None,
+        redact: Callable[[bytes], bytes] | None = None,
     ) -> None:
         super().__init__()
+        self.redact = redact
         self.observer = StreamObserver(request_id=request_id)
         self.strip_usage = strip_usage
         self.skip_lf = False  # (see _strip_usage)
@@ -433,6 +442,8 @@ class _Relay(EventAligner):
         observer.feed(whole)
         if self.gone:
             return b""
+        if observer.result.error is not None and self.redact is not None:
+            whole = self.redact(whole)  # an error event: it may echo the router's secrets
         if self.strip_usage:
             whole, self.skip_lf = _strip_usage(
                 whole, observer.plain, observer.usage_only, self.skip_lf
