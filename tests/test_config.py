@@ -194,6 +194,22 @@ def test_defaults() -> None:
     assert config.limits.max_body_bytes == 4 * 1024 * 1024
 
 
+def test_the_stall_timeout_is_at_most_read() -> None:
+    def timeouts(**given: float) -> tuple[float, float]:
+        config = load_config({"providers": {"a": {"base_url": "http://a/v1", "timeouts": given}}})
+        t = config.providers["a"].timeouts
+        return t.stall, t.read
+
+    assert timeouts() == (15, 60)  # the defaults
+    assert timeouts(stall=60) == (60, 60)
+    assert timeouts(read=5) == (5, 5)  # unset: no longer than read
+    with pytest.raises(ConfigError) as caught:
+        timeouts(read=5, stall=6)
+    assert str(caught.value) == "providers.a.timeouts: stall (6) must not exceed read (5)"
+    with pytest.raises(ConfigError, match=r"providers\.a\.timeouts\.stall: "):
+        timeouts(stall=0)
+
+
 def test_a_chain_entry_may_be_a_mapping_and_a_model_may_contain_slashes() -> None:
     config = load_config(
         changed("chains.fast", [{"provider": "a", "model": "m1"}, "b/meta-llama/llama-3/8b"])
@@ -318,8 +334,8 @@ def test_config_is_frozen() -> None:
         pytest.param(
             changed("bogus", 1),
             "bogus: unknown setting (known here: prefix, providers, deployments, chains, "
-            "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, routes, rates, "
-            "price_refresh)",
+            "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, "
+            "routes, rates, price_refresh, metrics, tracing)",
             id="extra-top",
         ),
         pytest.param(
@@ -384,8 +400,8 @@ def test_every_field_mistake_is_reported_one_per_line() -> None:
         "providers.b.timeouts.read: should be greater than 0",
         "chains.fast.1: 'nope' is not of the form 'provider/model'",
         "typo: unknown setting (known here: prefix, providers, deployments, chains, "
-        "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, routes, rates, "
-        "price_refresh)",
+        "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, "
+        "routes, rates, price_refresh, metrics, tracing)",
     ]
 
 

@@ -303,6 +303,8 @@ def test_the_capabilities_table_is_what_requests_are_checked_for() -> None:
         for payload in payloads:
             assert required_capabilities({"messages": [user], **payload}) == {capability}
         assert re.findall(r"`(\w+)`", table[capability]) == words[capability]
+    assert list(table)[len(examples) :] == ["prefill"]  # what no request needs: see usage.md
+    assert "continue a stream" in table["prefill"]
     assert required_capabilities({"messages": [user], "tools": []}) == frozenset()
     assert required_capabilities({"response_format": {"type": "text"}}) == frozenset()
 

@@ -83,7 +83,14 @@ def test_the_cost_event_on_the_page_is_what_the_example_prints(
 
 def test_the_toml_on_the_usage_page_is_a_valid_priced_deployment() -> None:
     text = USAGE.read_text(encoding="utf-8")
-    (block,) = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    (block,) = [b for b in blocks if "[[deployments]]" in b]
+    (continuing,) = [b for b in blocks if "continue_streams" in b]  # the other: valid too
+    continued = load_config(
+        {"providers": {"a": {"base_url": "http://a/v1"}}, **tomllib.loads(continuing)}
+    )
+    assert continued.policy.continue_streams
+    assert "prefill" in continued.models["claude-sonnet"].capabilities
     data = tomllib.loads(block)
     config = load_config({"providers": {"openai": {"base_url": "http://openai/v1"}}, **data})
     (deployment,) = config.deployments
@@ -107,7 +114,7 @@ def test_the_record_table_lists_every_field_in_order() -> None:
 def test_the_error_event_table_lists_the_codes_the_relay_sends() -> None:
     source = (ROOT / "src" / "waterfall_asgi" / "relay.py").read_text(encoding="utf-8")
     sent = set(re.findall(r'error_event\(\s*(?:f?"[^"]*"\s*)+,\s*"(\w+)"', source))
-    assert sent == {"stream_interrupted", "stream_incomplete"}
+    assert sent == {"stream_interrupted", "stream_stalled", "stream_incomplete"}
     rows = table(USAGE, "### Error events")
     assert {code(row[0]) for row in rows} == sent
 
@@ -184,7 +191,7 @@ def test_the_reference_page_renders_the_usage_modules() -> None:
 # -- what the pages say about the official openai client ---------------------------------------
 @pytest.mark.anyio
 async def test_the_openai_client_raises_on_an_error_event_and_ignores_the_cost_event() -> None:
-    upstreams = FakeNetwork({"openai": FakeProvider(script=["no_done", "ok"])})
+    upstreams = FakeNetwork({"openai": FakeProvider(script=["truncate:events=3", "ok"])})
     config = {
         "providers": {"openai": {"base_url": "http://openai/v1"}},
         "deployments": [{"provider": "openai", "model": "fake-small", "price": {"prompt": "1"}}],
@@ -210,4 +217,4 @@ async def test_the_openai_client_raises_on_an_error_event_and_ignores_the_cost_e
     assert chunks[-1].choices[0].finish_reason == "stop"  # the cost event never surfaced
     assert all(chunk.choices for chunk in chunks)  # nor the usage chunk it did not ask for
     records = list(ledger.records.values())
-    assert [(r.status, r.cost) for r in records] == [("stream_incomplete", 5), ("success", 5)]
+    assert [(r.status, r.cost) for r in records] == [("stream_incomplete", None), ("success", 5)]

@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from waterfall_asgi import MemoryLedger, UsageRecord
 from waterfall_asgi.app import create_app
 from waterfall_asgi.middleware import WaterfallMiddleware
 from waterfall_fakes import FakeProvider, FakeServer, LoopbackServer, Reply
@@ -287,3 +288,80 @@ def test_an_unknown_model_is_not_found(plain: Stack) -> None:
         "code": "model_not_found",
     }
     assert plain.a.requests == []
+
+
+# -- how a stream ends -------------------------------------------------------------------------
+def recorded_stack(
+    stack: ExitStack, a: FakeProvider, b: FakeProvider, **timeouts: float
+) -> tuple[Stack, MemoryLedger]:
+    """As :func:`start_stack`, with the ledger in reach and the providers' ``timeouts``."""
+    servers = {"a": stack.enter_context(FakeServer(a)), "b": stack.enter_context(FakeServer(b))}
+    config = router_config(servers)
+    for provider in config["providers"].values():
+        provider["timeouts"] = timeouts
+    ledger = MemoryLedger()
+    app = WaterfallMiddleware(None, config, ledger=ledger, health_path=None)
+    return Stack(a, b, stack.enter_context(LoopbackServer(app, lifespan="on"))), ledger
+
+
+def final_record(ledger: MemoryLedger) -> UsageRecord:
+    """The last request's record once it is terminal (the router saves it just after the
+    response's last byte: a bounded wait)."""
+    for _ in range(1000):
+        records = list(ledger.records.values())
+        if records and records[-1].status != "pending":
+            return records[-1]
+        time.sleep(0.005)
+    raise AssertionError("the record never became terminal")
+
+
+def test_a_whole_stream_without_done_reads_to_its_end() -> None:
+    """The provider closes cleanly after the whole answer (its finish reason, the usage chunk)
+    but sends no ``data: [DONE]``: the client reads every chunk and no exception, the ledger
+    says success, with a note."""
+    with ExitStack() as stack:
+        s, ledger = recorded_stack(stack, fake("a", "no_done"), fake("b"))
+        with s.client() as client:
+            stream = client.chat.completions.create(
+                model="fast",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = list(stream)  # no exception
+        record = final_record(ledger)
+    expected = FakeProvider(s.a.config)  # what a replays: its reply without [DONE]
+    (seen,) = s.a.requests
+    sent = expected.handle(seen.method, seen.path, seen.headers, seen.body)
+    assert b"[DONE]" not in sent.body
+    whole = stream_chunks(sent.body + b"data: [DONE]\n\n")
+    assert [c.model_dump(exclude_unset=True) for c in chunks] == whole
+    assert chunks[-1].usage is not None
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert (record.status, record.error, record.provider) == (
+        "success",
+        "upstream sent no [DONE]",
+        "a",
+    )
+    assert record.total_tokens == chunks[-1].usage.total_tokens
+    assert s.b.requests == []
+
+
+def test_a_stalled_stream_is_ended_by_the_stall_timeout() -> None:
+    """The provider goes silent after its first chunk (2 s between chunks): with a stall
+    timeout of 0.2 s the client gets the error event long before its own 10 s read timeout."""
+    with ExitStack() as stack:
+        s, ledger = recorded_stack(
+            stack, fake("a", "slow_chunks:seconds=2"), fake("b"), stall=0.2, read=5
+        )
+        with s.client() as client:
+            stream = client.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
+            with pytest.raises(openai.APIError) as caught:
+                for _ in stream:
+                    pass
+        record = final_record(ledger)
+    assert str(caught.value) == "The upstream stream stalled: no byte for 0.2s after it began."
+    assert (record.status, record.error) == (
+        "stream_incomplete",
+        "stream_stalled: no byte for 0.2s",
+    )

@@ -8,7 +8,8 @@ public client test fixtures record (the source is noted next to each spec below)
 - the router relays it byte for byte when the client asked for usage, and minus exactly the
   usage-only chunk when the router injected ``stream_options.include_usage`` itself (the upstream
   is a tiny httpx transport that answers with the sample's bytes, in the chunks given);
-- the ledger record (:class:`MemoryLedger`) has the right status, tokens and cost.
+- the ledger record (:class:`MemoryLedger`) has the right status, tokens and cost;
+- without its ``[DONE]``, a whole answer is relayed with the router's ``[DONE]`` instead.
 """
 
 from __future__ import annotations
@@ -312,11 +313,15 @@ def make_app(upstream: Upstream) -> tuple[WaterfallMiddleware, MemoryLedger]:
     return WaterfallMiddleware(None, config, transport=upstream, ledger=ledger), ledger
 
 
-async def relay(chunks: list[bytes], *, asked: bool) -> tuple[Result, UsageRecord, Upstream]:
+async def relay(
+    chunks: list[bytes], *, asked: bool, n: int | None = None
+) -> tuple[Result, UsageRecord, Upstream]:
     """Send one streaming request for ``a/m`` whose upstream answers with ``chunks``."""
     upstream = Upstream({"a": chunks})
     app, ledger = make_app(upstream)
     body: dict[str, Any] = {"model": "a/m", "messages": MESSAGES, "stream": True}
+    if n is not None:
+        body["n"] = n
     if asked:
         body["stream_options"] = {"include_usage": True}
     try:
@@ -418,6 +423,65 @@ def test_the_router_relays_it_in_any_chunking(sample: Sample, data: st.DataObjec
     chunks = data.draw(chunkings(sample.raw, max_size=64), label="chunks")
     asked = data.draw(st.booleans(), label="asked")
     check_relayed(sample, asked, *asyncio.run(relay(chunks, asked=asked)))
+
+
+def without_done(sample: Sample) -> bytes:
+    """The sample as a provider that forgets the ``[DONE]`` sends it: up to the blank line
+    before that event (its other lines go with it)."""
+    raw = sample.raw
+    blank = sample.eol * 2
+    return raw[: raw.rindex(blank, 0, raw.rindex(b"data: [DONE]")) + len(blank)]
+
+
+COMPLETE = [s for s in SAMPLES if s.complete]
+
+
+@pytest.mark.parametrize(
+    ("sample", "usage_chunk"),
+    [(s, True) for s in COMPLETE] + [(s, False) for s in COMPLETE if s.usage_marker],
+    ids=lambda v: v.name if isinstance(v, Sample) else ("with-usage" if v else "usage-lost"),
+)
+@pytest.mark.parametrize("asked", [True, False], ids=["client-asked", "router-injected"])
+@pytest.mark.parametrize("split", ["whole", "bytes"])
+@pytest.mark.anyio
+async def test_without_its_done_a_whole_answer_gets_one_appended(
+    sample: Sample, usage_chunk: bool, asked: bool, split: str
+) -> None:
+    """Each complete sample, less its ``[DONE]``: every choice finished and the usage came
+    (the router asks for it upstream either way), so the client gets the sample with the
+    router's ``[DONE]`` instead of the provider's and the record says success, with a note.
+    Less its usage-only chunk too, it is an answer cut short: the error event ends it."""
+    raw = without_done(sample)
+    if not usage_chunk:
+        raw = _cut_usage_event(raw, sample)
+    chunks = [raw] if split == "whole" else [raw[i : i + 1] for i in range(len(raw))]
+    n = len(sample.finish_reasons)
+    result, record, _ = await relay(chunks, asked=asked, n=n if n > 1 else None)
+    stripped = not asked and usage_chunk and sample.usage_marker is not None
+    relayed = _cut_usage_event(raw, sample) if stripped else raw
+    assert result.body.startswith(relayed)
+    tail = result.body[len(relayed) :]
+    tokens = (record.prompt_tokens, record.completion_tokens, record.total_tokens)
+    if usage_chunk:
+        assert tokens == sample.tokens
+        assert tail == b"data: [DONE]\n\n"
+        assert (record.status, record.error) == ("success", "upstream sent no [DONE]")
+    else:
+        assert tokens == (None, None, None)
+        (event,) = SSEParser().feed(tail)
+        assert json.loads(event.data)["error"]["code"] == "stream_incomplete"
+        assert (record.status, record.error) == ("stream_incomplete", "no [DONE]")
+    assert result.finished
+
+
+def _cut_usage_event(raw: bytes, sample: Sample) -> bytes:
+    """``raw`` (the sample, or a part of it) less its usage-only event, as
+    :func:`without_usage_event` cuts it."""
+    assert sample.usage_marker is not None
+    blank = sample.eol * 2
+    at = raw.index(sample.usage_marker)
+    start = raw.rindex(blank, 0, at) + len(blank)
+    return raw[:start] + raw[raw.index(blank, at) + len(blank) :]
 
 
 @pytest.mark.anyio

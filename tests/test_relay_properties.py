@@ -1,13 +1,14 @@
 """The relay, property by property: for any valid stream, any SSE encoding of it and any chunking,
 the client receives the upstream bytes unchanged — minus only the usage chunk the router injected,
-plus only an error event for an unfinished stream — and the observer's result is the one of
-reading the whole stream at once."""
+plus only the ``[DONE]`` a whole answer came without or an error event for an unfinished stream —
+and the observer's result is the one of reading the whole stream at once."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -56,7 +57,12 @@ class ChunksThatKnowTheirEnd(Chunks):
 
 
 async def relay(
-    chunks: list[bytes], strip: bool, *, knows_end: bool = False
+    chunks: list[bytes],
+    strip: bool,
+    *,
+    knows_end: bool = False,
+    choices: int = 1,
+    usage: bool = False,
 ) -> tuple[bytes, RelayOutcome]:
     response = ChunksThatKnowTheirEnd(chunks) if knows_end else Chunks(chunks)
     served = Served(Deployment(provider="p", model="m"), response, b"", False)
@@ -70,7 +76,14 @@ async def relay(
         await stay.wait()  # the client never leaves
         return {"type": "http.disconnect"}
 
-    outcome = await relay_stream(served, send, receive, strip_usage=strip)  # type: ignore[arg-type]
+    outcome = await relay_stream(
+        served,
+        send,  # type: ignore[arg-type]
+        receive,  # type: ignore[arg-type]
+        strip_usage=strip,
+        choices=choices,
+        usage=usage,
+    )
     assert not sent[-1]["more_body"]
     assert all(m["more_body"] and m["body"] for m in sent[:-1])
     if knows_end:
@@ -83,13 +96,42 @@ def events(body: bytes) -> list[str]:
     return [e.data for e in SSEParser().feed(body + b"\n\n")]
 
 
+DONE = b"data: [DONE]\n\n"
+# What may follow the last whole event when the upstream closes: nothing, an unfinished event
+# (never dispatched: dropped, unless [DONE] came before it), a whole comment line (kept).
+UNFINISHED = [b"", b'data: {"choices":[{"index":0,"finish_reason":"stop"}]}\n', b": ping\n"]
+
+
+@dataclass
+class Upstream:
+    body: bytes
+    chunks: list[bytes]
+    done: bool
+    answered: bool
+    """Whether every choice asked for finished, and the usage chunk came if usage was asked."""
+    choices: int
+    usage: bool
+    tail: bytes
+
+
 @st.composite
-def upstreams(draw: st.DrawFn) -> tuple[bytes, bool, list[bytes]]:
+def upstreams(draw: st.DrawFn) -> Upstream:
+    """A stream, whole or cut after any of its chunks, with or without [DONE], with or without
+    an unfinished event after its last whole one, in any SSE encoding and any chunking; and
+    what the request asked for (its ``n``, at least the choices the stream has; its usage)."""
     stream = draw(chat_completion_streams(max_size=4), label="stream")
+    indices = {c["index"] for chunk in stream for c in chunk["choices"]}
+    usage = "usage" in stream[0]  # (asked for: every chunk has "usage")
+    kept = stream[: draw(st.integers(0, len(stream)) | st.just(len(stream)), label="kept")]
+    choices = len(indices) + draw(st.sampled_from([0, 0, 1]), label="more choices asked")
+    finished = {c["index"] for chunk in kept for c in chunk["choices"] if c["finish_reason"]}
+    answered = finished >= set(range(choices)) and (
+        not usage or any(chunk.get("usage") for chunk in kept)
+    )
     done = draw(st.booleans(), label="done")
     body = draw(
         sse_encodings(
-            stream,
+            kept,
             done=st.just(done),
             allow_comments=True,
             allow_fields=True,
@@ -97,34 +139,49 @@ def upstreams(draw: st.DrawFn) -> tuple[bytes, bool, list[bytes]]:
         ),
         label="body",
     )
-    return body, done, draw(chunkings(body), label="chunks")
+    tail = draw(st.sampled_from(UNFINISHED), label="tail")
+    if tail.startswith(b"data") and body and body[-2:] not in (b"\n\n", b"\n\r", b"\r\r"):
+        tail = b""  # (it would join a comment line held back with it: one unfinished event)
+    chunks = draw(chunkings(body + tail), label="chunks")
+    return Upstream(body, chunks, done, answered, choices, usage, tail)
 
 
 @given(upstream=upstreams(), strip=st.booleans(), knows_end=st.booleans())
 def test_client_bytes_are_the_upstream_bytes_less_only_the_injected_chunk(
-    upstream: tuple[bytes, bool, list[bytes]], strip: bool, knows_end: bool
+    upstream: Upstream, strip: bool, knows_end: bool
 ) -> None:
-    body, done, chunks = upstream
-    client, outcome = asyncio.run(relay(chunks, strip, knows_end=knows_end))
+    """The rule of a stream's end: ``[DONE]``, or a clean close once the answer is whole (the
+    relay then appends the ``[DONE]``), is a success; any other end gets an error event."""
+    body, tail = upstream.body, upstream.tail
+    asked = {"choices": upstream.choices, "usage": upstream.usage}
+    client, outcome = asyncio.run(
+        relay(upstream.chunks, strip, knows_end=knows_end, **asked)  # type: ignore[arg-type]
+    )
     # the same bytes whatever the chunking, and whether the response can tell its end or not
-    assert asyncio.run(relay([body], strip))[0] == client
+    assert asyncio.run(relay([body + tail], strip, **asked))[0] == client  # type: ignore[arg-type]
     upstream_events = events(body)
     kept = [e for e in upstream_events if not (strip and usage_only_chunk(e))]
-    if done:
-        assert outcome.status == "success"
-        assert events(client) == kept
-        if not strip or kept == upstream_events:
-            assert client == body  # byte for byte
+    unchanged = not strip or kept == upstream_events  # nothing to cut out: byte for byte
+    if upstream.done:
+        assert (outcome.status, outcome.error) == ("success", None)
+        assert events(client) == kept + events(tail)  # (what follows [DONE] is passed on)
+        if unchanged:
+            assert client == body + tail
+    elif upstream.answered:  # whole but for the [DONE]: appended, and only that
+        assert (outcome.status, outcome.error) == ("success", "upstream sent no [DONE]")
+        assert events(client) == [*kept, "[DONE]"]
+        if unchanged:
+            assert client == body + (tail if tail.startswith(b":") else b"") + DONE
     else:
-        assert outcome.status == "stream_incomplete"  # never success without [DONE]
+        assert (outcome.status, outcome.error) == ("stream_incomplete", "no [DONE]")
         *before, last = events(client)
         assert before == kept
         assert json.loads(last)["error"]["code"] == "stream_incomplete"
-        if not strip:
+        if unchanged:
             assert client.startswith(body)
     # the observer saw every upstream byte, as one whole read would
     whole = StreamObserver()
-    whole.feed(body)
+    whole.feed(body + tail)
     assert outcome.usage == whole.result
 
 

@@ -291,16 +291,19 @@ async def test_stream_is_relayed_byte_for_byte(clock: Clock) -> None:
     assert result.finished
 
 
-@pytest.mark.parametrize("behaviour", ["cut:bytes=900", "slow_chunks:seconds=5"])
+@pytest.mark.parametrize(
+    ("behaviour", "code"),
+    [("cut:bytes=900", "stream_interrupted"), ("slow_chunks:seconds=5", "stream_stalled")],
+)
 async def test_failure_after_acceptance_ends_with_an_sse_error_event(
-    clock: Clock, behaviour: str
+    clock: Clock, behaviour: str, code: str
 ) -> None:
     app, _ = make(clock, {"a": [behaviour]})
     result = await call(app, "POST", "/v1/chat/completions", STREAM)
     assert result.status == 200
     assert result.headers["x-waterfall-provider"] == "a"
     last = json.loads(sse_data(result.body)[-1])
-    assert last["error"]["code"] == "stream_interrupted"
+    assert last["error"]["code"] == code
     assert b"[DONE]" not in result.body
     assert result.finished
 
@@ -573,8 +576,10 @@ async def test_legacy_completions_use_the_waterfall(clock: Clock, payload: dict[
         assert result.json()["object"] == "text_completion"
 
 
-@pytest.mark.parametrize("behaviour", ["no_done", "truncate:events=4", "cut:bytes=900"])
+@pytest.mark.parametrize("behaviour", ["no_done; no_usage", "truncate:events=4", "cut:bytes=900"])
 async def test_an_accepted_stream_never_ends_silently(clock: Clock, behaviour: str) -> None:
+    """An answer cut short (a choice without its finish reason, or the usage chunk asked for
+    missing) never looks whole to the client."""
     app, _ = make(clock, {"a": [behaviour]})
     result = await call(app, "POST", "/v1/chat/completions", STREAM)
     assert result.headers["x-waterfall-provider"] == "a"
@@ -585,6 +590,34 @@ async def test_an_accepted_stream_never_ends_silently(clock: Clock, behaviour: s
     assert result.finished
     # everything before the error is whole events, unchanged
     assert all(json.loads(d).get("object") == "chat.completion.chunk" for d in data[:-1])
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["client-asked", "router-injected"])
+async def test_a_stream_without_done_is_whole_once_every_choice_finished_and_usage_came(
+    clock: Clock, asked: bool
+) -> None:
+    """Cut after each of its events in turn (``truncate``, a clean close): only the cut after
+    the usage chunk (every choice finished, usage asked for and sent) gets the [DONE] appended;
+    any earlier cut ends with the error event."""
+    body = {**STREAM, "stream_options": {"include_usage": True}} if asked else STREAM
+    upstream = {**body, "model": "fake-small", "stream_options": {"include_usage": True}}
+    whole = FakeProvider().handle("POST", "/v1/chat/completions", {}, json.dumps(upstream).encode())
+    events = sse_data(whole.body)
+    assert events[-1] == "[DONE]"
+    assert '"usage":{' in events[-2]
+    assert '"stop"' in events[-3]
+    for kept in (len(events) - 3, len(events) - 2, len(events) - 1):
+        app, _ = make(clock, {"a": [f"truncate:events={kept}"]})
+        result = await call(app, "POST", "/v1/chat/completions", body)
+        data = sse_data(result.body)
+        relayed = events[:kept] if asked else events[: min(kept, len(events) - 2)]
+        if kept == len(events) - 1:
+            assert data == [*relayed, "[DONE]"]
+            assert result.body.endswith(b"\n\ndata: [DONE]\n\n")
+        else:
+            assert data[:-1] == relayed
+            assert json.loads(data[-1])["error"]["code"] == "stream_incomplete"
+        assert result.finished
 
 
 async def test_a_complete_stream_gets_no_error_event(clock: Clock) -> None:

@@ -54,7 +54,32 @@ def test_the_result_does_not_depend_on_chunk_boundaries(data: st.DataObject) -> 
     whole = feed_all([body]).result
     assert feed_all(chunks).result == whole
     assert whole == oracle(stream, done)
-    assert whole.complete is done  # a stream without [DONE] is never complete
+    assert whole.complete is done  # [DONE] says complete, nothing else does
+
+
+@given(st.data())
+def test_a_stream_cut_anywhere_is_answered_only_once_every_choice_finished_and_usage_came(
+    data: st.DataObject,
+) -> None:
+    """The rule of a stream's end without ``[DONE]``: the answer is whole once each choice the
+    request asked for has its finish reason and, if usage was asked for, the usage chunk came;
+    the verdict is the same in any chunking, and ``[DONE]`` never changes it."""
+    stream = data.draw(chat_completion_streams(max_size=4), label="stream")
+    n = len({c["index"] for chunk in stream for c in chunk["choices"]})
+    usage = "usage" in stream[0]  # asked for: every chunk has "usage" (null or counts)
+    kept = stream[: data.draw(st.integers(0, len(stream)), label="kept")]
+    done = data.draw(st.booleans(), label="done")
+    body = data.draw(sse_encodings(kept, done=st.just(done)), label="body")
+    result = feed_all(data.draw(chunkings(body), label="chunks")).result
+    assert result == feed_all([body]).result
+    finished = {c["index"] for chunk in kept for c in chunk["choices"] if c["finish_reason"]}
+    came = any(isinstance(chunk.get("usage"), dict) for chunk in kept)
+    for asked_n in (n, n + 1):  # a provider that sent fewer choices than asked: never whole
+        for asked_usage in {usage, False}:
+            assert result.answered(asked_n, asked_usage) is (
+                finished >= set(range(asked_n)) and (came or not asked_usage)
+            )
+    assert result.answered(n, usage) is (kept == stream)  # each stream ends with them
 
 
 @given(

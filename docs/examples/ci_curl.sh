@@ -58,6 +58,13 @@ check "the config, its key hidden" has "$(curl -s "$root/_fake/config")" '"seed"
 check "an unknown control path is a 404" \
     test "$(curl -s -o /dev/null -w '%{http_code}' "$root/_fake/nothing")" = 404
 
+echo "# a new script, without a restart"
+script='{"script": ["rate_limit", "status:code=502"], "cycle": true}'
+check "a 429 then a 502, in a cycle" has "$(control PUT /script "$script")" '"cycle":true'
+answers=$(for _ in 1 2 3; do printf '%s ' "$(post)"; done)
+check "  played from its first step" test "$answers" = "429 502 429 "
+check "  and back to no script" has "$(control PUT /script '{"script": []}')" '"script":\[\]'
+
 echo "# queued faults"
 control POST /reset >/dev/null
 queued=$(control POST /queue '{"behaviours": "status:code=503", "count": 2, "model": "fake-*"}')

@@ -14,9 +14,11 @@ upstreams = FakeNetwork(
     {
         # openai serves two requests, then says 429 and cools down for 20 s
         "openai": FakeProvider(script=["ok", "ok", "rate_limit:dialect=retry-after,seconds=20"]),
-        # groq serves one, then its stream ends without [DONE], then it fails with a 503 (and
-        # again on the router's one retry)
-        "groq": FakeProvider(script=["ok", "no_done", "status:code=503", "status:code=503"]),
+        # groq serves one, then its stream closes after three events, then it fails with a 503
+        # (and again on the router's one retry)
+        "groq": FakeProvider(
+            script=["ok", "truncate:events=3", "status:code=503", "status:code=503"]
+        ),
     }
 )
 PROVIDERS = {"openai": {"base_url": "http://openai/v1"}, "groq": {"base_url": "http://groq/v1"}}
@@ -51,7 +53,7 @@ async def serve(database: Path) -> None:
             chat,  # openai
             {**chat, "stream": True},  # openai
             chat,  # openai 429 -> groq
-            {**chat, "stream": True},  # openai cooling -> groq, no [DONE]
+            {**chat, "stream": True},  # openai cooling -> groq, cut short
             {**chat, "model": "gpt-5"},  # no such chain or model: 404
             chat,  # openai cooling, groq 503: exhausted
         ):

@@ -9,10 +9,19 @@ from waterfall_asgi import MemoryLedger, WaterfallMiddleware
 from waterfall_fakes import FakeNetwork, FakeProvider
 
 # One fake whose script sends each request a different way.
-SCRIPT = ["ok", "ok", "no_done", "cut:bytes=1500", "error_event:after=3"]
+SCRIPT = [
+    "ok",
+    "ok",
+    "no_done",
+    "truncate:events=5",
+    "cut:bytes=1500",
+    "slow_chunks:seconds=2",
+    "error_event:after=3",
+]
 upstreams = FakeNetwork({"openai": FakeProvider(script=SCRIPT)})
 config = {
-    "providers": {"openai": {"base_url": "http://openai/v1"}},
+    # a stream silent for 0.25 s once it has begun is given up (the default is 15 s)
+    "providers": {"openai": {"base_url": "http://openai/v1", "timeouts": {"stall": 0.25}}},
     "chains": {"fast": ["openai/fake-small"]},
 }
 ledger = MemoryLedger()
@@ -44,19 +53,20 @@ async def main() -> None:
         second = await client.post("/v1/chat/completions", json=asked)
         usage = json.loads(events(second.text)[-2])
         assert (usage["choices"], usage["usage"]["total_tokens"]) == ([], 17)
-        # 3-5. Streams that go wrong after they have begun: still 200, the status is sent.
+        # 3-7. Streams that end without [DONE]: whole, or gone wrong after they had begun
+        # (still 200: the status line is sent before the stream).
         replies = [first, second]
-        for _ in range(3):
+        for _ in SCRIPT[2:]:
             replies.append(await client.post("/v1/chat/completions", json=STREAM))
-        assert [reply.status_code for reply in replies] == [200] * 5
+        assert [reply.status_code for reply in replies] == [200] * len(SCRIPT)
     await app.shutdown()
 
-    print("upstream             status             tokens  error in the record", end="")
+    print("upstream               status             tokens  error in the record", end="")
     print("                      the end of the client's stream")
     for step, reply, record in zip(SCRIPT, replies, ledger.records.values(), strict=True):
         tokens = "-" if record.total_tokens is None else str(record.total_tokens)
         error = record.error or "-"
-        print(f"{step:<20} {record.status:<18} {tokens:>6}  {error:<40} {ending(reply.text)}")
+        print(f"{step:<22} {record.status:<18} {tokens:>6}  {error:<40} {ending(reply.text)}")
 
 
 asyncio.run(main())

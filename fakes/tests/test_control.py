@@ -309,6 +309,45 @@ def test_a_bad_queue_entry_is_a_400(body: dict[str, Any]) -> None:
     assert provider.rules() == []
 
 
+def test_the_script_is_replaced_over_http() -> None:
+    provider, client = control_client(script=["status:code=500"], rules=[{"name": "keep"}])
+    client.post("/v1/chat/completions", json=BODY)
+    assert client.get("/_fake/script").json() == {
+        "version": 1,
+        "script": ["status"],
+        "cycle": False,
+        "repeat_last": False,
+    }
+    answer = client.put(
+        "/_fake/script", json={"script": ["ok", "status:code=503"], "repeat_last": True}
+    )
+    assert answer.json()["script"] == ["ok", "status:code=503"]
+    statuses = [client.post("/v1/chat/completions", json=BODY).status_code for _ in range(3)]
+    assert statuses == [200, 503, 503]  # from its first step, then the last one forever
+    assert len(provider.requests) == 4  # the journal stays
+    assert [r.rule.name for r in provider.rules()] == ["keep"]  # and the rules
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"script": ["nap"]},
+        {"script": "ok"},
+        {"script": ["ok"], "cycle": True, "repeat_last": True},
+        {"script": ["ok"], "cycle": "yes"},
+        {"script": ["ok"], "loop": True},
+        [],
+    ],
+)
+def test_a_bad_script_is_a_400_and_changes_nothing(body: Any) -> None:
+    provider, client = control_client(script=["status:code=502"])
+    answer = client.put("/_fake/script", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_script"
+    assert client.post("/v1/chat/completions", json=BODY).status_code == 502
+    assert provider.config.script[0][0].kind == "status"
+
+
 MODELS = ["fake-small", "fake-medium", "fake-large"]
 
 

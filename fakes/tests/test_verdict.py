@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -361,3 +362,23 @@ def test_the_verdict_command_cannot_read_its_source(
     err = capsys.readouterr().err
     assert err.count("waterfall-fakes: cannot judge ") == 3
     assert "not a journal" in err
+
+
+@pytest.mark.loopback
+def test_the_verdict_command_reads_a_running_fake(capsys: pytest.CaptureFixture[str]) -> None:
+    from waterfall_fakes import FakeServer
+
+    with FakeServer(FakeProvider(script=["status:code=400", "status:code=400"])) as server:
+        for _ in range(2):
+            httpx.post(server.url + "/chat/completions", json=BODY)
+        assert main(["verdict", server.url]) == 1
+        assert main(["verdict", server.root + "/", "--json"]) == 1
+        assert main(["verdict", server.root + "/nowhere"]) == 2  # not a fake: a 404
+    out, err = capsys.readouterr()
+    assert "  FAIL  no_retry_4xx" in out
+    assert '"passed": false' in out
+    assert "waterfall-fakes: cannot judge " in err
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert main(["verdict", f"http://127.0.0.1:{port}/v1"]) == 2  # nothing listens there

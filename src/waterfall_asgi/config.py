@@ -37,6 +37,7 @@ __all__ = [
     "Deployment",
     "LedgerSettings",
     "Limits",
+    "MetricsSettings",
     "ModelInfo",
     "Price",
     "Provider",
@@ -45,6 +46,7 @@ __all__ = [
     "RouterConfig",
     "RoutingPolicy",
     "Timeouts",
+    "TracingSettings",
     "UpstreamSettings",
     "ceil_units",
     "load_config",
@@ -69,8 +71,22 @@ class Timeouts(_Model):
         default=60.0, gt=0, description="from sending the request to the response headers"
     )
     read: float = Field(default=60.0, gt=0, description="between two body chunks")
+    stall: float = Field(
+        default=15.0,
+        gt=0,
+        description="once a stream has begun: seconds without a byte before it is given up "
+        "(at most ``read``; unset, it is ``read`` if that is shorter)",
+    )
     write: float = Field(default=30.0, gt=0, description="to send the request body")
     pool: float = Field(default=5.0, gt=0, description="to get a connection from the pool")
+
+    @model_validator(mode="after")
+    def _check_stall(self) -> Timeouts:
+        if self.stall > self.read:
+            if "stall" in self.model_fields_set:
+                raise ValueError(f"stall ({self.stall:g}) must not exceed read ({self.read:g})")
+            object.__setattr__(self, "stall", self.read)
+        return self
 
     def for_headers(self) -> Timeouts:
         """These timeouts for a client waiting for response headers within ``first_byte``: its
@@ -190,7 +206,11 @@ class ModelInfo(_Model):
 
     quality: Decimal = Field(default=Decimal(0), description="higher is better")
     context_window: int | None = Field(default=None, ge=1, description="tokens, prompt + reply")
-    capabilities: frozenset[Literal["tools", "vision", "json_schema"]] = frozenset()
+    capabilities: frozenset[Literal["tools", "vision", "json_schema", "prefill"]] = Field(
+        default=frozenset(),
+        description="``prefill``: it continues an assistant message given last (see "
+        "``policy.continue_streams``)",
+    )
 
 
 class Deployment(_Model):
@@ -293,6 +313,12 @@ class RoutingPolicy(_Model):
     )
     circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
 
+    continue_streams: bool = Field(
+        default=False,
+        description="continue a chat stream cut or stalled after it began on a further entry "
+        "of its plan whose model declares the capability ``prefill``",
+    )
+
     def falls_through(self, status: int) -> bool:
         """Whether an upstream ``status`` makes the request move to the next entry."""
         return status in self.fall_through or status >= 500
@@ -345,6 +371,43 @@ class UpstreamSettings(_Model):
     max_connections: int = Field(default=1000, ge=1, description="open connections, in all")
     max_keepalive: int = Field(
         default=100, ge=0, description="idle connections kept for reuse (httpx only)"
+    )
+
+
+class MetricsSettings(_Model):
+    """Prometheus metrics (``pip install 'waterfall-asgi[metrics]'``): see the Observability
+    page for the list."""
+
+    enabled: bool = Field(default=False, description="collect the router's Prometheus metrics")
+    path: str | None = Field(
+        default=None,
+        description='serve them at this path, e.g. "/metrics" (None: not served; the host '
+        "exposes the registry itself)",
+    )
+    require_client_key: bool = Field(
+        default=True,
+        description="when client_keys are set, the metrics path asks for one too",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError('give a path such as "/metrics" (starting with /, no trailing /)')
+        return value or None
+
+
+class TracingSettings(_Model):
+    """OpenTelemetry spans and GenAI client metrics (``pip install 'waterfall-asgi[otel]'``),
+    through the tracer and meter providers the host configured."""
+
+    enabled: bool = Field(
+        default=False, description="a span per request, a child span per upstream attempt"
+    )
+    propagate: bool = Field(
+        default=False,
+        description="send the request span's traceparent upstream (otherwise a client's "
+        "traceparent and tracestate are not forwarded while tracing is enabled)",
     )
 
 
@@ -559,6 +622,8 @@ class RouterConfig(_Model):
     price_refresh: float | None = Field(
         default=None, gt=0, description="seconds between price imports (None: at start only)"
     )
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("prefix")
     @classmethod

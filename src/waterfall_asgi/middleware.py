@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import itertools
 import json
 import logging
 import time
@@ -43,6 +44,7 @@ from .config import (
     ceil_units,
     load_config,
 )
+from .continuation import Continuation
 from .cooldown import CooldownStore, InMemoryCooldownStore
 from .cost import (
     PromptEstimator,
@@ -54,9 +56,11 @@ from .cost import (
 )
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
+from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
-from .relay import ClientWatch, WatchStarter, relay_stream
+from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
 from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
+from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
 
@@ -123,6 +127,8 @@ class WaterfallMiddleware:
         ledger: LedgerStore | None = None,
         on_complete: Callable[[UsageRecord], Any] | None = None,
         prompt_estimator: PromptEstimator = estimate_prompt_tokens,
+        metrics: RouterMetrics | None = None,
+        tracing: RouterTracing | None = None,
     ) -> None:
         self.app = app
         self.config_error: ConfigError | None = None
@@ -173,6 +179,43 @@ class WaterfallMiddleware:
         self._told = False  # whether the config error has been logged
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
+        self.metrics = metrics
+        """The Prometheus metrics fed (given, or made when ``metrics.enabled``; else ``None``)."""
+        self.tracing = tracing
+        """The OpenTelemetry spans and metrics made (given, or when ``tracing.enabled``)."""
+        self._metrics_path: str | None = None
+        try:
+            self._observability()
+        except ConfigError as exc:
+            if self.config_error is None:
+                self.config_error = exc
+
+    def _observability(self) -> None:
+        """Make the metrics and tracing the config enables (unless given), and tell them which
+        requested-model labels to keep."""
+        settings = self.config.metrics
+        if self.metrics is None and settings.enabled:
+            try:
+                self.metrics = RouterMetrics()
+            except ImportError:
+                raise ConfigError(
+                    "metrics.enabled: Prometheus metrics need prometheus-client: "
+                    "pip install 'waterfall-asgi[metrics]'"
+                ) from None
+        if self.metrics is not None:
+            self.metrics.known.update(known_labels(self.config))
+            self._metrics_path = settings.path
+        tracing = self.config.tracing
+        if self.tracing is None and tracing.enabled:
+            try:
+                self.tracing = RouterTracing(propagate=tracing.propagate, prefix=self.config.prefix)
+            except ImportError:
+                raise ConfigError(
+                    "tracing.enabled: OpenTelemetry needs opentelemetry-api: "
+                    "pip install 'waterfall-asgi[otel]'"
+                ) from None
+        if self.tracing is not None:
+            self.tracing.known.update(known_labels(self.config))
 
     @property
     def router(self) -> Router | None:
@@ -258,6 +301,9 @@ class WaterfallMiddleware:
                 return
             if self.health_path is not None and path == self.health_path:
                 await self._health(scope, send)
+                return
+            if path == self._metrics_path and self._metrics_path is not None:
+                await self._serve_metrics(scope, send)
                 return
         if self.app is None:
             if kind == "http":
@@ -352,12 +398,47 @@ class WaterfallMiddleware:
                 RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
             )
             return
-        describe = getattr(self.cooldowns, "health", None)
-        if describe is not None:  # a shared store: say whether it is shared right now
-            store = describe()
-            state = "ok" if store.get("state") == "ok" else "degraded"
-            body = json.dumps({"status": state, "cooldowns": store}).encode()
+        stores = {}  # a shared store says whether it is shared right now (nothing secret)
+        for name, store in (("cooldowns", self.cooldowns), ("ledger", self.ledger)):
+            describe = getattr(store, "health", None)
+            if describe is not None:
+                stores[name] = describe()
+        if stores:
+            ok = all(store.get("state") == "ok" for store in stores.values())
+            body = json.dumps({"status": "ok" if ok else "degraded", **stores}).encode()
         await self._send_json(send, 200, body, [])
+
+    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        try:
+            if scope["method"] not in ("GET", "HEAD"):
+                raise RouterError(
+                    405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
+                )
+            if self.config.metrics.require_client_key:
+                self._authorize(scope)
+        except RouterError as exc:
+            await send_error(send, exc)
+            return
+        try:
+            metrics.set_cooling(await self.cooldowns.snapshot(), now=self.clock())
+        except Exception:  # a store that does not answer leaves the gauge as it was
+            logger.warning("metrics: the cooldown store could not be read", exc_info=True)
+        metrics.sample_ledger(self.ledger)
+        content_type, body = metrics.exposition()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_json(
         self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
@@ -379,6 +460,10 @@ class WaterfallMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         request_id = new_request_id()
         started = time.monotonic()
+        tracing = self.tracing
+        if tracing is not None:
+            start_ns = time.time_ns()
+            span = tracing.begin(scope, start_ns)
         record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
         watch: ClientWatch | None = None
         accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
@@ -451,14 +536,12 @@ class WaterfallMiddleware:
             current = asyncio.current_task()
             assert current is not None
             watch = self._watches.watch(receive, current.cancel)
+            client_headers = _client_headers(scope, self.config.limits)
             try:
+                if tracing is not None:
+                    client_headers = tracing.upstream_headers(client_headers, span)
                 served = await router.run(
-                    label,
-                    plan,
-                    endpoint,
-                    upstream_payload,
-                    _client_headers(scope, self.config.limits),
-                    stream,
+                    label, plan, endpoint, upstream_payload, client_headers, stream
                 )
             except asyncio.CancelledError:
                 if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
@@ -468,10 +551,23 @@ class WaterfallMiddleware:
                 return
             finally:
                 watch.on_gone = None  # no await since run() returned: nothing cancels now
+            continuation = (
+                Continuation(router, label, plan, endpoint, upstream_payload, client_headers)
+                if self.config.policy.continue_streams
+                and stream
+                and Continuation.possible(self.config, endpoint, upstream_payload, plan)
+                else None
+            )
             # The request's JSON and the plan are not needed while the answer is relayed (a
-            # stream may take minutes): let them go now, not at the end. (What a request holds
-            # while it waits also sets the garbage collector off sooner: see the benchmarks.)
-            del payload, upstream_payload, plan
+            # stream may take minutes): let them go now, not at the end (but for a stream that
+            # may be continued). (What a request holds while it waits also sets the garbage
+            # collector off sooner: see the benchmarks.)
+            choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
+            if stream:  # (with_usage made stream_options a mapping with include_usage)
+                n = payload.get("n")
+                choices = n if type(n) is int and n > 1 else 1
+                usage_asked = upstream_payload["stream_options"]["include_usage"] is True
+            del payload, upstream_payload, plan, client_headers
             record.attempts = [_attempt_log(a) for a in served.attempts]
             record.provider = served.deployment.provider
             record.upstream_model = served.deployment.model
@@ -491,12 +587,23 @@ class WaterfallMiddleware:
                         _cost_event(charge, request_id) if self.config.ledger.cost_event else None
                     ),
                     watch=watch,
+                    choices=choices,
+                    usage=usage_asked,
+                    stall=self.config.providers[served.deployment.provider].timeouts.stall,
+                    continuation=continuation,
                     redact=router.redactor.bytes,
                 )
                 charge.apply(record, outcome.usage)
+                if outcome.parts or outcome.attempts:
+                    self._continued(record, outcome, charge)
                 record.status, record.error = outcome.status, outcome.error
                 if outcome.error is not None:  # (it may quote an upstream's error event)
                     record.error = router.redactor.text(outcome.error)
+                if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
+                    for part in outcome.parts:
+                        router.stream_failed(part.deployment)
+                    if outcome.status in _STREAM_FAILED:
+                        router.stream_failed(outcome.deployment or served.deployment)
         except RouterError as exc:
             if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
                 accounted = False
@@ -528,7 +635,53 @@ class WaterfallMiddleware:
             if accounted:
                 await self._finish(record)
             if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
-                logger.info(json.dumps({"method": scope["method"], **record.to_dict()}))
+                fields = {"method": scope["method"], **record.to_dict()}
+                logger.info(json.dumps(fields), extra={"waterfall_request": fields})
+            if self.metrics is not None:
+                self.metrics.observe(record, now=self.clock(), ledger=self.ledger)
+            if tracing is not None:
+                tracing.end(span, record, start_ns, scope["method"])
+
+    def _continued(self, record: UsageRecord, outcome: RelayOutcome, charge: _Charge) -> None:
+        """Record a stream the router tried to continue: the continuation's attempts, and, when
+        it was continued, the tokens and cost of every part (each priced at its own entry's
+        price, in one unit), summed, and each on its served attempt."""
+        served = [a for a in record.attempts if a["outcome"] == "served"][-1:]
+        for attempt in outcome.attempts:
+            log = _attempt_log(attempt)
+            log["continuation"] = True
+            record.attempts.append(log)
+            if attempt.outcome == "served":
+                served.append(log)
+        if not outcome.parts or outcome.deployment is None:
+            return
+        usages = [(p.deployment, p.usage) for p in outcome.parts]
+        usages.append((outcome.deployment, outcome.usage))
+        unit = charge.unit or (charge.price.unit if charge.price is not None else None)
+        tokens = [0, 0, 0]
+        counted = False
+        total: int | None = 0
+        for (deployment, usage), log, part in itertools.zip_longest(usages, served, outcome.parts):
+            price = self._price(deployment)
+            own = _Charge(self.config, price, unit or (price.unit if price else None))
+            costs = own.costs(usage)
+            if log is not None:
+                log["prompt_tokens"] = usage.prompt_tokens
+                log["completion_tokens"] = usage.completion_tokens
+                log["cost"] = costs[0] if costs is not None else None
+                if part is not None:
+                    log["ended"] = part.ended
+            if usage.has_usage:
+                counted = True
+                tokens[0] += usage.prompt_tokens or 0
+                tokens[1] += usage.completion_tokens or 0
+                tokens[2] += usage.total_tokens or 0
+                total = None if costs is None or total is None else total + costs[0]
+        if counted:
+            record.prompt_tokens, record.completion_tokens, record.total_tokens = tokens
+        record.cost = total if counted and total is not None else None
+        record.cost_unit = unit if record.cost is not None else None
+        record.reference_cost = None
 
     async def _save(self, record: UsageRecord) -> None:
         try:
@@ -714,6 +867,10 @@ class WaterfallMiddleware:
             await served.aclose()
             raise
         return charge
+
+
+_STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
+"""The statuses of a stream that failed after it began: the entry's fault."""
 
 
 def _estimate(ranking: Ranking, deployment: Deployment) -> bytes:

@@ -5,7 +5,14 @@ arriving are held back until its blank line comes. That is what makes a clean en
 
 - when the upstream fails, the unfinished event is dropped and an explicit SSE error event follows
   (``stream_interrupted``), never a half event glued to the error;
-- when it closes without ``data: [DONE]``, an error event says so (``stream_incomplete``);
+- when it sends no byte for ``stall`` seconds once the stream has begun, it is given up the same
+  way (``stream_stalled``);
+- when it closes cleanly without ``data: [DONE]`` after the whole answer (every choice has its
+  finish reason, and the usage chunk came if usage was asked for: see
+  :meth:`~waterfall_asgi.usage.UsageResult.answered`), the relay appends the missing
+  ``data: [DONE]`` (an unfinished event held back is dropped first, as on a failure) and the
+  stream is a success; with any choice unfinished, an error event says so
+  (``stream_incomplete``);
 - when the router injected ``stream_options.include_usage`` for a client that did not ask, the
   usage-only chunk (``choices: []``) is removed whole, the one chunk such a client would choke on
   (the others keep the ``"usage": null`` the provider then adds to them);
@@ -29,9 +36,11 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import Deployment
+from .continuation import Continuation, Relayed, relayed_text, rewrite_events
 from .errors import error_body
 from .ledger import Status
-from .router import Served
+from .router import Attempt, Served
 from .sse import BLANK_LINE, SSEParser, after_last_blank_line
 from .upstream import UpstreamError
 from .usage import _EMPTY_CHOICES, StreamObserver, UsageResult, usage_only_chunk
@@ -40,6 +49,7 @@ __all__ = [
     "ClientWatch",
     "EventAligner",
     "RelayOutcome",
+    "StreamPart",
     "WatchStarter",
     "error_event",
     "relay_stream",
@@ -48,6 +58,12 @@ __all__ = [
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
+
+
+_DONE = b"data: [DONE]\n\n"
+"""The end of a stream, as the relay appends it to a whole answer that came without it."""
+_NO_DONE = "upstream sent no [DONE]"
+"""The note (``error``) of a successful record whose ``[DONE]`` the relay appended."""
 
 
 def error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
@@ -329,13 +345,31 @@ class WatchStarter:
 
 
 @dataclass
+class StreamPart:
+    """A part of a continued stream that failed, and was continued (see
+    :mod:`~waterfall_asgi.continuation`)."""
+
+    deployment: Deployment
+    usage: UsageResult
+    ended: str
+    """How it ended, as a record's ``error`` says it (``stream_stalled: no byte for 15s``)."""
+
+
+@dataclass
 class RelayOutcome:
     """How a relayed stream ended, and what it said about usage."""
 
     status: Status
     usage: UsageResult
+    """What the (last) upstream said."""
     error: str | None = None
     client_gone: bool = False
+    parts: Sequence[StreamPart] = ()
+    """The parts before the last of a continued stream, in order (none: not continued)."""
+    attempts: Sequence[Attempt] = ()
+    """The calls made to continue the stream (whether or not one did)."""
+    deployment: Deployment | None = None
+    """The entry that served the last part of a continued stream."""
 
 
 async def relay_stream(
@@ -348,14 +382,29 @@ async def relay_stream(
     request_id: str | None = None,
     closing_event: Callable[[UsageResult], bytes | None] | None = None,
     watch: ClientWatch | None = None,
+    choices: int = 1,
+    usage: bool = False,
+    stall: float | None = None,
+    continuation: Continuation | None = None,
     redact: Callable[[bytes], bytes] | None = None,
 ) -> RelayOutcome:
     """Relay the rest of ``served`` (its ``prefix`` first) to the client; the response start has
     been sent already. ``closing_event`` may add one last event after a complete stream.
     ``watch`` is the request's :class:`ClientWatch`, if it has one already (else the relay
-    listens to ``receive`` itself). ``redact`` cleans what is sent from the first error event
-    on (see :class:`~waterfall_asgi.redact.Redactor`)."""
-    state = _Relay(send, strip_usage, drain_seconds, request_id, redact)
+    listens to ``receive`` itself). ``choices`` (the request's ``n``) and ``usage`` (whether
+    usage was asked for, by the client or the router) say when a stream without ``[DONE]`` is
+    whole anyway; ``stall`` bounds the wait for each read, if it is shorter than the served
+    response's read timeout. With a ``continuation``, a stream that fails after it began is
+    continued elsewhere if it can be (see :mod:`.continuation`). ``redact`` cleans what is sent
+    from the first error event on (see :class:`~waterfall_asgi.redact.Redactor`)."""
+    if stall is not None and stall < served.read_timeout:
+        served.read_timeout = stall
+    state = (
+        _Relay(send, strip_usage, drain_seconds, request_id)
+        if continuation is None
+        else _Recording(send, strip_usage, drain_seconds, request_id)
+    )
+    state.redact = redact
     own_watch = watch is None
     watcher = ClientWatch(receive) if watch is None else watch
     watcher.on_gone = state.client_left
@@ -383,12 +432,31 @@ async def relay_stream(
         state.task.uncancel()  # the drain's deadline, not a cancellation from outside
     finally:
         watcher.on_gone = None
-        if own_watch:
+        if own_watch and continuation is None:
             watcher.close()
         if state.drain is not None:
             state.drain.cancel()
         await served.aclose()
-    return await state.end(out, failure, closing_event)
+    if continuation is not None:
+        try:
+            return await _continue(
+                state,
+                served,
+                continuation,
+                watcher,
+                out,
+                failure,
+                (choices, usage),
+                closing_event,
+            )
+        finally:
+            if own_watch:
+                watcher.close()
+    if failure is None and not state.observer.result.complete:
+        # A clean close without [DONE]: whole if the answer is (judged on whole events only).
+        whole = state.observer.result.answered(choices, usage)
+        return await state.end(out, None, closing_event, whole)
+    return await state.end(out, failure, closing_event, stall=served.read_timeout)
 
 
 class _Relay(EventAligner):
@@ -461,27 +529,49 @@ class _Relay(EventAligner):
         held: bytes,
         failure: BaseException | None,
         closing_event: Callable[[UsageResult], bytes | None] | None,
+        whole: bool = False,
+        stall: float = 0.0,
     ) -> RelayOutcome:
         """Send the stream's last piece (``held``, whole events not sent yet, first); say how
-        it ended."""
+        it ended. ``whole``: a stream without ``[DONE]`` whose answer is whole; ``stall``: the
+        read timeout a ``TimeoutError`` failure means."""
         observer = self.observer
         usage = observer.result
         if self.gone:
             return _gone(usage)
         if failure is not None:
-            kind = failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
-            reason = "timed out" if isinstance(failure, TimeoutError) else "failed"
-            tail = self.fail(
-                error_event(
-                    f"The upstream stream {reason} after it began ({kind}).", "stream_interrupted"
+            if isinstance(failure, TimeoutError):
+                tail = self.fail(
+                    error_event(
+                        f"The upstream stream stalled: no byte for {stall:g}s after it began.",
+                        "stream_stalled",
+                    )
                 )
-            )
-            outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
-        elif not usage.complete:
+                why = f"stream_stalled: no byte for {stall:g}s"
+                outcome = RelayOutcome("stream_incomplete", usage, why)
+            else:
+                kind = (
+                    failure.name if isinstance(failure, UpstreamError) else type(failure).__name__
+                )
+                tail = self.fail(
+                    error_event(
+                        f"The upstream stream failed after it began ({kind}).",
+                        "stream_interrupted",
+                    )
+                )
+                outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
+        elif not usage.complete and not whole:
             tail = self.fail(
                 error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
             )
             outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
+        elif not usage.complete:  # whole but for its [DONE]: the relay adds it
+            tail = self.fail(_DONE)
+            if self.skip_lf and tail[:1] == b"\n":  # the LF of a usage event cut out
+                tail = tail[1:]
+            if closing_event is not None:
+                tail += closing_event(usage) or b""
+            outcome = RelayOutcome("success", usage, _NO_DONE)
         else:
             tail = self.flush()
             if tail:  # held back only for want of a blank line: whole, as far as it goes
@@ -500,6 +590,171 @@ class _Relay(EventAligner):
         except OSError:  # a server that reports the gone client by raising (see forward)
             return _gone(usage)
         return outcome
+
+
+class _Recording(_Relay):
+    """A relay that keeps the whole events it handed over, for a continuation to read."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(
+        self, send: Send, strip_usage: bool, drain_seconds: float, request_id: str | None
+    ) -> None:
+        super().__init__(send, strip_usage, drain_seconds, request_id)
+        self.pieces: list[bytes] = []
+
+    def take(self, chunk: bytes) -> bytes:
+        whole = super().take(chunk)
+        if whole:
+            self.pieces.append(whole)
+        return whole
+
+
+class _Continued(_Recording):
+    """The relay of a continuation: its events written as the first part's (see
+    :func:`~waterfall_asgi.continuation.rewrite_events`)."""
+
+    __slots__ = ("head",)
+
+    def __init__(
+        self,
+        send: Send,
+        strip_usage: bool,
+        drain_seconds: float,
+        request_id: str | None,
+        head: Relayed,
+    ) -> None:
+        super().__init__(send, strip_usage, drain_seconds, request_id)
+        self.head = head
+
+    def relay(self, chunk: bytes) -> bytes:
+        whole = self.take(chunk)
+        if not whole:
+            return whole
+        self.observer.feed(whole)
+        if self.gone:
+            return b""
+        return rewrite_events(whole, self.head, self.strip_usage)
+
+
+def _failed(state: _Relay, failure: BaseException | None, choices: int, usage: bool) -> bool:
+    """Whether a part ended without its whole answer: failed, or closed before it."""
+    result = state.observer.result
+    if failure is not None:
+        return True
+    return not result.complete and not result.answered(choices, usage)
+
+
+async def _continue(
+    state: _Relay,
+    served: Served,
+    continuation: Continuation,
+    watcher: ClientWatch,
+    out: bytes,
+    failure: BaseException | None,
+    ending: tuple[int, bool],
+    closing_event: Callable[[UsageResult], bytes | None] | None,
+) -> RelayOutcome:
+    """End a relayed stream whose request may be continued: on a failure after it began, ask
+    the continuation for another entry's stream and relay it into the same client stream, as
+    often as a part fails and another entry can go on."""
+    choices, usage = ending
+    parts: list[StreamPart] = []
+    attempts: list[Attempt] = []
+    text = ""
+    head: Relayed | None = None
+    while (
+        not state.gone
+        and _failed(state, failure, choices, usage)
+        and state.observer.result.error is None
+        and isinstance(state, _Recording)
+        and not state.misaligned
+    ):
+        relayed = relayed_text(state.pieces)
+        if relayed is None:
+            break
+        if head is None:
+            head = relayed
+        ended = _why(failure, served.read_timeout)
+        if out:  # the whole events not sent yet, before anything else
+            await state.forward(out)
+            out = b""
+        watcher.on_gone = state.client_left
+        try:
+            continued, tried = await continuation.run(served.deployment, text + relayed.text)
+        except asyncio.CancelledError:
+            if not _left(state) or state.task is None:
+                raise
+            state.task.uncancel()  # the drain's deadline: the client left meanwhile
+            continued, tried = None, []
+        finally:
+            watcher.on_gone = None
+        attempts += tried
+        if continued is None:
+            break
+        if _left(state):  # (while the continuation was asked for)
+            await continued.aclose()
+            break
+        state.fail(b"")  # (the unfinished event held back is dropped)
+        text += relayed.text
+        parts.append(StreamPart(served.deployment, state.observer.result, ended))
+        served = continued
+        stall = continuation.stall(served.deployment)
+        if stall < served.read_timeout:
+            served.read_timeout = stall
+        state = _Continued(state.send, state.strip_usage, state.drain_seconds, None, head)
+        watcher.on_gone = state.client_left
+        failure = None
+        out = b""
+        try:
+            out = state.relay(served.prefix)
+            while not served.at_end():
+                if out:
+                    await state.forward(out)
+                    out = b""
+                chunk = await served.read_chunk()
+                if not chunk:
+                    break
+                out = state.relay(chunk)
+        except (TimeoutError, UpstreamError) as exc:
+            failure = exc
+        except asyncio.CancelledError:
+            if not state.gone or state.task is None:
+                raise
+            state.task.uncancel()
+        finally:
+            watcher.on_gone = None
+            if state.drain is not None:
+                state.drain.cancel()
+            await served.aclose()
+    whole = failure is None and state.observer.result.answered(choices, usage)
+    outcome = await state.end(
+        out, failure, None if parts else closing_event, whole, served.read_timeout
+    )
+    if parts:
+        continued_on = f"continued on {served.deployment.key} after {parts[0].ended}"
+        if outcome.status == "success":
+            outcome.error = f"{continued_on}; {outcome.error}" if outcome.error else continued_on
+    outcome.parts, outcome.attempts = parts, attempts
+    if parts:
+        outcome.deployment = served.deployment
+    return outcome
+
+
+def _left(state: _Relay) -> bool:
+    """Whether the client has left (read anew: it may change during any await)."""
+    return state.gone
+
+
+def _why(failure: BaseException | None, timeout: float) -> str:
+    """How a part ended, in the words of the record's ``error`` field."""
+    if isinstance(failure, TimeoutError):
+        return f"stream_stalled: no byte for {timeout:g}s"
+    if isinstance(failure, UpstreamError):
+        return f"stream_interrupted: {failure.name}"
+    if failure is not None:
+        return f"stream_interrupted: {type(failure).__name__}"
+    return "no [DONE]"
 
 
 def _gone(usage: UsageResult) -> RelayOutcome:

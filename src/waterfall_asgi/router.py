@@ -591,6 +591,16 @@ class Router:
         )
         return False
 
+    def stream_failed(self, deployment: Deployment) -> None:
+        """A stream accepted from ``deployment`` failed after it began (cut, stalled, closed in
+        the middle of its answer, or an error event): a health signal, counted in the entry's
+        circuit as one failure (it may open it). Called by the relay's caller."""
+        policy = self.config.policy
+        circuit = self.circuits.get(deployment.key)
+        if circuit is None:
+            circuit = self.circuits[deployment.key] = Circuit(policy.circuit, policy.max_cooldown)
+        circuit.failure(self.clock())
+
     def _backoff(self, tries: int) -> float:
         """Seconds before retry number ``tries + 1``: jittered, doubling."""
         return float(self.config.policy.backoff * 2.0**tries * (0.5 + random.random()))
@@ -685,9 +695,17 @@ class Router:
         # One timer bounds every wait of this attempt: the headers and the first event by
         # first_byte, each later read by read (see Deadline).
         deadline = Deadline()
-        first_byte = deadline.after(t.first_byte).when
+        # The timer is armed at the stall timeout if that is sooner, the earliest a stream's
+        # relay needs (see relay_stream): its reads then only move it later, lazily (a wait
+        # past it re-arms it, once).
+        stall, first = t.stall, t.first_byte
+        first_byte = deadline.after(stall if stall < first else first).when
+        if stall < first:
+            first_byte += first - stall
         try:
             with deadline:
+                if stall < first:
+                    deadline.at(first_byte)
                 response = await self.upstream.request(
                     "POST",
                     provider.base_url + endpoint,

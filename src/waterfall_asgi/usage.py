@@ -3,7 +3,9 @@
 :class:`StreamObserver` taps a stream as it passes (bytes in, nothing out): it parses SSE with the
 bounded :class:`~waterfall_asgi.sse.SSEParser` and, from each ``data:`` JSON, keeps the usage (the
 last one with token counts), the finish reason of every choice, the model and id, and any error
-object. A stream is complete only once ``data: [DONE]`` has arrived. It never raises: a failure
+object. It notes whether ``data: [DONE]`` arrived (:attr:`UsageResult.complete`); whether a stream
+that closed without it had still delivered its whole answer is :meth:`UsageResult.answered`
+(every choice finished, and the usage chunk if usage was asked for). It never raises: a failure
 inside it is counted, logged once, and the bytes it was given are unaffected (it never had them to
 change).
 
@@ -66,6 +68,23 @@ class UsageResult:
     def has_usage(self) -> bool:
         """Token counts were reported."""
         return self.prompt_tokens is not None or self.completion_tokens is not None
+
+    def answered(self, choices: int = 1, usage: bool = False) -> bool:
+        """Whether the stream said all it had to say, ``[DONE]`` or not: each of ``choices``
+        choices (indices 0 to ``choices - 1``, the request's ``n``) has its finish reason, and,
+        when ``usage`` was asked for, the token counts came; no error event came.
+
+        >>> UsageResult(finish_reasons={0: "stop"}).answered()
+        True
+        >>> UsageResult(finish_reasons={0: "stop"}).answered(choices=2)
+        False
+        >>> UsageResult(finish_reasons={0: "stop"}).answered(usage=True)
+        False
+        """
+        if self.error is not None or (usage and not self.has_usage):
+            return False
+        reasons = self.finish_reasons
+        return all(index in reasons for index in range(max(choices, 1)))
 
 
 def usage_only_chunk(data: str) -> bool:

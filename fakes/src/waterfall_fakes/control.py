@@ -13,6 +13,9 @@ them are not recorded and do not move the script. Every answer is JSON with a ``
 ``POST /_fake/reset``              forget the journal, rewind the script and the rules' counts,
                                    put back the config's rules, empty the limiter and the queue
 ``GET /_fake/config``              the fake's current config (its API key hidden)
+``GET /_fake/script``              the script, each step in header text, and how it ends
+``PUT /_fake/script``              replace the script and play it from its first step (the
+                                   journal and the rules stay)
 ``GET /_fake/rules``               the rules in force (queued entries included), with counts
 ``POST /_fake/rules``              add a rule, or a list of them (a rule's JSON shape)
 ``DELETE /_fake/rules``            remove every rule, the config's included (until a reset)
@@ -34,6 +37,7 @@ from urllib.parse import parse_qs, unquote
 
 from pydantic import ValidationError
 
+from .behaviours import format_behaviours
 from .catalog import dumps
 from .journal import JOURNAL_VERSION, journal_json
 from .provider import FakeProvider, Reply
@@ -193,6 +197,43 @@ def _status_of(provider: FakeProvider, name: str | None) -> dict[str, Any]:
     raise ControlError(404, f"No rule named {name!r}.", "rule_not_found")  # pragma: no cover
 
 
+def _set_script(provider: FakeProvider, args: dict[str, str], body: bytes) -> Any:
+    """Replace the script and play it from its first step (the journal and rules stay)."""
+    data = _body_json(body)
+    if not isinstance(data, dict) or not isinstance(data.get("script"), list):
+        raise ControlError(
+            400,
+            'Send {"script": [step, ...]} and optionally "cycle" or "repeat_last": true.',
+            "invalid_script",
+        )
+    unknown = sorted(set(data) - {"script", "cycle", "repeat_last"})
+    if unknown:
+        raise ControlError(400, f"Unknown field(s) {', '.join(unknown)}.", "invalid_script")
+    flags = {k: data.get(k, False) for k in ("cycle", "repeat_last")}
+    if not all(isinstance(v, bool) for v in flags.values()):
+        raise ControlError(400, "cycle and repeat_last must be true or false.", "invalid_script")
+    try:
+        provider.set_script(data["script"], **flags)
+    except ValidationError as exc:
+        raise _validation(exc, "script") from None
+    return _script_json(provider)
+
+
+def _get_script(provider: FakeProvider, args: dict[str, str], body: bytes) -> Any:
+    """The script, each step in header text, and how it ends."""
+    return _script_json(provider)
+
+
+def _script_json(provider: FakeProvider) -> dict[str, Any]:
+    config = provider.config
+    return {
+        "version": CONTROL_VERSION,
+        "script": [format_behaviours(list(step)) for step in config.script],
+        "cycle": config.cycle,
+        "repeat_last": config.repeat_last,
+    }
+
+
 def _list_rules(provider: FakeProvider, args: dict[str, str], body: bytes) -> Any:
     """The rules in force, queued entries included, with their counts."""
     return _rules_json(provider)
@@ -282,6 +323,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/journal": {"GET": _journal},
     "/reset": {"POST": _reset},
     "/config": {"GET": _config},
+    "/script": {"GET": _get_script, "PUT": _set_script},
     "/rules": {"GET": _list_rules, "POST": _add_rules, "DELETE": _clear_rules},
     "/rules/NAME": {"DELETE": _remove_rule},
     "/queue": {"GET": _list_queue, "POST": _add_queue, "DELETE": _clear_queue},

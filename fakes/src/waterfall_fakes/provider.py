@@ -379,6 +379,17 @@ class FakeProvider:
             if self._limiter:
                 self._limiter.reset()
 
+    def set_script(self, script: Any, *, cycle: bool = False, repeat_last: bool = False) -> None:
+        """Replace the script (steps as :class:`FakeConfig` takes them) while the fake runs, and
+        play it from its first step; the journal, the rules and the limiter are kept.
+        ``ValueError`` (a pydantic ``ValidationError``) for a bad script, which changes nothing."""
+        data = {**self.config.model_dump(), "script": script, "cycle": cycle}
+        config = FakeConfig.model_validate({**data, "repeat_last": repeat_last})
+        with self._lock:
+            self.config = config
+            self._step = 0
+            self._gates = {k: v for k, v in self._gates.items() if not k.startswith("script:")}
+
     def calls(self, path: str = "/v1/chat/completions") -> list[RecordedRequest]:
         """The recorded requests to ``path``."""
         return [r for r in self.requests if r.path == path]
