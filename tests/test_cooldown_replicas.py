@@ -16,6 +16,7 @@ from services import RedisServer, free_port
 from waterfall_asgi import (
     ConfigError,
     InMemoryCooldownStore,
+    PostgresLedger,
     RedisCooldownStore,
     WaterfallMiddleware,
     load_config,
@@ -92,8 +93,11 @@ def test_the_docs_example(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-a")
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-b")
     monkeypatch.setenv("WATERFALL_REDIS_URL", f"redis://:{PASSWORD}@cache.internal:6379/0")
+    monkeypatch.setenv("WATERFALL_LEDGER_URL", f"postgresql://wf:{PASSWORD}@db.internal:5432/usage")
     example = Path(__file__).parent.parent / "docs" / "examples" / "replicas.toml"
     app = WaterfallMiddleware(None, example)
+    assert isinstance(app.ledger, PostgresLedger)
+    assert (app.ledger.url, app.ledger.lease) == ("postgresql://wf:***@db.internal:5432/usage", 30)
     store = app.cooldowns
     assert isinstance(store, RedisCooldownStore)
     assert (store.url, store.prefix) == ("redis://:***@cache.internal:6379/0", "waterfall:prod:")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -446,3 +447,46 @@ def test_a_shared_store_is_read_and_closed() -> None:
     assert source.startswith("cooldowns: the shared store at redis://:***@cache:6379/0 did not")
     assert down.calls == ["open", "close"]
     assert asyncio.run(read_cooldowns(InMemoryCooldownStore())) == (None, NO_LIVE_STATE)
+
+
+def test_a_chain_with_cooldowns_shared_through_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str, redis_prefix: str
+) -> None:
+    # A router that saw a 429 from openai cooled it in Redis; explain, another process, sees it.
+    import asyncio
+    import time
+
+    from waterfall_asgi import RedisCooldownStore
+
+    until = time.time() + 600
+
+    async def cool() -> None:
+        store = RedisCooldownStore(redis_url, prefix=redis_prefix)
+        await store.open()
+        try:
+            assert store.connected
+            await store.extend("openai/gpt-4o-mini", until)
+        finally:
+            await store.close()
+
+    asyncio.run(cool())
+    config = write(
+        tmp_path,
+        CHAINS + f'\n[cooldowns]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"\n',
+        "router.toml",
+    )
+    code, out, err = run(capsys, config, str(write(tmp_path, {"model": "fast"})))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == "chain 'fast': 2 entries, tried in this order until one answers"
+    assert re.fullmatch(
+        r"  1\. openai/gpt-4o-mini         cooling until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
+        r"\(\d+s from now\): skipped",
+        lines[1],
+    )
+    assert lines[2] == "  2. groq/llama-3.1-8b-instant  would be tried"
+    assert lines[3].startswith("cooldowns: read from the shared store at redis://")
+    as_json = run(capsys, config, str(write(tmp_path, {"model": "fast"})), "--json")[1]
+    entries = json.loads(as_json)["entries"]
+    assert entries[0]["cooling_until"] == pytest.approx(until, abs=0.01)
+    assert entries[1]["cooling_until"] is None
