@@ -10,12 +10,14 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
 from waterfall_asgi._serving import guarded_h11, serve_logging
+from waterfall_asgi.cli import main
 
 pytestmark = [pytest.mark.loopback, pytest.mark.anyio]
 
@@ -149,3 +151,47 @@ def test_serve_logging_adds_the_routers_logger() -> None:
     }
     assert "waterfall_asgi" not in uvicorn.config.LOGGING_CONFIG["loggers"]  # a copy
     assert logging.getLogger("waterfall_asgi").handlers == []  # nothing configured here
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], {"header_timeout": 10.0, "h11_max_incomplete_event_size": 32768,
+              "timeout_keep_alive": 5.0, "limit_concurrency": 2048,
+              "timeout_graceful_shutdown": 30.0, "level": "INFO"}),
+        (["--header-timeout", "2.5", "--max-header-bytes", "8192", "--timeout-keep-alive", "1",
+          "--limit-concurrency", "100", "--timeout-graceful-shutdown", "7",
+          "--log-level", "warning"],
+         {"header_timeout": 2.5, "h11_max_incomplete_event_size": 8192,
+          "timeout_keep_alive": 1.0, "limit_concurrency": 100,
+          "timeout_graceful_shutdown": 7.0, "level": "WARNING"}),
+    ],
+    ids=["defaults", "given"],
+)  # fmt: skip
+def test_serve_flags_reach_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str], expected: dict[str, Any]
+) -> None:
+    seen: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *_, **__: seen.append(self.config))
+    config = tmp_path / "router.toml"
+    config.write_text(
+        '[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n[chains]\nfast = ["a/m"]\n'
+        "[ledger]\npath = ''\n"
+    )
+    assert main(["serve", "--config", str(config), "--port", "0", *flags]) == 3  # (not run)
+    (got,) = seen
+    assert got.http.header_timeout == expected["header_timeout"]
+    for name in ("h11_max_incomplete_event_size", "timeout_keep_alive", "limit_concurrency"):
+        assert getattr(got, name) == expected[name]
+    assert got.timeout_graceful_shutdown == expected["timeout_graceful_shutdown"]
+    assert isinstance(got.log_config, dict)
+    assert got.log_config["loggers"]["waterfall_asgi"]["level"] == expected["level"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_serve_refuses_a_timeout_that_is_not_positive(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--config", "x.toml", "--header-timeout", value])
+    assert "give a number of seconds above 0" in capsys.readouterr().err
