@@ -398,11 +398,14 @@ class WaterfallMiddleware:
                 RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
             )
             return
-        describe = getattr(self.cooldowns, "health", None)
-        if describe is not None:  # a shared store: say whether it is shared right now
-            store = describe()
-            state = "ok" if store.get("state") == "ok" else "degraded"
-            body = json.dumps({"status": state, "cooldowns": store}).encode()
+        stores = {}  # a shared store says whether it is shared right now (nothing secret)
+        for name, store in (("cooldowns", self.cooldowns), ("ledger", self.ledger)):
+            describe = getattr(store, "health", None)
+            if describe is not None:
+                stores[name] = describe()
+        if stores:
+            ok = all(store.get("state") == "ok" for store in stores.values())
+            body = json.dumps({"status": "ok" if ok else "degraded", **stores}).encode()
         await self._send_json(send, 200, body, [])
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
@@ -588,11 +591,14 @@ class WaterfallMiddleware:
                     usage=usage_asked,
                     stall=self.config.providers[served.deployment.provider].timeouts.stall,
                     continuation=continuation,
+                    redact=router.redactor.bytes,
                 )
                 charge.apply(record, outcome.usage)
                 if outcome.parts or outcome.attempts:
                     self._continued(record, outcome, charge)
                 record.status, record.error = outcome.status, outcome.error
+                if outcome.error is not None:  # (it may quote an upstream's error event)
+                    record.error = router.redactor.text(outcome.error)
                 if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
                     for part in outcome.parts:
                         router.stream_failed(part.deployment)

@@ -8,9 +8,9 @@ client's ``traceparent``) and ended at its end, with its attributes set once, at
 child span per upstream call (kind ``CLIENT``), made at the end from the request's record with
 explicit start and end times; entries passed over without a call (cooling, open circuit, …) are
 events on the request span. The names follow the OpenTelemetry semantic conventions for
-generative AI (``gen_ai.*``, status *Development*, as of semantic conventions 1.40; since then
-kept in the semantic-conventions-genai repository under the same names) and for HTTP; the
-router adds its own ``waterfall.*`` attributes. See the Observability page for the list.
+generative AI (``gen_ai.*``, status *Development*, as of semantic conventions 1.44.0, which
+mark them as moved to the semantic-conventions-genai repository, under the same names) and for
+HTTP; the router adds its own ``waterfall.*`` attributes. See the Observability page for the list.
 
 Where this deliberately differs from the obvious implementation:
 
