@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml fakes/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		-r requirements-dev.txt -e ./fakes -e '.[yaml,server,redis,postgres]'
+		-r requirements-dev.txt -e ./fakes -e '.[yaml,server,redis,postgres,metrics,otel]'
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the main job on embedded defaults: fake providers on loopback, no keys

@@ -10,6 +10,8 @@ uvicorn in its own process on 127.0.0.1:
 * ``serve``: ``router+sqlite`` after ``tune_gc()`` (``gc.freeze()``, a young-generation threshold
   of 10,000): what ``waterfall-asgi serve`` runs with its defaults;
 * ``router/httpx``: ``router`` with httpx as its upstream client (``upstream.client = "httpx"``);
+* ``router+redis``: ``router+sqlite`` with its cooldowns in Redis (``cooldowns.url``:
+  ``REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a key prefix of the run's own);
 * ``router+pg``: ``router`` with the PostgreSQL ledger (``ledger.url``), in a database made for
   the run on ``DATABASE_URL``'s server (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
   and dropped after it;
@@ -17,9 +19,9 @@ uvicorn in its own process on 127.0.0.1:
   ``REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a key prefix of the run's own).
 
 A row whose service cannot be reached (or whose extra is not installed) is left out, and said so.
-After the ratios to the passthrough, the PostgreSQL rows' CPU per request is also given as a ratio
-to ``router+sqlite``'s, round by round (the target: at most 1.15 with both on). The database's and
-Redis's own CPU is not in these numbers: only the router process's.
+After the ratios to the passthrough, the shared-store rows' CPU per request is also given as a
+ratio to ``router+sqlite``'s, round by round (the target: at most 1.15 with both on). The
+database's and Redis's own CPU is not in these numbers: only the router process's.
 
 Every server runs on one stack, ``--stack``: ``standard`` (the default; uvloop and httptools, what
 ``uvicorn[standard]`` installs and what the issue's own table was measured on) or ``asyncio``
@@ -73,10 +75,15 @@ PROXIES = (
     "router+sqlite",
     "serve",
     "router/httpx",
+    "router+redis",
     "router+pg",
     "router+redis+pg",
 )
-SHARED = ("router+pg", "router+redis+pg")  # the rows with a shared store: ratios to router+sqlite
+SHARED = (
+    "router+redis",
+    "router+pg",
+    "router+redis+pg",
+)  # the rows with a shared store: ratios to router+sqlite
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 STACKS = {"standard": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}  # loop, http
@@ -382,6 +389,9 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Con
         tune_gc()  # as `waterfall-asgi serve` does
     elif kind == "router/httpx":
         app = router_app(upstream, None, client="httpx")
+    elif kind == "router+redis":
+        redis_url = os.environ["WATERFALL_BENCH_REDIS_URL"]
+        app = router_app(upstream, str(Path(ledger_dir) / "redis.db"), redis_url=redis_url)
     elif kind in SHARED:
         app = router_app(
             upstream,
@@ -816,7 +826,6 @@ def shared_services() -> tuple[str | None, str | None, Callable[[], None], list[
         cleanup = drop
     except Exception as exc:  # no driver, no server: the rows are left out, and said so
         notes.append(f"router+pg, router+redis+pg left out: no PostgreSQL ({type(exc).__name__})")
-        return None, None, cleanup, notes
     try:
         import redis
 
@@ -832,7 +841,7 @@ def shared_services() -> tuple[str | None, str | None, Callable[[], None], list[
             client.close()
         redis_url = url
     except Exception as exc:
-        notes.append(f"router+redis+pg left out: no Redis ({type(exc).__name__}: {exc})")
+        notes.append(f"router+redis(+pg) left out: no Redis ({type(exc).__name__}: {exc})")
     return database_url, redis_url, cleanup, notes
 
 
@@ -930,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [
         p
         for p in PROXIES
-        if p in chosen and (p not in SHARED or (database_url and ("redis" not in p or redis_url)))
+        if p in chosen and ("pg" not in p or database_url) and ("redis" not in p or redis_url)
     ]
     os.environ["WATERFALL_BENCH_DATABASE_URL"] = database_url or ""
     os.environ["WATERFALL_BENCH_REDIS_URL"] = redis_url or ""

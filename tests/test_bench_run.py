@@ -81,3 +81,17 @@ def test_the_shared_store_rows_are_also_given_against_the_sqlite_router(run: Mod
     assert "1.10 (0.50-1.10)" in lines["router+pg"]
     assert "router+redis+pg" not in lines  # not measured: no row
     assert run.ratios_to_sqlite({}) == ""
+
+
+def test_the_redis_row_is_a_shared_store_row(run: ModuleType) -> None:
+    assert "router+redis" in run.PROXIES
+    cells = {
+        ("router+sqlite", "stream", 1): cell(run, [(100, 1.0, 0.2), (100, 1.0, 0.2)]),
+        ("router+redis", "stream", 1): cell(run, [(100, 1.0, 0.21), (100, 1.0, 0.23)]),
+    }
+    lines = {
+        line.split("|")[1].strip(): line
+        for line in run.ratios_to_sqlite(cells).splitlines()
+        if "|" in line
+    }
+    assert "1.10 (1.05-1.15)" in lines["router+redis"]

@@ -335,7 +335,7 @@ def test_config_is_frozen() -> None:
             changed("bogus", 1),
             "bogus: unknown setting (known here: prefix, providers, deployments, chains, "
             "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, "
-            "routes, rates, price_refresh)",
+            "routes, rates, price_refresh, metrics, tracing)",
             id="extra-top",
         ),
         pytest.param(
@@ -401,7 +401,7 @@ def test_every_field_mistake_is_reported_one_per_line() -> None:
         "chains.fast.1: 'nope' is not of the form 'provider/model'",
         "typo: unknown setting (known here: prefix, providers, deployments, chains, "
         "default_chain, client_keys, policy, limits, upstream, ledger, cooldowns, models, "
-        "routes, rates, price_refresh)",
+        "routes, rates, price_refresh, metrics, tracing)",
     ]
 
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ def test_uvicorn_refuses_to_start_and_says_why(
         text=True,
     )
     lines = []
+    guard = threading.Timer(60, process.kill)  # a hang ends the process, and the test fails
+    guard.start()
     try:
         assert process.stderr is not None
         for line in process.stderr:  # until it exits, or pretends to be healthy
@@ -83,6 +86,7 @@ def test_uvicorn_refuses_to_start_and_says_why(
         assert "Application startup complete" not in log, log
         assert process.wait(timeout=30) == 3  # uvicorn's exit code for a failed startup
     finally:
+        guard.cancel()
         if process.poll() is None:
             process.kill()
             process.wait()

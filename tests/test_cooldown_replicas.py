@@ -16,6 +16,7 @@ from services import RedisServer, free_port
 from waterfall_asgi import (
     ConfigError,
     InMemoryCooldownStore,
+    PostgresLedger,
     RedisCooldownStore,
     WaterfallMiddleware,
     load_config,
@@ -92,8 +93,11 @@ def test_the_docs_example(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-a")
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-b")
     monkeypatch.setenv("WATERFALL_REDIS_URL", f"redis://:{PASSWORD}@cache.internal:6379/0")
+    monkeypatch.setenv("WATERFALL_LEDGER_URL", f"postgresql://wf:{PASSWORD}@db.internal:5432/usage")
     example = Path(__file__).parent.parent / "docs" / "examples" / "replicas.toml"
     app = WaterfallMiddleware(None, example)
+    assert isinstance(app.ledger, PostgresLedger)
+    assert (app.ledger.url, app.ledger.lease) == ("postgresql://wf:***@db.internal:5432/usage", 30)
     store = app.cooldowns
     assert isinstance(store, RedisCooldownStore)
     assert (store.url, store.prefix) == ("redis://:***@cache.internal:6379/0", "waterfall:prod:")
@@ -264,3 +268,62 @@ async def test_redis_stopped_and_restarted_under_load_fails_no_request(
     assert [s.outages for s in stores] == [1, 1]
     assert len(net["a"].calls()) > 0
     assert len(net["b"].calls()) > 0
+
+
+@pytest.mark.anyio
+async def test_a_hung_redis_under_load_fails_no_request(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    script = ["rate_limit:dialect=retry-after-ms,seconds=0.02", "", ""]
+    net = FakeNetwork(
+        {"a": FakeProvider(name="a", script=script, cycle=True), "b": FakeProvider(name="b")}
+    )
+    app = replica(redis_server.url, redis_prefix, net)
+    await app.startup()
+    store = app.cooldowns
+    assert isinstance(store, RedisCooldownStore)
+    assert store.connected
+    statuses: list[int] = []
+    degraded: list[dict[str, Any]] = []
+    finished = asyncio.Event()
+
+    async def client() -> None:
+        for _ in range(3000):  # bounded; the operator ends the load sooner
+            if finished.is_set():
+                return
+            result = await call(app, "POST", "/v1/chat/completions", CHAT)
+            statuses.append(result.status)
+            await asyncio.sleep(0)
+
+    async def wait_for(condition: Any, what: str) -> None:
+        for _ in range(2000):  # bounded: at most ~10 s
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never happened: {what} ({len(statuses)} requests)")
+
+    async def operator() -> None:
+        try:
+            await wait_for(lambda: len(statuses) >= 100, "100 requests")
+            redis_server.pause()  # connections stay open; nothing answers
+            try:
+                await wait_for(lambda: not store.connected, "the store gives up on Redis")
+                degraded.append((await call(app, "GET", "/health")).json())
+                mark = len(statuses)
+                await wait_for(lambda: len(statuses) >= mark + 100, "100 requests while hung")
+            finally:
+                redis_server.resume()
+            await wait_for(lambda: store.connected, "the store is back")
+            mark = len(statuses)
+            await wait_for(lambda: len(statuses) >= mark + 100, "100 requests after")
+        finally:
+            finished.set()
+
+    try:
+        await asyncio.gather(operator(), *(client() for _ in range(6)))
+    finally:
+        await app.shutdown()
+    assert set(statuses) == {200}
+    assert len(statuses) >= 300
+    assert degraded[0]["status"] == "degraded"
+    assert degraded[0]["cooldowns"]["error"] == "TimeoutError"

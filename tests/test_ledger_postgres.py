@@ -148,11 +148,15 @@ async def test_no_password_in_repr_errors_or_logs(
     caplog.set_level(logging.DEBUG, "waterfall_asgi.ledger")
     await ledger.open()  # unreachable: not an error at start; the writer tries again
     await ledger.save(record(1))
-    assert ledger.health() == {
+    health = ledger.health()
+    assert health.pop("degraded_for_s") >= 0
+    assert health == {
         "store": "postgres",
-        "connected": False,
+        "state": "degraded",
+        "url": f"postgresql://app:***@127.0.0.1:{away.split(':')[3].split('/')[0]}/db"
+        "?password=%2A%2A%2A",
         "pending": 1,
-        "failures": 0,
+        "lost": 0,
     }
     await ledger.close()
     assert ledger.failures == 1
@@ -367,3 +371,42 @@ class _opened:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.ledger.close()
+
+
+async def test_health_reports_the_ledger_without_its_password(pg_url: str) -> None:
+    secret = "hunter2-secret"
+    config = {
+        "providers": {"a": {"base_url": "http://a/v1"}},
+        "deployments": [{"provider": "a", "model": "fake-small"}],
+        "chains": {"fast": ["a/fake-small"]},
+    }
+    net = FakeNetwork({"a": FakeProvider(name="a")})
+    live = WaterfallMiddleware(None, config, transport=net, ledger=PostgresLedger(pg_url))
+    await live.startup()
+    try:
+        body = (await call(live, "GET", "/health")).json()
+    finally:
+        await live.shutdown()
+    assert body["status"] == "ok"
+    assert body["ledger"]["state"] == "ok"
+    away = PostgresLedger(
+        f"postgresql://app:{secret}@127.0.0.1:{closed_port()}/db",
+        connect_timeout=1,
+        close_timeout=0.1,
+    )
+    down = WaterfallMiddleware(None, config, transport=net, ledger=away)
+    await down.startup()  # the router starts all the same, and serves
+    try:
+        served = await call(down, "POST", "/v1/chat/completions", {"model": "fast", "messages": []})
+        result = await call(down, "GET", "/health")
+    finally:
+        await down.shutdown()
+    assert served.status == 200
+    assert result.status == 200  # the router serves: a balancer must not take it out
+    assert secret not in result.body.decode()
+    assert result.json()["status"] == "degraded"
+    ledger = result.json()["ledger"]
+    assert (ledger["state"], ledger["url"]) == (
+        "degraded",
+        f"postgresql://app:***@127.0.0.1:{away.url.split(':')[3].split('/')[0]}/db",
+    )

@@ -1,9 +1,14 @@
-"""Several real replicas: ``waterfall-asgi serve`` processes on loopback sharing one ledger, in
-front of ``waterfall-fakes serve``.
+"""Several real replicas: ``waterfall-asgi serve`` processes on loopback sharing one ledger (and
+one Redis for cooldowns), in front of ``waterfall-fakes serve``.
 
+- Three replicas sharing one Redis and one PostgreSQL database: a provider answers 429 with
+  ``Retry-After: 30`` once, and 300 requests spread round-robin over the replicas call it exactly
+  once (the cooldown one replica learnt is honoured by the others); every request leaves exactly
+  one terminal row. Then one replica is killed (SIGKILL) with streams in flight: its rows become
+  ``interrupted`` (marked by another replica once its lease lapses), none lost, none counted
+  twice, and the other replicas keep serving.
 - Workers on one host sharing one SQLite file: a worker that starts leaves a live one's
-  ``pending`` rows alone; one killed (SIGKILL) mid-stream has its rows marked ``interrupted`` by
-  another once its lease lapses, none lost, none counted twice, while the others keep serving.
+  ``pending`` rows alone; one killed mid-stream has its rows marked by another.
 
 Bounded: every wait is a bounded loop; every process is stopped at the end, by its pid.
 """
@@ -208,6 +213,81 @@ def chat(text: str, model: str = "fast", stream: bool = False) -> dict[str, Any]
     if stream:
         body["stream"] = True
     return body
+
+
+async def test_three_replicas_share_one_truth(
+    pg_url: str, redis_url: str, redis_prefix: str, processes: Processes, tmp_path: Path
+) -> None:
+    fakes = {
+        "limited": fake(processes, "limited", "rate_limit:dialect=retry-after,seconds=30"),
+        "backup": fake(processes, "backup"),
+        "slow": fake(processes, "slow", "slow_chunks:seconds=0.5", cycle=True),
+    }
+    config = router_config(
+        tmp_path / "router.toml",
+        fakes,
+        f'[ledger]\nurl = "{pg_url}"\nlease = {LEASE}',
+        f'[cooldowns]\nurl = "{redis_url}"\nprefix = "{redis_prefix}"',
+    )
+    ports = [free_port() for _ in range(3)]
+    replicas = [replica(processes, f"replica-{n}", config, port) for n, port in enumerate(ports)]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    ids: list[str] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for base in bases:
+            await wait_healthy(client, base)
+
+        async def send(n: int, base: str) -> None:
+            response = await client.post(base + CHAT, json=chat(f"request {n}"))
+            assert response.status_code == 200, response.text
+            ids.append(response.headers["x-waterfall-request-id"])
+
+        # the first request meets the 429 (Retry-After: 30); the 299 after it go round-robin
+        await send(0, bases[0])
+        for start in range(1, 300, 3):
+            await asyncio.gather(
+                *(send(n, bases[n % 3]) for n in range(start, min(start + 3, 300)))
+            )
+        journal = (await client.get(fakes["limited"].removesuffix("/v1") + "/_fake/journal")).json()
+        calls = [e for e in journal["entries"] if e["path"].endswith(CHAT)]
+        assert [e["status"] for e in calls] == [429]  # called exactly once, by all three
+        got = await until(
+            pg_url,
+            lambda r: all(r.get(i, {}).get("status") == "success" for i in ids),
+            "300 finished rows",
+        )
+        assert len(got) == len(ids) == len(set(ids)) == 300
+
+        # streams in flight on the third replica, then kill -9
+        victim, survivors = bases[2], bases[:2]
+        in_flight, streams = await streams_in_flight(client, victim, 6)
+        await until(
+            pg_url,
+            lambda r: all(r.get(i, {}).get("status") == "pending" for i in in_flight),
+            "the streams' pending rows",
+        )
+        await kill(replicas[2], streams)
+        after: list[str] = []
+        for n in range(30):  # the others keep serving
+            response = await client.post(survivors[n % 2] + CHAT, json=chat(f"after {n}"))
+            assert response.status_code == 200
+            after.append(response.headers["x-waterfall-request-id"])
+        final = await until(
+            pg_url,
+            lambda r: (
+                all(r.get(i, {}).get("status") == "interrupted" for i in in_flight)
+                and all(r.get(i, {}).get("status") == "success" for i in after)
+            ),
+            "the killed replica's rows interrupted",
+        )
+    everyone = [*ids, *in_flight, *after]
+    assert sorted(final) == sorted(everyone)  # none lost, none counted twice
+    for request_id in in_flight:
+        assert final[request_id]["error"] == INTERRUPTED
+    victims = {final[i]["instance_id"] for i in in_flight}
+    assert len(victims) == 1
+    assert all(final[i]["instance_id"] not in victims for i in after)
+    assert all(r["status"] in ("success", "interrupted") for r in final.values())
 
 
 async def test_workers_sharing_one_sqlite_file_never_mark_each_others_rows(

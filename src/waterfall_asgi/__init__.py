@@ -14,6 +14,7 @@ from .config import (
     Deployment,
     LedgerSettings,
     Limits,
+    MetricsSettings,
     ModelInfo,
     Price,
     Provider,
@@ -22,6 +23,7 @@ from .config import (
     RouterConfig,
     RoutingPolicy,
     Timeouts,
+    TracingSettings,
     UpstreamSettings,
     ceil_units,
     load_config,
@@ -64,6 +66,8 @@ from .ledger_sqlite import (
     read_records,
     utf8_text,
 )
+from .logs import REQUEST_FIELDS, JsonFormatter
+from .metrics import METRIC_NAMES, RouterMetrics, attempt_outcome, exposition, known_labels
 from .middleware import WaterfallMiddleware, with_usage
 from .pricing import (
     DEFAULT_MAX_BYTES,
@@ -94,6 +98,7 @@ from .router import (
     is_context_length_error,
 )
 from .sse import BLANK_LINE, SSEEvent, SSEParser, after_last_blank_line
+from .tracing import OPERATIONS, TRACE_HEADERS, RouterTracing
 from .upstream import (
     AiohttpUpstream,
     HttpxUpstream,
@@ -118,9 +123,13 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "METRIC_NAMES",
     "NO_CALL",
+    "OPERATIONS",
     "REDACTED",
+    "REQUEST_FIELDS",
     "TERMINAL_STATUSES",
+    "TRACE_HEADERS",
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
@@ -139,12 +148,14 @@ __all__ = [
     "HttpxUpstream",
     "ImportStyle",
     "InMemoryCooldownStore",
+    "JsonFormatter",
     "LedgerError",
     "LedgerSettings",
     "LedgerStore",
     "Limits",
     "LocalHealth",
     "MemoryLedger",
+    "MetricsSettings",
     "ModelInfo",
     "NoFittingDeployment",
     "PostgresLedger",
@@ -164,6 +175,8 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RouterError",
+    "RouterMetrics",
+    "RouterTracing",
     "RoutingPolicy",
     "SQLiteLedger",
     "SSEEvent",
@@ -173,6 +186,7 @@ __all__ = [
     "StreamObserver",
     "StreamPart",
     "Timeouts",
+    "TracingSettings",
     "Upstream",
     "UpstreamConnectError",
     "UpstreamError",
@@ -189,6 +203,7 @@ __all__ = [
     "WaterfallMiddleware",
     "after_last_blank_line",
     "as_upstream",
+    "attempt_outcome",
     "ceil_units",
     "convert",
     "create_app",
@@ -197,8 +212,10 @@ __all__ = [
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
+    "exposition",
     "forwarded_headers",
     "is_context_length_error",
+    "known_labels",
     "load_config",
     "missing_prices",
     "models_url",

@@ -135,13 +135,17 @@ def guarded_h11(header_timeout: float) -> type[H11Protocol]:
     return type("GuardedH11Protocol", (_GuardedH11,), {"header_timeout": header_timeout})
 
 
-def serve_logging(level: str) -> dict[str, Any]:
+def serve_logging(level: str, log_format: str = "text") -> dict[str, Any]:
     """uvicorn's logging config, plus the router's own logger (``waterfall_asgi``: one JSON
     line per request at ``info``, the ledger's start-up lines, warnings) at ``level``, on
-    stderr in uvicorn's format."""
+    stderr in uvicorn's format; with ``log_format="json"``, every line (uvicorn's access and
+    error lines too) is one JSON object (see :class:`~waterfall_asgi.logs.JsonFormatter`)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    if log_format == "json":
+        for formatter in config["formatters"]:
+            config["formatters"][formatter] = {"()": "waterfall_asgi.logs.JsonFormatter"}
     config["loggers"]["waterfall_asgi"] = {
         "handlers": ["default"],
         "level": level.upper(),

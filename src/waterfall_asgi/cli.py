@@ -122,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            log_config=serve_logging(args.log_level),
+            log_config=serve_logging(args.log_level, args.log_format),
             lifespan="on",
             http=guarded_h11(args.header_timeout),
             h11_max_incomplete_event_size=args.max_header_bytes,
@@ -371,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="for uvicorn's lines and the router's (one JSON line per request at info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text (uvicorn's format; the per-request line's message is a JSON object) or json "
+        "(every line one JSON object; a request line's fields at its top level)",
     )
     serve.add_argument(
         "--header-timeout",

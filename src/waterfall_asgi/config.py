@@ -37,6 +37,7 @@ __all__ = [
     "Deployment",
     "LedgerSettings",
     "Limits",
+    "MetricsSettings",
     "ModelInfo",
     "Price",
     "Provider",
@@ -45,6 +46,7 @@ __all__ = [
     "RouterConfig",
     "RoutingPolicy",
     "Timeouts",
+    "TracingSettings",
     "UpstreamSettings",
     "ceil_units",
     "load_config",
@@ -372,6 +374,43 @@ class UpstreamSettings(_Model):
     )
 
 
+class MetricsSettings(_Model):
+    """Prometheus metrics (``pip install 'waterfall-asgi[metrics]'``): see the Observability
+    page for the list."""
+
+    enabled: bool = Field(default=False, description="collect the router's Prometheus metrics")
+    path: str | None = Field(
+        default=None,
+        description='serve them at this path, e.g. "/metrics" (None: not served; the host '
+        "exposes the registry itself)",
+    )
+    require_client_key: bool = Field(
+        default=True,
+        description="when client_keys are set, the metrics path asks for one too",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError('give a path such as "/metrics" (starting with /, no trailing /)')
+        return value or None
+
+
+class TracingSettings(_Model):
+    """OpenTelemetry spans and GenAI client metrics (``pip install 'waterfall-asgi[otel]'``),
+    through the tracer and meter providers the host configured."""
+
+    enabled: bool = Field(
+        default=False, description="a span per request, a child span per upstream attempt"
+    )
+    propagate: bool = Field(
+        default=False,
+        description="send the request span's traceparent upstream (otherwise a client's "
+        "traceparent and tracestate are not forwarded while tracing is enabled)",
+    )
+
+
 class CooldownSettings(_Model):
     """Where cooldowns are kept: in this process (the default), or shared by every replica
     through Redis (``url`` or ``url_env``; needs ``pip install 'waterfall-asgi[redis]'``).
@@ -583,6 +622,8 @@ class RouterConfig(_Model):
     price_refresh: float | None = Field(
         default=None, gt=0, description="seconds between price imports (None: at start only)"
     )
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("prefix")
     @classmethod

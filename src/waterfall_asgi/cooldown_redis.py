@@ -5,26 +5,30 @@ The store behaves as :class:`~waterfall_asgi.cooldown.InMemoryCooldownStore` doe
 (a deadline only ever grows), made atomic across replicas. Where it differs from the obvious
 implementation, and why:
 
-- **Reads never touch Redis.** Each replica keeps a local mirror of every deadline; ``get`` reads
-  it. The mirror is kept fresh by Redis pub/sub: the script that extends a key publishes the new
-  deadline on ``{prefix}events`` in the same atomic step, and every replica applies it as it
-  arrives (about a millisecond on loopback). On every (re)connect the replica subscribes first,
-  then reads every key under the prefix (a full resync), so nothing published in between is lost.
-- **One round trip per extension**, and only when it would grow the deadline this replica knows:
-  a server-side Lua script reads the key, keeps the larger deadline, sets the key to expire with
-  its cooldown, and publishes, all atomically.
-- **Deadlines are in the Redis server's clock.** A replica sends the *remaining* seconds; the
-  script adds them to Redis's ``TIME``. Each replica measures the offset between its own clock and
-  Redis's (the midpoint of a round trip, the sample with the shortest round trip of the last
-  few) and converts deadlines it reads into its own clock. Hosts whose clocks disagree by minutes
-  still agree on when a cooldown ends, to within half a round trip.
-- **Redis being away never fails or blocks a request.** Every Redis call is bounded by
-  ``timeout`` (connecting by ``connect_timeout``), with no retries. On the first failure the store
-  turns *degraded*: it logs one warning (the URL with its password redacted), keeps serving from
-  its mirror and records new cooldowns locally, with no Redis call on any request, while a
-  background task reconnects with a capped backoff. When Redis answers again it pushes the
-  cooldowns it recorded meanwhile (and any that a restarted, empty Redis lost), resyncs, and logs
-  that it is back. A heartbeat (``TIME`` every ``heartbeat`` seconds) notices a Redis that hangs.
+- **No request waits for Redis.** Each replica keeps a local mirror of every deadline: ``get``
+  reads it, and ``extend`` writes it and wakes a background writer. So a request where nothing
+  is cooling makes no Redis round trip, and a request that records a cooldown does not wait for
+  one either.
+- **One atomic round trip per write.** The writer sends every waiting deadline in one pipeline;
+  for each, a Lua script keeps the later of the stored and the new deadline, sets the key to
+  expire with its cooldown, and publishes the new deadline on ``{prefix}events``, atomically.
+  Every replica is subscribed and updates its mirror as the message arrives (about a millisecond
+  on loopback). On every (re)connect a replica subscribes first, then reads every key under the
+  prefix (a full resync), so nothing published in between is lost.
+- **Deadlines are in the Redis server's clock.** Each replica measures the offset between its
+  own clock and Redis's (Redis's ``TIME`` against the midpoint of the round trip, keeping the
+  sample with the shortest round trip of the last eight) and converts deadlines to Redis's clock
+  when it writes them and back when it reads them. Hosts whose clocks disagree by minutes still
+  agree on when a cooldown ends, to within half a round trip.
+- **Redis being away never fails a request.** Every Redis call is bounded (writes by
+  ``timeout``; connecting, resyncing and the heartbeat by ``connect_timeout``), with no retries
+  inside redis-py. When Redis fails the store turns *degraded*: it logs one warning (the URL with
+  its password redacted), keeps serving from its mirror and records new cooldowns locally, while
+  a background task reconnects with a capped backoff. When Redis answers again it pushes the
+  cooldowns recorded meanwhile (and any that a restarted, empty Redis lost), resyncs, and logs
+  that it is back. A heartbeat (``TIME`` every ``heartbeat`` seconds) notices a Redis that hangs;
+  a write that misses ``timeout`` is tried again after Redis has answered a ``TIME`` (a host
+  short of CPU is not an outage), and three slow writes in a row are one.
 """
 
 from __future__ import annotations
@@ -345,20 +349,34 @@ class RedisCooldownStore:
 
     async def _write(self) -> None:
         assert self._wake is not None
+        slow = 0
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._push_pending(self.timeout)
+            try:
+                await self._push_pending(self.timeout)
+            except TimeoutError:
+                # Slow, or gone? A host short of CPU can miss ``timeout`` while Redis is fine:
+                # ask Redis the time (within ``connect_timeout``; failing that, the session
+                # breaks) and try again; three slow writes in a row are an outage all the same.
+                slow += 1
+                if slow >= 3:
+                    raise
+                await self._sample_offset()
+                self._wake.set()
+            else:
+                slow = 0
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
-            await self._sample_offset()
+            # a heartbeat may take up to a heartbeat: a busy event loop is not a Redis outage
+            await self._sample_offset(max(self.connect_timeout, self.heartbeat))
 
-    async def _sample_offset(self) -> None:
+    async def _sample_offset(self, within: float | None = None) -> None:
         assert self._client is not None
         before = self.clock()
-        async with asyncio.timeout(self.connect_timeout):
+        async with asyncio.timeout(within or self.connect_timeout):
             seconds, micros = await self._client.time()
         self._sample(before, self.clock(), seconds * _MICRO + micros)
 

@@ -420,13 +420,19 @@ class PostgresLedger:
         return self._down_since is None
 
     def health(self) -> dict[str, Any]:
-        """What ``/health`` may show of this ledger (nothing secret)."""
-        return {
+        """What ``/health`` shows of this ledger (the URL with its password redacted):
+        ``state`` ``ok`` or ``degraded`` (the database did not answer the last try; records wait
+        in memory), for how long, the records waiting and those lost so far."""
+        report: dict[str, Any] = {
             "store": "postgres",
-            "connected": self.connected,
+            "state": "ok" if self._down_since is None else "degraded",
+            "url": self.url,
             "pending": self.pending,
-            "failures": self.failures,
+            "lost": self.failures,
         }
+        if self._down_since is not None:
+            report["degraded_for_s"] = round(time.monotonic() - self._down_since, 1)
+        return report
 
     # -- the event loop's side --------------------------------------------------------------
 

@@ -56,9 +56,11 @@ from .cost import (
 )
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
+from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
 from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
 from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
+from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from .usage import UsageResult, observe_body
 
@@ -125,6 +127,8 @@ class WaterfallMiddleware:
         ledger: LedgerStore | None = None,
         on_complete: Callable[[UsageRecord], Any] | None = None,
         prompt_estimator: PromptEstimator = estimate_prompt_tokens,
+        metrics: RouterMetrics | None = None,
+        tracing: RouterTracing | None = None,
     ) -> None:
         self.app = app
         self.config_error: ConfigError | None = None
@@ -175,6 +179,43 @@ class WaterfallMiddleware:
         self._told = False  # whether the config error has been logged
         prefix = self.config.prefix
         self._routes = {prefix + e: e for e in _ENDPOINTS}
+        self.metrics = metrics
+        """The Prometheus metrics fed (given, or made when ``metrics.enabled``; else ``None``)."""
+        self.tracing = tracing
+        """The OpenTelemetry spans and metrics made (given, or when ``tracing.enabled``)."""
+        self._metrics_path: str | None = None
+        try:
+            self._observability()
+        except ConfigError as exc:
+            if self.config_error is None:
+                self.config_error = exc
+
+    def _observability(self) -> None:
+        """Make the metrics and tracing the config enables (unless given), and tell them which
+        requested-model labels to keep."""
+        settings = self.config.metrics
+        if self.metrics is None and settings.enabled:
+            try:
+                self.metrics = RouterMetrics()
+            except ImportError:
+                raise ConfigError(
+                    "metrics.enabled: Prometheus metrics need prometheus-client: "
+                    "pip install 'waterfall-asgi[metrics]'"
+                ) from None
+        if self.metrics is not None:
+            self.metrics.known.update(known_labels(self.config))
+            self._metrics_path = settings.path
+        tracing = self.config.tracing
+        if self.tracing is None and tracing.enabled:
+            try:
+                self.tracing = RouterTracing(propagate=tracing.propagate, prefix=self.config.prefix)
+            except ImportError:
+                raise ConfigError(
+                    "tracing.enabled: OpenTelemetry needs opentelemetry-api: "
+                    "pip install 'waterfall-asgi[otel]'"
+                ) from None
+        if self.tracing is not None:
+            self.tracing.known.update(known_labels(self.config))
 
     @property
     def router(self) -> Router | None:
@@ -260,6 +301,9 @@ class WaterfallMiddleware:
                 return
             if self.health_path is not None and path == self.health_path:
                 await self._health(scope, send)
+                return
+            if path == self._metrics_path and self._metrics_path is not None:
+                await self._serve_metrics(scope, send)
                 return
         if self.app is None:
             if kind == "http":
@@ -354,12 +398,47 @@ class WaterfallMiddleware:
                 RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
             )
             return
-        describe = getattr(self.cooldowns, "health", None)
-        if describe is not None:  # a shared store: say whether it is shared right now
-            store = describe()
-            state = "ok" if store.get("state") == "ok" else "degraded"
-            body = json.dumps({"status": state, "cooldowns": store}).encode()
+        stores = {}  # a shared store says whether it is shared right now (nothing secret)
+        for name, store in (("cooldowns", self.cooldowns), ("ledger", self.ledger)):
+            describe = getattr(store, "health", None)
+            if describe is not None:
+                stores[name] = describe()
+        if stores:
+            ok = all(store.get("state") == "ok" for store in stores.values())
+            body = json.dumps({"status": "ok" if ok else "degraded", **stores}).encode()
         await self._send_json(send, 200, body, [])
+
+    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+        try:
+            if scope["method"] not in ("GET", "HEAD"):
+                raise RouterError(
+                    405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
+                )
+            if self.config.metrics.require_client_key:
+                self._authorize(scope)
+        except RouterError as exc:
+            await send_error(send, exc)
+            return
+        try:
+            metrics.set_cooling(await self.cooldowns.snapshot(), now=self.clock())
+        except Exception:  # a store that does not answer leaves the gauge as it was
+            logger.warning("metrics: the cooldown store could not be read", exc_info=True)
+        metrics.sample_ledger(self.ledger)
+        content_type, body = metrics.exposition()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_json(
         self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
@@ -381,6 +460,10 @@ class WaterfallMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         request_id = new_request_id()
         started = time.monotonic()
+        tracing = self.tracing
+        if tracing is not None:
+            start_ns = time.time_ns()
+            span = tracing.begin(scope, start_ns)
         record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
         watch: ClientWatch | None = None
         accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
@@ -455,6 +538,8 @@ class WaterfallMiddleware:
             watch = self._watches.watch(receive, current.cancel)
             client_headers = _client_headers(scope, self.config.limits)
             try:
+                if tracing is not None:
+                    client_headers = tracing.upstream_headers(client_headers, span)
                 served = await router.run(
                     label, plan, endpoint, upstream_payload, client_headers, stream
                 )
@@ -547,7 +632,12 @@ class WaterfallMiddleware:
             if accounted:
                 await self._finish(record)
             if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
-                logger.info(json.dumps({"method": scope["method"], **record.to_dict()}))
+                fields = {"method": scope["method"], **record.to_dict()}
+                logger.info(json.dumps(fields), extra={"waterfall_request": fields})
+            if self.metrics is not None:
+                self.metrics.observe(record, now=self.clock(), ledger=self.ledger)
+            if tracing is not None:
+                tracing.end(span, record, start_ns, scope["method"])
 
     def _continued(self, record: UsageRecord, outcome: RelayOutcome, charge: _Charge) -> None:
         """Record a stream the router tried to continue: the continuation's attempts, and, when
