@@ -588,7 +588,9 @@ class FakeProvider:
 
     def _passes(self, decision: _Decision, key: str, gate: When, now: float) -> bool:
         """Whether ``gate`` (whose counts are kept under ``key``) hits this request."""
-        origin = self._started if gate.since == "start" else (self._first or now)
+        origin = self._started if gate.since == "start" else self._first
+        if origin is None:
+            origin = now
         elapsed = now - origin
         if (gate.start is not None and elapsed < gate.start) or (
             gate.end is not None and elapsed >= gate.end
