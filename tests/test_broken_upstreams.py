@@ -319,3 +319,26 @@ async def test_a_redirect_alone_is_an_exhaustion_not_a_success(client: str) -> N
     assert result.status == 503
     assert "HTTP 302" in result.json()["error"]["message"]
     assert only(ledger).status == "exhausted"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_an_error_event_mid_stream_never_carries_a_key(
+    client: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="waterfall_asgi")
+    first = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    error = {"error": {"code": KEY, "type": HEADER_SECRET, "message": f"Bearer {KEY}"}}
+    stream = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (first, error))
+
+    async def handler(request: RawRequest, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(200, stream, [("content-type", "text/event-stream")]))
+
+    async with router(client, handler) as (app, ledger, _):
+        result = await chat(app, {**CHAT, "stream": True})
+    assert result.status == 200
+    assert b"[redacted]" in result.body  # the event reached the client, cleaned
+    record = only(ledger)
+    assert record.status == "upstream_error"
+    for text in (result.body.decode(), caplog.text, json.dumps(record.to_dict())):
+        assert KEY not in text
+        assert HEADER_SECRET not in text

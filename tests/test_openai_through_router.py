@@ -292,11 +292,16 @@ def test_an_unknown_model_is_not_found(plain: Stack) -> None:
 
 # -- how a stream ends -------------------------------------------------------------------------
 def recorded_stack(
-    stack: ExitStack, a: FakeProvider, b: FakeProvider, **timeouts: float
+    stack: ExitStack,
+    a: FakeProvider,
+    b: FakeProvider,
+    more: dict[str, Any] | None = None,
+    **timeouts: float,
 ) -> tuple[Stack, MemoryLedger]:
-    """As :func:`start_stack`, with the ledger in reach and the providers' ``timeouts``."""
+    """As :func:`start_stack`, with the ledger in reach, the providers' ``timeouts`` and
+    ``more`` config."""
     servers = {"a": stack.enter_context(FakeServer(a)), "b": stack.enter_context(FakeServer(b))}
-    config = router_config(servers)
+    config = {**router_config(servers), **(more or {})}
     for provider in config["providers"].values():
         provider["timeouts"] = timeouts
     ledger = MemoryLedger()
@@ -365,3 +370,60 @@ def test_a_stalled_stream_is_ended_by_the_stall_timeout() -> None:
         "stream_incomplete",
         "stream_stalled: no byte for 0.2s",
     )
+
+
+CONTINUE = {
+    "policy": {"continue_streams": True},
+    "models": {"fake-small": {"capabilities": ["prefill"]}},
+}
+
+
+def _text_of(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def streamed_text(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+@pytest.mark.parametrize("fault", ["cut:tokens=3", "stall:events=4"])
+def test_a_stream_cut_or_stalled_is_continued_into_one_whole_answer(fault: str) -> None:
+    """a breaks off after three words (cut) or goes silent (stall), b honours a prefill: the
+    client reads one stream, whose text is the whole answer, with no exception."""
+    with ExitStack() as stack:
+        s, ledger = recorded_stack(
+            stack, fake("a", fault), fake("b", "prefill:mode=honour"), CONTINUE, stall=0.2
+        )
+        with s.client() as client:
+            stream = client.chat.completions.create(
+                model="fast",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = list(stream)  # no exception
+        record = final_record(ledger)
+    # the client's text: what a sent before it broke off (the prefill b was given), then
+    # exactly what b answered
+    (continued,) = s.b.requests
+    prefill = json.loads(continued.body)["messages"][-1]
+    assert prefill["role"] == "assistant"
+    assert prefill["content"]
+    (asked,) = s.a.requests
+    whole_a = fake("a").handle(asked.method, asked.path, asked.headers, asked.body)
+    assert _text_of(stream_chunks(whole_a.body)).startswith(prefill["content"])
+    continuation = _text_of(stream_chunks(twin_reply(s.b).body))
+    assert continuation
+    assert streamed_text(chunks) == prefill["content"] + continuation
+    assert len({(c.id, c.created, c.model) for c in chunks}) == 1
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert [r for r in reasons if r] == ["stop"]
+    assert chunks[-1].usage is not None  # the continuation's usage chunk
+    assert record.status == "success"
+    assert (record.error or "").startswith("continued on b/fake-small")
+    assert [(x["entry"], x.get("continuation")) for x in record.attempts] == [
+        ("a/fake-small", None),
+        ("b/fake-small", True),
+    ]
+    assert record.attempts[1]["cost"] is None  # (no prices in this config)
+    assert record.attempts[1]["completion_tokens"] == chunks[-1].usage.completion_tokens

@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 
 from waterfall_asgi import MemoryLedger, Redactor, WaterfallMiddleware
 
-SECRETS = st.text(string.ascii_letters + string.digits + "-_.", min_size=8, max_size=40)
+# (marked as keys are, so that a secret is never a word the router says itself, like "upstream")
+SECRETS = st.builds(
+    "{}-{}".format,
+    st.sampled_from(["sk", "sk-or-v1", "key", "tok"]),
+    st.text(string.ascii_letters + string.digits + "-_.", min_size=8, max_size=40),
+)
 FILLER = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)
 STATUSES = st.sampled_from([400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503])
 
@@ -34,7 +39,7 @@ def upstream_errors(draw: st.DrawFn, secrets: list[str]) -> tuple[int, bytes, di
     """An upstream's error: status, body (JSON with echoes in any field, or raw text), headers
     with echoes."""
     status = draw(STATUSES)
-    kind = draw(st.sampled_from(["json", "text", "sse-error"]))
+    kind = draw(st.sampled_from(["json", "text", "sse-error", "sse-late-error"]))
     if kind == "json":
         error = {
             key: draw(echoes(secrets))
@@ -43,12 +48,15 @@ def upstream_errors(draw: st.DrawFn, secrets: list[str]) -> tuple[int, bytes, di
         body = json.dumps({"error": error}, ensure_ascii=draw(st.booleans())).encode()
     elif kind == "text":
         body = draw(echoes(secrets)).encode()
-    else:  # a 200 stream whose first event is an error
+    else:  # a 200 stream with an error event: its first, or after one of content
         status = 200
         error = {"message": draw(echoes(secrets)), "code": draw(echoes(secrets))}
         body = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        if kind == "sse-late-error":
+            content = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+            body = b"data: " + json.dumps(content).encode() + b"\n\n" + body
     headers = {
-        "content-type": ("text/event-stream" if kind == "sse-error" else "application/json")
+        "content-type": ("text/event-stream" if kind.startswith("sse") else "application/json")
         + "; x="
         + draw(echoes(secrets)).encode("ascii", "ignore").decode(),
         "retry-after": draw(st.sampled_from(secrets)),

@@ -591,11 +591,14 @@ class WaterfallMiddleware:
                     usage=usage_asked,
                     stall=self.config.providers[served.deployment.provider].timeouts.stall,
                     continuation=continuation,
+                    redact=router.redactor.bytes,
                 )
                 charge.apply(record, outcome.usage)
                 if outcome.parts or outcome.attempts:
                     self._continued(record, outcome, charge)
                 record.status, record.error = outcome.status, outcome.error
+                if outcome.error is not None:  # (it may quote an upstream's error event)
+                    record.error = router.redactor.text(outcome.error)
                 if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
                     for part in outcome.parts:
                         router.stream_failed(part.deployment)

@@ -386,6 +386,7 @@ async def relay_stream(
     usage: bool = False,
     stall: float | None = None,
     continuation: Continuation | None = None,
+    redact: Callable[[bytes], bytes] | None = None,
 ) -> RelayOutcome:
     """Relay the rest of ``served`` (its ``prefix`` first) to the client; the response start has
     been sent already. ``closing_event`` may add one last event after a complete stream.
@@ -394,7 +395,8 @@ async def relay_stream(
     usage was asked for, by the client or the router) say when a stream without ``[DONE]`` is
     whole anyway; ``stall`` bounds the wait for each read, if it is shorter than the served
     response's read timeout. With a ``continuation``, a stream that fails after it began is
-    continued elsewhere if it can be (see :mod:`.continuation`)."""
+    continued elsewhere if it can be (see :mod:`.continuation`). ``redact`` cleans what is sent
+    from the first error event on (see :class:`~waterfall_asgi.redact.Redactor`)."""
     if stall is not None and stall < served.read_timeout:
         served.read_timeout = stall
     state = (
@@ -402,6 +404,7 @@ async def relay_stream(
         if continuation is None
         else _Recording(send, strip_usage, drain_seconds, request_id)
     )
+    state.redact = redact
     own_watch = watch is None
     watcher = ClientWatch(receive) if watch is None else watch
     watcher.on_gone = state.client_left
@@ -465,6 +468,7 @@ class _Relay(EventAligner):
         "drain_seconds",
         "gone",
         "observer",
+        "redact",
         "send",
         "skip_lf",
         "strip_usage",
@@ -472,9 +476,15 @@ class _Relay(EventAligner):
     )
 
     def __init__(
-        self, send: Send, strip_usage: bool, drain_seconds: float, request_id: str | None
+        self,
+        send: Send,
+        strip_usage: bool,
+        drain_seconds: float,
+        request_id: str | None,
+        redact: Callable[[bytes], bytes] | None = None,
     ) -> None:
         super().__init__()
+        self.redact = redact
         self.observer = StreamObserver(request_id=request_id)
         self.strip_usage = strip_usage
         self.skip_lf = False  # (see _strip_usage)
@@ -500,6 +510,8 @@ class _Relay(EventAligner):
         observer.feed(whole)
         if self.gone:
             return b""
+        if observer.result.error is not None and self.redact is not None:
+            whole = self.redact(whole)  # an error event: it may echo the router's secrets
         if self.strip_usage:
             whole, self.skip_lf = _strip_usage(
                 whole, observer.plain, observer.usage_only, self.skip_lf

@@ -695,16 +695,16 @@ class Router:
         # One timer bounds every wait of this attempt: the headers and the first event by
         # first_byte, each later read by read (see Deadline).
         deadline = Deadline()
-        # The timer is armed at the stall timeout if that is sooner, the earliest a stream's
-        # relay needs (see relay_stream): its reads then only move it later, lazily (a wait
-        # past it re-arms it, once).
-        stall, first = t.stall, t.first_byte
-        first_byte = deadline.after(stall if stall < first else first).when
-        if stall < first:
-            first_byte += first - stall
+        # A stream's timer is armed at the stall timeout if that is sooner, the earliest its
+        # relay needs (see relay_stream): the relay's reads then only move it later, lazily (a
+        # wait past it re-arms it, once).
+        early = stream and t.stall < t.first_byte
+        first_byte = deadline.after(t.stall if early else t.first_byte).when
+        if early:
+            first_byte += t.first_byte - t.stall
         try:
             with deadline:
-                if stall < first:
+                if early:
                     deadline.at(first_byte)
                 response = await self.upstream.request(
                     "POST",
@@ -767,8 +767,11 @@ class Router:
                 status,
                 transient=False,
             )
+        content_type = response.headers.get("content-type", "")
+        if content_type and content_type not in _USUAL_TYPES:  # (relayed: without a secret)
+            response.headers["content-type"] = content_type = self.redactor.text(content_type)
         served = Served(d, response, b"", False, read_timeout=read_timeout, deadline=deadline)
-        is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        is_sse = content_type.startswith("text/event-stream")
         if stream and status < 300 and is_sse:
             if self.config.policy.accept == "first_event":
                 served.prefix = await self._first_event(served, first_byte, read_timeout)
@@ -777,9 +780,6 @@ class Router:
         body = await self._whole_body(served)
         if status >= 400:  # passed back to the client: without the router's secrets
             body = self.redactor.bytes(body)
-            headers = response.headers
-            if "content-type" in headers:  # (the one upstream header relayed)
-                headers["content-type"] = self.redactor.text(headers["content-type"])
         else:
             served.usage = observe_body(body)
             if not served.usage.complete:
@@ -894,6 +894,14 @@ def _echo(text: str, limit: int = 256) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_USUAL_TYPES = frozenset(
+    {
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/event-stream",
+        "text/event-stream; charset=utf-8",
+    }
+)
 _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # what an error code looks like
 
 
