@@ -16,12 +16,18 @@ uvicorn in its own process on 127.0.0.1:
   the run on ``DATABASE_URL``'s server (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
   and dropped after it;
 * ``router+redis+pg``: ``router+pg`` with its cooldowns in Redis too (``cooldowns.url``:
-  ``REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a key prefix of the run's own).
+  ``REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a key prefix of the run's own);
+* ``router+metrics``: ``router`` with its Prometheus metrics on (``metrics.enabled``);
+* ``router+otel``: ``router`` with tracing on (``tracing.enabled``) and the OpenTelemetry SDK
+  set up as a host would: a tracer provider whose batch span processor hands every span to an
+  exporter that drops it, and a meter provider whose reader keeps the GenAI metrics in memory.
 
 A row whose service cannot be reached (or whose extra is not installed) is left out, and said so.
 After the ratios to the passthrough, the shared-store rows' CPU per request is also given as a
 ratio to ``router+sqlite``'s, round by round (the target: at most 1.15 with both on). The
-database's and Redis's own CPU is not in these numbers: only the router process's.
+database's and Redis's own CPU is not in these numbers: only the router process's. The
+observability rows' CPU per request is given as a ratio to ``router``'s the same way (the
+target: at most 1.05).
 
 Every server runs on one stack, ``--stack``: ``standard`` (the default; uvloop and httptools, what
 ``uvicorn[standard]`` installs and what the issue's own table was measured on) or ``asyncio``
@@ -78,12 +84,15 @@ PROXIES = (
     "router+redis",
     "router+pg",
     "router+redis+pg",
+    "router+metrics",
+    "router+otel",
 )
 SHARED = (
     "router+redis",
     "router+pg",
     "router+redis+pg",
 )  # the rows with a shared store: ratios to router+sqlite
+OBSERVED = ("router+metrics", "router+otel")  # the observability rows: ratios to router
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 STACKS = {"standard": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}  # loop, http
@@ -351,6 +360,7 @@ def router_app(
     *,
     database_url: str | None = None,
     redis_url: str | None = None,
+    observed: dict[str, Any] | None = None,
 ) -> ASGIApp:
     """The router standalone: one provider, a one-entry chain ``bench``, a client key; its ledger
     in PostgreSQL with ``database_url``, its cooldowns in Redis with ``redis_url``."""
@@ -365,6 +375,7 @@ def router_app(
     }
     if redis_url:
         config["cooldowns"] = {"url": redis_url, "prefix": f"waterfall:bench:{os.getpid()}:"}
+    config.update(observed or {})
     app: ASGIApp = create_app(config)
     return app
 
@@ -392,6 +403,11 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Con
     elif kind == "router+redis":
         redis_url = os.environ["WATERFALL_BENCH_REDIS_URL"]
         app = router_app(upstream, str(Path(ledger_dir) / "redis.db"), redis_url=redis_url)
+    elif kind == "router+metrics":
+        app = router_app(upstream, None, observed={"metrics": {"enabled": True}})
+    elif kind == "router+otel":
+        otel_sdk()
+        app = router_app(upstream, None, observed={"tracing": {"enabled": True}})
     elif kind in SHARED:
         app = router_app(
             upstream,
@@ -408,6 +424,29 @@ def serve_proxy(kind: str, upstream: str, ledger_dir: str, stack: str, conn: Con
         app, lifespan="on", log_level="warning", access_log=False, loop=loop, http=http
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def otel_sdk() -> None:
+    """Set the global OpenTelemetry providers up as a host would, exporting nowhere: a batch
+    span processor handing spans to an exporter that drops them, a metric reader in memory."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 def stack_unavailable(stack: str) -> str | None:
@@ -764,15 +803,27 @@ def round_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
 def ratios_to_sqlite(cells: dict[tuple[str, str, int], Cell]) -> str:
     """The shared-store rows' CPU per request as a ratio to ``router+sqlite``'s, round by round
     (median and range), each round paired with ``router+sqlite``'s round of the same number."""
+    return _ratios_to(cells, "router+sqlite", SHARED)
+
+
+def ratios_to_router(cells: dict[tuple[str, str, int], Cell]) -> str:
+    """The observability rows' CPU per request as a ratio to ``router``'s, round by round (as
+    :func:`ratios_to_sqlite`)."""
+    return _ratios_to(cells, "router", OBSERVED)
+
+
+def _ratios_to(
+    cells: dict[tuple[str, str, int], Cell], baseline: str, proxies: Sequence[str]
+) -> str:
     columns = [(w, c) for w in WORKLOADS for c in CONCURRENCY]
     header = ("proxy", *(f"{w} c={c}" for w, c in columns))
     rows: list[tuple[str, ...]] = []
-    for proxy in SHARED:
+    for proxy in proxies:
         if not any(key[0] == proxy for key in cells):
             continue
         row = [proxy]
         for workload, concurrency in columns:
-            base = cells.get(("router+sqlite", workload, concurrency))
+            base = cells.get((baseline, workload, concurrency))
             cell = cells.get((proxy, workload, concurrency))
             ratios = []
             if base is not None and cell is not None:
@@ -787,9 +838,7 @@ def ratios_to_sqlite(cells: dict[tuple[str, str, int], Cell]) -> str:
         rows.append(tuple(row))
     if not rows:
         return ""
-    return "CPU/req ÷ router+sqlite, round by round: median (lowest-highest)\n" + _grid(
-        header, rows
-    )
+    return f"CPU/req ÷ {baseline}, round by round: median (lowest-highest)\n" + _grid(header, rows)
 
 
 def shared_services() -> tuple[str | None, str | None, Callable[[], None], list[str]]:
@@ -886,6 +935,13 @@ async def measure(plan: Plan, proxies: dict[str, Server]) -> dict[tuple[str, str
     return cells
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
 def loop_factory(stack: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The load generator's event loop: uvloop's with the standard stack, else asyncio's."""
     if STACKS[stack][0] != "uvloop":
@@ -936,6 +992,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown proxies: {', '.join(sorted(unknown))}", file=sys.stderr)
         cleanup()
         return 2
+    for extra, module in (("metrics", "prometheus_client"), ("otel", "opentelemetry.sdk")):
+        name = f"router+{extra}"
+        if name in chosen and not _importable(module):
+            chosen.discard(name)
+            print(f"{name} left out: {module} is not installed")
     wanted = [
         p
         for p in PROXIES
@@ -965,6 +1026,8 @@ def main(argv: list[str] | None = None) -> int:
     print(round_ratios(cells))
     if shared := ratios_to_sqlite(cells):
         print(shared)
+    if observed := ratios_to_router(cells):
+        print(observed)
     errors = sum(c.errors for c in cells.values())
     if errors:
         print(f"{errors} request(s) failed", file=sys.stderr)

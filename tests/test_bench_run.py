@@ -95,3 +95,28 @@ def test_the_redis_row_is_a_shared_store_row(run: ModuleType) -> None:
         if "|" in line
     }
     assert "1.10 (1.05-1.15)" in lines["router+redis"]
+
+
+def test_the_observability_rows_are_given_against_the_router(run: ModuleType) -> None:
+    assert {"router+metrics", "router+otel"} <= set(run.PROXIES)
+    cells = {
+        ("router", "json", 32): cell(run, [(100, 1.0, 0.2), (100, 1.0, 0.2)]),
+        # metrics on: 2 % and 4 % more CPU a request; OpenTelemetry: 10 % in both rounds
+        ("router+metrics", "json", 32): cell(run, [(100, 1.0, 0.204), (100, 1.0, 0.208)]),
+        ("router+otel", "json", 32): cell(run, [(100, 1.0, 0.22), (200, 1.0, 0.44)]),
+        ("router+sqlite", "json", 32): cell(run, [(100, 1.0, 0.4), (100, 1.0, 0.4)]),
+    }
+    text = run.ratios_to_router(cells)
+    assert text.startswith("CPU/req ÷ router,")
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if "|" in line}
+    assert "1.03 (1.02-1.04)" in lines["router+metrics"]
+    assert "1.10 (1.10-1.10)" in lines["router+otel"]
+    assert "router+sqlite" not in lines  # not an observability row
+    assert run.ratios_to_router({}) == ""
+
+
+def test_the_observability_rows_turn_their_part_on(run: ModuleType) -> None:
+    app = run.router_app("http://127.0.0.1:9", None, observed={"tracing": {"enabled": True}})
+    assert app.tracing is not None
+    metrics = run.router_app("http://127.0.0.1:9", None, observed={"metrics": {"enabled": True}})
+    assert metrics.metrics is not None

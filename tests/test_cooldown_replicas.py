@@ -265,7 +265,8 @@ async def test_redis_stopped_and_restarted_under_load_fails_no_request(
             await app.shutdown()
     assert len(statuses) >= 450
     assert set(statuses) == {200}
-    assert [s.outages for s in stores] == [1, 1]
+    # (at least the one: on a host short of CPU a reconnection under load may time out once)
+    assert all(s.outages >= 1 for s in stores)
     assert len(net["a"].calls()) > 0
     assert len(net["b"].calls()) > 0
 

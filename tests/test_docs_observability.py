@@ -43,3 +43,36 @@ def test_the_log_fields_are_listed_in_order() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| `id` … `error` |"))
     listed = re.findall(r"`([a-z_]+)`", row.split("|")[2])
     assert ["method", *listed] == list(REQUEST_FIELDS)
+
+
+def _documented_labels() -> dict[str, set[str]]:
+    text = PAGE.read_text(encoding="utf-8")
+    section = text.split("### The metrics", 1)[1].split("\n## ", 1)[0]
+    labels = {}
+    for name, cell in re.findall(
+        r"^\| `(waterfall_[a-z_]+)` \| [a-z]+ \| ([^|]*)\|", section, re.M
+    ):
+        labels[name] = set(re.findall(r"`([a-z_]+)`", cell))
+    return labels
+
+
+def test_the_grafana_dashboard_uses_only_documented_metrics_and_labels() -> None:
+    import json
+
+    dashboard = json.loads((EXAMPLES / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    documented = _documented_labels()
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 12
+    used = set()
+    for expr in exprs:
+        names = re.findall(r"\b(waterfall_[a-z_]+)", expr)
+        assert names, expr
+        for name in names:
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert family in documented, (name, expr)
+            used.add(family)
+        allowed = set().union(*(documented[re.sub(r"_(bucket|sum|count)$", "", n)] for n in names))
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (x.strip() for x in group.split(",")):
+                assert label in allowed | {"le"}, (label, expr)
+    assert used == set(METRIC_NAMES)  # every metric has a panel

@@ -114,6 +114,7 @@ from .upstream import (
     decoded,
 )
 from .usage import StreamObserver, UsageResult, observe_body, usage_only_chunk
+from .usage_html import MAX_BUCKETS, MAX_SERIES, fell_through, render_html
 from .usage_report import GROUP_KEYS, GroupUsage, UsageReport, parse_since, read_usage
 
 __version__ = "0.1.0"
@@ -123,6 +124,8 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
+    "MAX_BUCKETS",
+    "MAX_SERIES",
     "METRIC_NAMES",
     "NO_CALL",
     "OPERATIONS",
@@ -213,6 +216,7 @@ __all__ = [
     "error_event",
     "estimate_prompt_tokens",
     "exposition",
+    "fell_through",
     "forwarded_headers",
     "is_context_length_error",
     "known_labels",
@@ -232,6 +236,7 @@ __all__ = [
     "redact_url",
     "relay_stream",
     "relayed_text",
+    "render_html",
     "request_limits",
     "required_capabilities",
     "retry_hint",

@@ -194,12 +194,35 @@ def _usage(args: argparse.Namespace) -> int:
         db = url or config.ledger.path
     elif db is None:
         db = "waterfall-usage.db"
+    if args.html is not None:
+        return _usage_html(db, args.html, args.since)
     try:
         report = read_usage(db, by=args.by, since=args.since)
     except LedgerError as exc:
         print(exc, file=sys.stderr)
         return 1
     print(report.to_json() if args.json else report.table())
+    return 0
+
+
+def _usage_html(db: str, target: str, since: float | None) -> int:
+    from .ledger_postgres import redact_url
+    from .ledger_sqlite import LedgerError, read_records
+    from .usage_html import render_html
+
+    shown = redact_url(db) if db.startswith(("postgresql://", "postgres://")) else db
+    try:
+        records = read_records(db, since=since)
+    except LedgerError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    page = render_html(records, source=shown)
+    try:
+        Path(target).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"{target}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{target}: the usage report of {len(records)} requests from {shown}")
     return 0
 
 
@@ -436,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         help="group by provider, model, upstream_model, route or status; several: provider,model",
     )
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    usage.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML page of charts instead (spend and tokens over time "
+        "by provider and model, fall-through and error rates, TTFB percentiles)",
+    )
     explain = sub.add_parser(
         "explain",
         help="what a request would try: a cost route's ranking (estimates, and why each "

@@ -151,7 +151,7 @@ class RedisCooldownStore:
         self._origin = uuid.uuid4().hex
         self._mirror: dict[str, float] = {}  # entry key -> deadline, in the local clock
         self._server: dict[str, int] = {}  # entry key -> the deadline Redis holds, in µs
-        self._pending: set[str] = set()  # extended here while Redis was away: to push
+        self._pending: set[str] = set()  # recorded here, not yet in Redis: to send
         self._samples: deque[tuple[float, float]] = deque(maxlen=_SAMPLES)  # (rtt, offset)
         self._offset = 0.0  # Redis's clock minus ours, in seconds
         self._client: Redis | None = None
@@ -224,9 +224,9 @@ class RedisCooldownStore:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
-        """Connect, subscribe and read every deadline; return within about ``connect_timeout``
-        plus a few ``timeout`` even when Redis is down (the store then starts degraded and keeps
-        trying in the background)."""
+        """Connect, subscribe and read every deadline; return within ``3 × connect_timeout``
+        even when Redis is down or hangs (the store then starts degraded and keeps trying in the
+        background)."""
         if self._task is not None:
             return
         from redis.asyncio import Redis

@@ -364,7 +364,7 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
         trail = seen.headers.get("x-waterfall-attempts", "-")
         if seen.status == 503:
             error = _loads(seen.body) or {}
-            trail = f"all exhausted, Retry-After: {seen.headers.get('retry-after')}"
+            trail = f"{trail}; Retry-After: {seen.headers.get('retry-after')}"
             verdict = error.get("error", {}).get("code", "-")
         else:
             verdict = seen.outcome() if stream else "json, usage " + seen.usage

@@ -695,16 +695,16 @@ class Router:
         # One timer bounds every wait of this attempt: the headers and the first event by
         # first_byte, each later read by read (see Deadline).
         deadline = Deadline()
-        # The timer is armed at the stall timeout if that is sooner, the earliest a stream's
-        # relay needs (see relay_stream): its reads then only move it later, lazily (a wait
-        # past it re-arms it, once).
-        stall, first = t.stall, t.first_byte
-        first_byte = deadline.after(stall if stall < first else first).when
-        if stall < first:
-            first_byte += first - stall
+        # A stream's timer is armed at the stall timeout if that is sooner, the earliest its
+        # relay needs (see relay_stream): the relay's reads then only move it later, lazily (a
+        # wait past it re-arms it, once).
+        early = stream and t.stall < t.first_byte
+        first_byte = deadline.after(t.stall if early else t.first_byte).when
+        if early:
+            first_byte += t.first_byte - t.stall
         try:
             with deadline:
-                if stall < first:
+                if early:
                     deadline.at(first_byte)
                 response = await self.upstream.request(
                     "POST",
