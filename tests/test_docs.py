@@ -91,6 +91,10 @@ EXPECTED_OUTPUT = {
     "asgi_app.py": "cut -> ConnectionCut raised mid-body; an ASGI server aborts the connection\n",
     "behaviours_tour.py": "every behaviour does what the table says\n",
     "scripts.py": None,  # the 400's message, from pydantic: checked below
+    "fake_dialects.py": (
+        "/v1/responses 200 5 12\n/v1/responses 200 5 12\n/v1/messages 200 5 12\n"
+        "/v1/messages 200 5 12\n/v1/messages 200 5 3\n/v1/messages 529 None None\n"
+    ),
     "first_server.py": re.compile(r"serving on http://127\.0\.0\.1:\d+/v1\n"),
 }
 

@@ -33,9 +33,9 @@ class Seen:
         return json.loads(self.text)
 
 
-def chat(behaviour: str, *, stream: bool = True, timeout: float = 5.0) -> Seen:
+def chat(behaviour: str, *, stream: bool = True, timeout: float = 5.0, **more: Any) -> Seen:
     """One chat completion with `behaviour` in the x-fake-behaviour header."""
-    body: dict[str, Any] = {"model": "fake-small", "messages": HELLO}
+    body: dict[str, Any] = {"model": "fake-small", "messages": HELLO, **more}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
     headers = {"x-fake-behaviour": behaviour}
@@ -103,6 +103,10 @@ assert seen.json()["choices"][0]["finish_reason"] == "content_filter"
 
 assert chat("prefill:mode=reject").status == 200  # the last message is the user's: no prefill
 
+LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
+seen = chat("tool_call", stream=False, tools=[LOOKUP])  # a call to the first tool offered
+assert seen.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+assert chat("tool_call", stream=False).json()["choices"][0]["finish_reason"] == "stop"  # no tools
 assert chat("when:times=0; status:code=500").status == 200  # a gate that lets nothing through
 
 events = chat("no_done").data()

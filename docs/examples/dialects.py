@@ -21,6 +21,18 @@ EXPECTED = {
         "x-ratelimit-remaining": "0",
         "x-ratelimit-reset": "1700000002500",  # Unix time in milliseconds
     },
+    "anthropic": {
+        "retry-after": "3",
+        **{
+            f"anthropic-ratelimit-{what}-{field}": value
+            for what in ("requests", "tokens", "input-tokens", "output-tokens")
+            for field, value in (
+                ("limit", "1"),
+                ("remaining", "0"),
+                ("reset", "2023-11-14T22:13:23Z"),
+            )
+        },  # resets as RFC 3339 times, rounded up to the second
+    },
     "none": {},  # no hint at all: the client has to guess
 }
 

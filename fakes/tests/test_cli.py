@@ -51,7 +51,7 @@ def test_behaviours_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None
         cls.model_fields["kind"].default for cls in typing.get_args(typing.get_args(Behaviour)[0])
     ]
     assert [h.split(":")[0] for h in heads] == kinds
-    assert len(kinds) == 24
+    assert len(kinds) == 25
     assert len(docs) == len(heads)
     assert all(d.strip() for d in docs)
     assert "ok\n    Answer normally (useful as a step in a script)." in out

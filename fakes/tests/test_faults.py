@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from waterfall_fakes import (
@@ -420,6 +420,7 @@ def test_context_length_exceeded_in_other_providers_words(style: str, words: str
     st.lists(st.floats(0, 200), max_size=12),
     st.sampled_from(["start", "first"]),
 )
+@example(start=1.0, end=2.0, times=[0.0, 1.0], since="first")  # a first request at time 0
 def test_a_window_hits_exactly_the_requests_inside_it(
     start: float, end: float, times: list[float], since: str
 ) -> None:

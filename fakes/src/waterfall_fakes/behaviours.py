@@ -16,9 +16,10 @@ Behaviours are separated by ``;``; each is a name, optionally followed by ``:`` 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = [
     "BEHAVIOUR_HEADER",
@@ -48,6 +49,7 @@ __all__ = [
     "SlowFirstByte",
     "Stall",
     "Status",
+    "ToolCall",
     "Truncate",
     "When",
     "format_behaviours",
@@ -58,7 +60,7 @@ BEHAVIOUR_HEADER = "x-fake-behaviour"
 """The request header that adds behaviours to one request (``x-fake-behavior`` works too)."""
 
 Dialect: TypeAlias = Literal[
-    "retry-after", "retry-after-date", "retry-after-ms", "openai", "openrouter", "none"
+    "retry-after", "retry-after-date", "retry-after-ms", "openai", "openrouter", "anthropic", "none"
 ]
 """How a 429 tells the client when to come back.
 
@@ -69,6 +71,9 @@ Dialect: TypeAlias = Literal[
   durations such as ``6m23.456s`` or ``500ms``.
 - ``openrouter``: ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
   as a Unix timestamp in milliseconds.
+- ``anthropic``: ``retry-after`` in whole seconds and
+  ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``,
+  resets as RFC 3339 times such as ``2026-12-07T10:45:03Z``.
 - ``none``: no hint at all.
 """
 
@@ -124,7 +129,8 @@ class SlowFirstByte(_Behaviour):
 
 
 class Truncate(_Behaviour):
-    """Stream only the first ``events`` events, then close cleanly (no ``[DONE]``)."""
+    """Stream only the first ``events`` events, then close cleanly (no ``[DONE]``, no terminal
+    event)."""
 
     kind: Literal["truncate"] = "truncate"
     events: int = Field(default=1, ge=0)
@@ -229,22 +235,57 @@ class When(_Behaviour):
     since: Literal["start", "first"] = "start"
 
 
+class ToolCall(_Behaviour):
+    """Answer a request that offers tools with a call to one of them, in the request's dialect.
+
+    ``name`` picks the tool (default, or when the request does not offer it: the first tool
+    offered); ``arguments`` is the call's arguments as a JSON object's text (default: made from
+    the tool's parameter schema, see :func:`waterfall_fakes.dialects.tool_arguments`). A request
+    that offers no tools is answered normally. A request whose ``tool_choice`` requires a tool
+    gets a call without this behaviour.
+    """
+
+    kind: Literal["tool_call"] = "tool_call"
+    name: str | None = Field(default=None, min_length=1)
+    arguments: str | None = None
+
+    @field_validator("arguments")
+    @classmethod
+    def _an_object(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValueError("arguments must be the text of a JSON object") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("arguments must be the text of a JSON object")
+        return value
+
+
 class NoDone(_Behaviour):
-    """Send every event but leave out the final ``data: [DONE]``."""
+    """Send every event but leave out the stream's terminal event: the final ``data: [DONE]``
+    (chat, text completions), ``response.completed`` (or ``response.incomplete``; Responses
+    API) or ``message_stop`` (Anthropic Messages)."""
 
     kind: Literal["no_done"] = "no_done"
 
 
 class DoubleDone(_Behaviour):
-    """Send ``data: [DONE]`` twice."""
+    """Send ``data: [DONE]`` (or the dialect's terminal event) twice."""
 
     kind: Literal["double_done"] = "double_done"
 
 
 class ErrorEvent(_Behaviour):
-    """After ``after`` events, send ``data: {"error": {...}}`` and end the stream.
+    """After ``after`` events, send an error event in the request's dialect and end the stream.
 
-    With ``done`` the stream still ends with ``[DONE]`` after the error, as some providers do.
+    Chat and text completions: ``data: {"error": {...}}``; with ``done`` the stream still ends
+    with ``[DONE]`` after the error, as some providers do. Responses API: an ``error`` event
+    (``code`` and ``message``) or, with ``failed``, ``response.failed`` (the response with status
+    ``failed`` and this error). Anthropic Messages: ``event: error`` with
+    ``{"type": "error", "error": {"type": code, "message": message}}`` (the default code
+    ``server_error`` is sent as Anthropic's ``api_error``; give ``code=overloaded_error`` for
+    an overload). In those two dialects ``done`` sends the terminal event after the error.
     """
 
     kind: Literal["error_event"] = "error_event"
@@ -252,6 +293,7 @@ class ErrorEvent(_Behaviour):
     message: str = "The server had an error while processing your request."
     code: str = "server_error"
     done: bool = False
+    failed: bool = False
 
 
 class MalformedEvent(_Behaviour):
@@ -291,7 +333,8 @@ class KeepAlive(_Behaviour):
 
 
 class Fields(_Behaviour):
-    """Give every data event an ``event:`` line and, with ``ids``, an ``id:`` line."""
+    """Give every data event an ``event:`` line and, with ``ids``, an ``id:`` line (the
+    Responses API and Anthropic Messages keep their own event names and only get the ids)."""
 
     kind: Literal["fields"] = "fields"
     event: str = "completion"
@@ -333,6 +376,7 @@ Behaviour = Annotated[
     | ContextLengthExceeded
     | ContentFilter
     | Prefill
+    | ToolCall
     | When
     | NoDone
     | DoubleDone

@@ -56,7 +56,10 @@ def usage_sent(reply: Reply) -> dict[str, Any] | None:
     """The ``usage`` object the reply's body carries (the last one of a stream), if any.
 
     Read from the bytes the reply sends, so a usage chunk removed by a fault (``truncate``,
-    ``cut``, ``no_usage``) is not counted.
+    ``cut``, ``no_usage``) is not counted. In a Responses API stream it is the usage of the
+    response that ends it (``response.completed``, ``response.incomplete``); in an Anthropic
+    Messages stream, ``message_start``'s usage updated by every ``message_delta``'s (whose
+    ``output_tokens`` are the total so far).
     """
     body = reply.body
     content_type = dict(reply.headers).get("content-type", "")
@@ -78,7 +81,19 @@ def usage_sent(reply: Reply) -> dict[str, Any] | None:
             obj = json.loads(line[5:])
         except ValueError:
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+        if not isinstance(obj, dict):
+            continue
+        kind = obj.get("type")
+        if kind == "message_start" and isinstance(obj.get("message"), dict):
+            usage = obj["message"].get("usage")
+            found = dict(usage) if isinstance(usage, dict) else found
+        elif kind == "message_delta" and isinstance(obj.get("usage"), dict):
+            found = {**(found or {}), **obj["usage"]}
+        elif isinstance(kind, str) and kind.startswith("response."):
+            response = obj.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            found = usage if isinstance(usage, dict) else found
+        elif isinstance(obj.get("usage"), dict):
             found = obj["usage"]
     return found
 

@@ -49,6 +49,7 @@ from .behaviours import (
     SlowFirstByte,
     Stall,
     Status,
+    ToolCall,
     Truncate,
     When,
     parse_behaviours,
@@ -60,6 +61,14 @@ from .catalog import (
     dumps,
     message_text,
     reply_words,
+)
+from .dialects import (
+    Api,
+    ToolCallPlan,
+    anthropic_error,
+    anthropic_error_type,
+    count_input_tokens,
+    plan_tool_call,
 )
 from .journal import Delivery, usage_sent
 from .ratelimit import Limits, RateLimiter, rate_limit_headers, remaining_headers
@@ -82,6 +91,19 @@ _STATUS_TEXT = {
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "overloaded", "The engine is currently overloaded."),
     504: ("server_error", "gateway_timeout", "Gateway timeout."),
+    529: ("server_error", "overloaded", "Overloaded"),
+}
+_NAMED_EVENTS = ("responses", "messages")  # dialects whose events carry their own names
+_MALFORMED = {
+    "chat": (None, '{"choices": [{"delta": {"content": "oops'),
+    "responses": ("response.output_text.delta", '{"type": "response.output_text.delta", "delta'),
+    "messages": ("content_block_delta", '{"type": "content_block_delta", "delta": {"text'),
+}
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+    "tool_calls": "tool_use",
 }
 
 
@@ -219,6 +241,16 @@ def chunk_bytes(
     return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
+def _chat_tool_message(tool: ToolCallPlan) -> dict[str, Any]:
+    call = {"name": tool.name, "arguments": tool.arguments}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": tool.call_id, "type": "function", "function": call}],
+        "refusal": None,
+    }
+
+
 def _first(behaviours: Iterable[Any], kind: type[_B]) -> _B | None:
     for b in behaviours:
         if isinstance(b, kind):
@@ -239,6 +271,7 @@ class _Event:
     event: str | None = None
     id: str | None = None
     tokens: int = 0  # the completion tokens this event carries
+    terminal: bool = False  # the event that proves the stream complete ([DONE], ...)
 
     def encode(self, sep: str) -> bytes:
         return ServerSentEvent(
@@ -265,7 +298,7 @@ def _enlarge(events: list[_Event], big: BigEvent) -> None:
     order = [*range(start, len(events)), *range(start - 1, -1, -1)]
     for index in order:
         obj = _json_object(events[index])
-        if obj is None or "error" in obj:
+        if obj is None or "error" in obj or obj.get("type") == "error":
             continue
         obj["x_padding"] = ""
         missing = big.size - len(dumps(obj))
@@ -299,6 +332,30 @@ class _Draft:
     natural: list[int] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)  # where each data event begins
     token_spans: list[tuple[int, int]] = field(default_factory=list)  # each token's event
+    api: Api = "chat"
+    response: dict[str, Any] | None = None  # Responses API: the response, for response.failed
+
+
+@dataclass
+class _Answer:
+    """What a generating request is answered with, in any dialect: the prompt tokens, the words
+    (after ``lead``), why it finished, the tool call if any and the limiter's headers."""
+
+    prompt: int
+    words: list[str]
+    lead: str
+    finish: str  # stop, length, content_filter or tool_calls
+    tool: ToolCallPlan | None
+    headers: list[tuple[str, str]]
+    digest: str
+
+    @property
+    def completion(self) -> int:
+        return self.tool.tokens if self.tool is not None else len(self.words)
+
+    @property
+    def text(self) -> str:
+        return (self.lead if self.words else "") + " ".join(self.words)
 
 
 @dataclass
@@ -531,7 +588,9 @@ class FakeProvider:
 
     def _passes(self, decision: _Decision, key: str, gate: When, now: float) -> bool:
         """Whether ``gate`` (whose counts are kept under ``key``) hits this request."""
-        origin = self._started if gate.since == "start" else (self._first or now)
+        origin = self._started if gate.since == "start" else self._first
+        if origin is None:
+            origin = now
         elapsed = now - origin
         if (gate.start is not None and elapsed < gate.start) or (
             gate.end is not None and elapsed >= gate.end
@@ -621,6 +680,8 @@ class FakeProvider:
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
             "/v1/embeddings": ("POST", self._embeddings),
+            "/v1/responses": ("POST", self._responses),
+            "/v1/messages": ("POST", self._messages),
         }
         if path not in routes:
             return self._error(
@@ -643,10 +704,25 @@ class FakeProvider:
         header_spec = hdrs.get(BEHAVIOUR_HEADER) or hdrs.get("x-fake-behavior")
         decision = self._next_step(path, hdrs, body, header_spec)
         number, behaviours = decision.number, decision.behaviours
-        if (
-            self.config.api_key is not None
-            and hdrs.get("authorization") != f"Bearer {self.config.api_key}"
-        ):
+        key = self.config.api_key
+        if path == "/v1/messages":  # Anthropic: x-api-key (or Bearer), and a version
+            if key is not None and key not in (
+                hdrs.get("x-api-key"),
+                (hdrs.get("authorization") or "").removeprefix("Bearer "),
+            ):
+                return self._anthropic(
+                    self._error(401, "invalid x-api-key", "invalid_request_error", None)
+                ), decision
+            if not hdrs.get("anthropic-version"):
+                return self._anthropic(
+                    self._error(
+                        400,
+                        "anthropic-version: header is required",
+                        "invalid_request_error",
+                        None,
+                    )
+                ), decision
+        elif key is not None and hdrs.get("authorization") != f"Bearer {key}":
             return self._error(
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
             ), decision
@@ -818,7 +894,7 @@ class FakeProvider:
             verdict = self._limiter.check(tokens)
             lim = self._limiter.limits
             if not verdict.allowed:
-                if lim.dialect in ("openai", "openrouter"):
+                if lim.dialect in ("openai", "openrouter", "anthropic"):
                     extra = remaining_headers(verdict, lim.dialect, now, verdict.retry_after)
                 else:
                     extra = rate_limit_headers(lim.dialect, verdict.retry_after, now)
@@ -949,10 +1025,14 @@ class FakeProvider:
         filtered = _first(behaviours, ContentFilter)
         if filtered is not None and filtered.after is not None:
             count, finish = min(count, filtered.after), "content_filter"
+        tool = None if legacy else self._tool_plan("chat", req, behaviours, number)
+        if tool is not None:
+            count, finish = 0, "tool_calls"
+        tokens = (tool.tokens if tool is not None else count) * n
         usage = {
             "prompt_tokens": prompt,
-            "completion_tokens": count * n,
-            "total_tokens": prompt + count * n,
+            "completion_tokens": tokens,
+            "total_tokens": prompt + tokens,
         }
         words = [
             reply_words(self.config.seed, number, c, body, skip + count)[skip:] for c in range(n)
@@ -977,6 +1057,7 @@ class FakeProvider:
                 include,
                 legacy,
                 lead,
+                tool,
             )
             draft = _Draft(
                 200,
@@ -998,6 +1079,8 @@ class FakeProvider:
                     **(
                         {"text": " ".join(w)}
                         if legacy
+                        else {"message": _chat_tool_message(tool)}
+                        if tool is not None
                         else {
                             "message": {
                                 "role": "assistant",
@@ -1046,6 +1129,310 @@ class FakeProvider:
             out["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
         return self._finish(self._json(200, out, ok_headers), behaviours)
 
+    # -- the Responses API and Anthropic Messages -----------------------------------------------
+    def _tool_plan(
+        self, api: Api, req: dict[str, Any], behaviours: tuple[Behaviour, ...], number: int
+    ) -> ToolCallPlan | None:
+        wanted = _first(behaviours, ToolCall)
+        return plan_tool_call(
+            api,
+            req,
+            wanted is not None,
+            wanted.name if wanted else None,
+            wanted.arguments if wanted else None,
+            self.config.seed,
+            number,
+        )
+
+    def _plan(
+        self,
+        api: Api,
+        number: int,
+        body: bytes,
+        behaviours: tuple[Behaviour, ...],
+        req: dict[str, Any],
+        limit: int | None,
+        param: str,
+    ) -> _Answer | Reply:
+        """The answer to a Responses or Messages request, or the reply that replaces it."""
+        model = self._models[req["model"]]
+        prompt = count_input_tokens(api, req)
+        count = self.config.reply_words
+        lead, skip = "", 0
+        messages = req.get("messages") if api == "messages" else None
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "assistant":  # a prefill
+            override = _first(behaviours, Prefill)
+            mode = override.mode if override is not None else model.prefill
+            if mode == "reject":
+                return self._finish(
+                    self._error(
+                        400,
+                        "This model does not support assistant message prefill. "
+                        "The conversation must end with a user message.",
+                        "invalid_request_error",
+                        "prefill_not_supported",
+                        param="messages",
+                    ),
+                    behaviours,
+                    api,
+                )
+            if mode == "honour":
+                content = last.get("content")
+                text = message_text(content)
+                skip = len(text.split())
+                lead = " " if text and not text[-1].isspace() else ""
+                count = max(count - skip, 0)
+        if model.enforce_context and prompt + max(limit or 0, 0) > model.context_length:
+            asked = None if limit is None else max(limit, 0)
+            return self._finish(
+                self._context_error(model.id, prompt, asked, param, None), behaviours, api
+            )
+        finish = "stop"
+        if limit is not None and limit < count:
+            count, finish = max(limit, 0), "length"
+        failed, ok_headers = self._failure(
+            behaviours,
+            prompt + (max(limit, 0) if limit is not None else count),
+            (model.id, prompt, None if limit is None else max(limit, 0), param),
+        )
+        if failed is not None:
+            return self._finish(failed, behaviours, api)
+        filtered = _first(behaviours, ContentFilter)
+        if filtered is not None and filtered.after is not None:
+            count, finish = min(count, filtered.after), "content_filter"
+        tool = self._tool_plan(api, req, behaviours, number)
+        if tool is not None:
+            count, finish = 0, "tool_calls"
+        words = reply_words(self.config.seed, number, 0, body, skip + count)[skip:]
+        digest = hashlib.sha256(b"%d:%d" % (self.config.seed, number)).hexdigest()
+        return _Answer(prompt, words, lead, finish, tool, ok_headers, digest)
+
+    def _bad_type(
+        self, param: str, what: str, behaviours: tuple[Behaviour, ...], api: Api
+    ) -> Reply:
+        return self._finish(
+            self._error(
+                400,
+                f"{param} must be {what}.",
+                "invalid_request_error",
+                "invalid_type",
+                param=param,
+            ),
+            behaviours,
+            api,
+        )
+
+    def _stream_headers(self, extra: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+            ("x-fake-name", self.config.name),
+            *extra,
+        ]
+
+    def _responses(self, number: int, body: bytes, behaviours: tuple[Behaviour, ...]) -> Reply:
+        """The OpenAI Responses API: ``input`` in, ``output`` items out."""
+        req, bad = self._validate(body, "input")
+        if bad is not None or req is None:
+            return self._finish(bad or self._json(500, {}), behaviours)
+        if not isinstance(req["input"], (str, list)):
+            return self._bad_type(
+                "input", "a string or an array of input items", behaviours, "chat"
+            )
+        limit = req.get("max_output_tokens")
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            limit = None
+        answer = self._plan("responses", number, body, behaviours, req, limit, "input")
+        if isinstance(answer, Reply):
+            return answer
+        no_usage = _first(behaviours, NoUsage) is not None
+        usage = {
+            "input_tokens": answer.prompt,
+            "input_tokens_details": {"cache_write_tokens": 0, "cached_tokens": 0},
+            "output_tokens": answer.completion,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": answer.prompt + answer.completion,
+        }
+        reason = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(
+            answer.finish
+        )
+        status = "incomplete" if reason else "completed"
+        resp_id, msg_id = f"resp_{answer.digest[:24]}", f"msg_{answer.digest[24:48]}"
+        tool = answer.tool
+        text = answer.text
+        part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        item: dict[str, Any]
+        if tool is not None:
+            item = {
+                "id": tool.item_id,
+                "type": "function_call",
+                "status": "completed",
+                "arguments": tool.arguments,
+                "call_id": tool.call_id,
+                "name": tool.name,
+            }
+        else:
+            item = {
+                "id": msg_id,
+                "type": "message",
+                "status": status,
+                "content": [part],
+                "role": "assistant",
+            }
+        created = self.config.created
+
+        def response(state: str, output: list[Any], used: Any) -> dict[str, Any]:
+            return {
+                "id": resp_id,
+                "object": "response",
+                "created_at": created,
+                "status": state,
+                "background": False,
+                "completed_at": created if state == "completed" else None,
+                "error": None,
+                "incomplete_details": {"reason": reason} if state == "incomplete" else None,
+                "instructions": req.get("instructions"),
+                "max_output_tokens": req.get("max_output_tokens"),
+                "model": req["model"],
+                "output": output,
+                "parallel_tool_calls": req.get("parallel_tool_calls", True),
+                "previous_response_id": req.get("previous_response_id"),
+                "reasoning": {"effort": None, "summary": None},
+                "store": req.get("store", True),
+                "temperature": req.get("temperature", 1.0),
+                "text": {"format": {"type": "text"}},
+                "tool_choice": req.get("tool_choice", "auto"),
+                "tools": req.get("tools", []),
+                "top_p": req.get("top_p", 1.0),
+                "truncation": req.get("truncation", "disabled"),
+                "usage": used,
+                "user": None,
+                "metadata": req.get("metadata") or {},
+            }
+
+        extra = [("x-request-id", f"req_{answer.digest[:24]}"), *answer.headers]
+        final = response(status, [item], None if no_usage else usage)
+        if req.get("stream") is not True:
+            return self._finish(self._json(200, final, extra), behaviours)
+        events: list[_Event] = []
+
+        def emit(kind: str, tokens: int = 0, terminal: bool = False, **fields: Any) -> None:
+            obj = {"type": kind, "sequence_number": len(events), **fields}
+            events.append(_Event(dumps(obj).decode(), event=kind, tokens=tokens, terminal=terminal))
+
+        started = response("in_progress", [], None)
+        emit("response.created", response=started)
+        emit("response.in_progress", response=started)
+        at = {"item_id": item["id"], "output_index": 0}
+        if tool is not None:
+            emit(
+                "response.output_item.added",
+                output_index=0,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            for fragment in tool.fragments:
+                emit("response.function_call_arguments.delta", 1, **at, delta=fragment)
+            emit("response.function_call_arguments.done", **at, arguments=tool.arguments)
+        else:
+            at["content_index"] = 0
+            emit(
+                "response.output_item.added",
+                output_index=0,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            emit("response.content_part.added", **at, part={**part, "text": ""})
+            for i, word in enumerate(answer.words):
+                delta = (answer.lead if i == 0 else " ") + word
+                emit("response.output_text.delta", 1, **at, delta=delta, logprobs=[])
+            emit("response.output_text.done", **at, text=text, logprobs=[])
+            emit("response.content_part.done", **at, part=part)
+        emit("response.output_item.done", output_index=0, item=item)
+        emit(f"response.{status}", terminal=True, response=final)
+        draft = _Draft(200, self._stream_headers(extra), events=events, api="responses")
+        draft.response = started
+        return self._finish_stream(draft, behaviours)
+
+    def _messages(self, number: int, body: bytes, behaviours: tuple[Behaviour, ...]) -> Reply:
+        """Anthropic's Messages API: ``messages`` (and ``system``) in, content blocks out."""
+        req, bad = self._validate(body, "messages")
+        if bad is not None or req is None:
+            return self._finish(bad or self._json(500, {}), behaviours, "messages")
+        if not isinstance(req["messages"], list):
+            return self._bad_type("messages", "an array", behaviours, "messages")
+        limit = req.get("max_tokens")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            what = (
+                "max_tokens: Field required"
+                if "max_tokens" not in req
+                else ("max_tokens: Input should be a valid integer greater than or equal to 1")
+            )
+            return self._finish(
+                self._error(400, what, "invalid_request_error", None), behaviours, "messages"
+            )
+        answer = self._plan("messages", number, body, behaviours, req, limit, "messages")
+        if isinstance(answer, Reply):
+            return answer
+        no_usage = _first(behaviours, NoUsage) is not None
+        usage: dict[str, Any] = {
+            "input_tokens": answer.prompt,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": answer.completion,
+            "service_tier": "standard",
+        }
+        tool = answer.tool
+        block: dict[str, Any]
+        if tool is not None:
+            block = {"type": "tool_use", "id": tool.call_id, "name": tool.name, "input": tool.input}
+        else:
+            block = {"type": "text", "text": answer.text}
+        message: dict[str, Any] = {
+            "id": f"msg_{answer.digest[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": req["model"],
+            "content": [block],
+            "stop_reason": _STOP_REASONS[answer.finish],
+            "stop_sequence": None,
+        }
+        if not no_usage:
+            message["usage"] = usage
+        extra = [("request-id", f"req_{answer.digest[:24]}"), *answer.headers]
+        if req.get("stream") is not True:
+            return self._finish(self._json(200, message, extra), behaviours)
+        events: list[_Event] = []
+
+        def emit(kind: str, tokens: int = 0, terminal: bool = False, **fields: Any) -> None:
+            obj = {"type": kind, **fields}
+            events.append(_Event(dumps(obj).decode(), event=kind, tokens=tokens, terminal=terminal))
+
+        start = {**message, "content": [], "stop_reason": None}
+        if not no_usage:
+            start["usage"] = {**usage, "output_tokens": min(1, answer.completion)}
+        emit("message_start", message=start)
+        if tool is not None:
+            emit("content_block_start", index=0, content_block={**block, "input": {}})
+            emit("ping")
+            for fragment in tool.fragments:
+                part = {"type": "input_json_delta", "partial_json": fragment}
+                emit("content_block_delta", 1, index=0, delta=part)
+        else:
+            emit("content_block_start", index=0, content_block={"type": "text", "text": ""})
+            emit("ping")
+            for i, word in enumerate(answer.words):
+                text = (answer.lead if i == 0 else " ") + word
+                emit("content_block_delta", 1, index=0, delta={"type": "text_delta", "text": text})
+        emit("content_block_stop", index=0)
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        if no_usage:
+            emit("message_delta", delta=delta)
+        else:
+            emit("message_delta", delta=delta, usage={"output_tokens": answer.completion})
+        emit("message_stop", terminal=True)
+        draft = _Draft(200, self._stream_headers(extra), events=events, api="messages")
+        return self._finish_stream(draft, behaviours)
+
     def _stream_events(
         self,
         base: dict[str, Any],
@@ -1055,6 +1442,7 @@ class FakeProvider:
         include: bool,
         legacy: bool = False,
         lead: str = "",
+        tool: ToolCallPlan | None = None,
     ) -> list[_Event]:
         kind = "text_completion" if legacy else "chat.completion.chunk"
 
@@ -1071,6 +1459,20 @@ class FakeProvider:
             return {"index": c, "delta": delta, "logprobs": None, "finish_reason": reason}
 
         n = len(words)
+        if tool is not None:  # a tool call instead of content, in every choice
+            call = {"index": 0, "id": tool.call_id, "type": "function"}
+            first = {**call, "function": {"name": tool.name, "arguments": ""}}
+            opening = {"role": "assistant", "content": None, "tool_calls": [first]}
+            events = [chunk([choice(c, {**opening, "refusal": None})]) for c in range(n)]
+            for fragment in tool.fragments:
+                for c in range(n):
+                    part = {"index": 0, "function": {"arguments": fragment}}
+                    events.append(chunk([choice(c, {"tool_calls": [part]})], tokens=1))
+            events += [chunk([choice(c, {}, finish)]) for c in range(n)]
+            if usage is not None:
+                events.append(chunk([], usage))
+            events.append(_Event(data=_DONE, terminal=True))
+            return events
         events = (
             []
             if legacy
@@ -1086,44 +1488,41 @@ class FakeProvider:
         events += [chunk([choice(c, {}, finish)]) for c in range(n)]
         if usage is not None:
             events.append(chunk([], usage))
-        events.append(_Event(data=_DONE))
+        events.append(_Event(data=_DONE, terminal=True))
         return events
 
     # -- applying behaviours -------------------------------------------------------------------
     def _finish_stream(self, draft: _Draft, behaviours: tuple[Behaviour, ...]) -> Reply:
         events = draft.events or []
-        done = [e for e in events if e.data == _DONE]
-        data_events = [e for e in events if e.data != _DONE]
+        api = draft.api
+        terminal = [e for e in events if e.terminal]
+        done = list(terminal)
+        data_events = [e for e in events if not e.terminal]
         for b in behaviours:
             if isinstance(b, BigEvent):
                 _enlarge(data_events, b)
             elif isinstance(b, MalformedEvent):
-                data_events.insert(
-                    min(b.after, len(data_events)),
-                    _Event(data='{"choices": [{"delta": {"content": "oops'),
-                )
+                name, text = _MALFORMED.get(api, _MALFORMED["chat"])
+                data_events.insert(min(b.after, len(data_events)), _Event(data=text, event=name))
             elif isinstance(b, ErrorEvent):
-                err = {
-                    "error": {
-                        "message": b.message,
-                        "type": "server_error",
-                        "param": None,
-                        "code": b.code,
-                    }
-                }
-                data_events = [*data_events[: b.after], _Event(data=dumps(err).decode())]
+                kept = data_events[: b.after]
+                data_events = [*kept, self._error_event(b, api, len(kept), draft.response)]
                 done = done if b.done else []
             elif isinstance(b, Truncate):
                 data_events, done = data_events[: b.events], []
             elif isinstance(b, NoDone):
                 done = []
             elif isinstance(b, DoubleDone):
-                done = [_Event(data=_DONE), _Event(data=_DONE)]
+                if api in _NAMED_EVENTS:
+                    done = [replace(e) for e in terminal[:1] * 2]
+                else:
+                    done = [_Event(data=_DONE, terminal=True), _Event(data=_DONE, terminal=True)]
         events = data_events + done
         fields = _first(behaviours, Fields)
         if fields is not None:
             for i, e in enumerate(events):
-                e.event = fields.event
+                if api not in _NAMED_EVENTS:
+                    e.event = fields.event
                 e.id = str(i + 1) if fields.ids else None
         keepalive = _first(behaviours, KeepAlive)
         if keepalive is not None:
@@ -1148,9 +1547,55 @@ class FakeProvider:
         draft.body = b"".join(encoded)
         return self._timed(draft, behaviours)
 
-    def _finish(self, reply: Reply, behaviours: tuple[Behaviour, ...]) -> Reply:
+    @staticmethod
+    def _error_event(
+        b: ErrorEvent, api: Api, sequence: int, response: dict[str, Any] | None
+    ) -> _Event:
+        """The error event ``b`` sends in ``api``'s form, as the ``sequence``-th event."""
+        if api == "responses":
+            if b.failed:
+                error = {"code": b.code, "message": b.message}
+                failed = {**(response or {}), "status": "failed", "error": error, "usage": None}
+                obj = {"type": "response.failed", "sequence_number": sequence, "response": failed}
+                return _Event(dumps(obj).decode(), event="response.failed")
+            obj = {
+                "type": "error",
+                "code": b.code,
+                "message": b.message,
+                "param": None,
+                "sequence_number": sequence,
+            }
+            return _Event(dumps(obj).decode(), event="error")
+        if api == "messages":
+            kind = "api_error" if b.code == "server_error" else b.code
+            return _Event(dumps(anthropic_error(kind, b.message)).decode(), event="error")
+        err = {
+            "error": {"message": b.message, "type": "server_error", "param": None, "code": b.code}
+        }
+        return _Event(data=dumps(err).decode())
+
+    def _finish(self, reply: Reply, behaviours: tuple[Behaviour, ...], api: Api = "chat") -> Reply:
+        if api == "messages":
+            reply = self._anthropic(reply)
         draft = _Draft(reply.status, list(reply.headers), body=reply.body)
         return self._timed(draft, behaviours)
+
+    def _anthropic(self, reply: Reply) -> Reply:
+        """An OpenAI-shaped error reply in Anthropic's shape (other replies unchanged)."""
+        if reply.status < 400:
+            return reply
+        try:
+            obj = json.loads(reply.body)
+        except ValueError:
+            return reply
+        error = obj.get("error") if isinstance(obj, dict) else None
+        if not isinstance(error, dict):
+            return reply
+        message = str(error.get("message") or "")
+        skip = {"content-type", "content-length", "x-fake-name"}
+        extra = [(k, v) for k, v in reply.headers if k.lower() not in skip]
+        body = anthropic_error(anthropic_error_type(reply.status), message)
+        return self._json(reply.status, body, extra)
 
     def _timed(self, draft: _Draft, behaviours: tuple[Behaviour, ...]) -> Reply:
         chunks = chunk_bytes(draft.body, _first(behaviours, Chunking), draft.natural)

@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import formatdate
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ __all__ = [
     "RateLimiter",
     "Verdict",
     "format_duration",
+    "format_rfc3339",
     "rate_limit_headers",
     "remaining_headers",
 ]
@@ -51,6 +53,26 @@ def format_duration(seconds: float) -> str:
     if hours or minutes:
         out += f"{minutes}m"
     return out + f"{secs}s"
+
+
+def format_rfc3339(at: float) -> str:
+    """The time ``at`` (Unix seconds, rounded up to a whole second) as Anthropic's rate-limit
+    headers give a reset: RFC 3339 in UTC.
+
+    >>> format_rfc3339(1_700_000_000.2)
+    '2023-11-14T22:13:21Z'
+    """
+    return datetime.fromtimestamp(math.ceil(at - 1e-9), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _anthropic_family(
+    what: str, limit: int, remaining: int, reset_at: float
+) -> list[tuple[str, str]]:
+    return [
+        (f"anthropic-ratelimit-{what}-limit", str(limit)),
+        (f"anthropic-ratelimit-{what}-remaining", str(remaining)),
+        (f"anthropic-ratelimit-{what}-reset", format_rfc3339(reset_at)),
+    ]
 
 
 @dataclass(frozen=True)
@@ -155,6 +177,11 @@ def rate_limit_headers(dialect: Dialect, seconds: float, now: float) -> list[tup
             ("x-ratelimit-remaining", "0"),
             ("x-ratelimit-reset", str(math.ceil((now + seconds) * 1000))),
         ]
+    if dialect == "anthropic":
+        out = [("retry-after", str(math.ceil(seconds)))]
+        for what in ("requests", "tokens", "input-tokens", "output-tokens"):
+            out += _anthropic_family(what, 1, 0, now + seconds)
+        return out
     return []
 
 
@@ -168,6 +195,19 @@ def remaining_headers(
     """
     if dialect == "none":
         return []
+    if dialect == "anthropic":
+        out: list[tuple[str, str]] = []
+        if v.limit_requests is not None and v.remaining_requests is not None:
+            reset = v.reset_requests or window_reset
+            out += _anthropic_family(
+                "requests", v.limit_requests, v.remaining_requests, now + reset
+            )
+        if v.limit_tokens is not None and v.remaining_tokens is not None:
+            reset = v.reset_tokens or window_reset
+            out += _anthropic_family("tokens", v.limit_tokens, v.remaining_tokens, now + reset)
+        if not v.allowed:
+            out.insert(0, ("retry-after", str(math.ceil(v.retry_after))))
+        return out
     if dialect == "openrouter":
         limit = v.limit_requests if v.limit_requests is not None else v.limit_tokens
         remaining = v.remaining_requests if v.limit_requests is not None else v.remaining_tokens

@@ -57,6 +57,7 @@ from .behaviours import (
     SlowFirstByte,
     Stall,
     Status,
+    ToolCall,
     Truncate,
     When,
 )
@@ -88,7 +89,7 @@ BEHAVIOUR_KINDS: tuple[str, ...] = (
     "ok", "no_usage", "no_done", "double_done", "truncate", "cut", "chunking", "line_endings",
     "keepalive", "fields", "error_event", "malformed_event", "big_event", "rate_limit",
     "insufficient_balance", "status", "context_length_exceeded", "content_filter", "prefill",
-    "when", "slow_first_byte", "slow_chunks", "stall", "hang",
+    "tool_call", "when", "slow_first_byte", "slow_chunks", "stall", "hang",
 )  # fmt: skip
 """Every behaviour kind, the plainest first (the order :func:`behaviours` shrinks in)."""
 
@@ -536,6 +537,7 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
             ErrorEvent,
             after=small,
             done=st.booleans(),
+            failed=st.booleans(),
             message=st.just(ErrorEvent().message) | st.text(_UNICODE, max_size=20),
             code=st.sampled_from(["server_error", "rate_limit_exceeded", "context_length"]),
         ),
@@ -549,7 +551,7 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
         "insufficient_balance": st.just(InsufficientBalance()),
         "status": st.builds(
             Status,
-            code=st.sampled_from([500, 502, 503, 504, 400, 401, 403, 404, 408, 413, 422])
+            code=st.sampled_from([500, 502, 503, 504, 529, 400, 401, 403, 404, 408, 413, 422])
             | st.integers(400, 599),
             message=st.none() | st.text(_UNICODE, max_size=20),
         ),
@@ -564,6 +566,12 @@ def _behaviour_strategies(max_delay: float) -> dict[str, SearchStrategy[Behaviou
             after=st.none() | small,
         ),
         "prefill": st.builds(Prefill, mode=st.sampled_from(["honour", "reject", "ignore"])),
+        "tool_call": st.builds(
+            ToolCall,
+            name=st.none() | st.sampled_from(["lookup", "get_weather"]),
+            # one key at most: the header text cannot carry a comma
+            arguments=st.none() | st.sampled_from(['{"city":"Oslo"}', "{}", '{"n":3}']),
+        ),
         "when": _gates(),
         "stall": st.builds(Stall, events=small, seconds=delays),
         "slow_first_byte": st.builds(SlowFirstByte, seconds=delays),
