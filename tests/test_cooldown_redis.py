@@ -324,3 +324,19 @@ async def test_urls_are_shown_without_passwords(url: str, shown: str) -> None:
 async def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         RedisCooldownStore("redis://h/0", timeout=0)
+
+
+def test_a_missing_redis_is_skipped_or_under_ci_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing there
+    pytester.makeconftest('pytest_plugins = ["services"]\n')
+    pytester.makepyfile("def test_needs_redis(redis_url):\n    pass\n")
+    monkeypatch.delenv("WATERFALL_REQUIRE_SERVICES", raising=False)
+    skipped = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    skipped.assert_outcomes(skipped=1)
+    skipped.stdout.fnmatch_lines(["*REDIS_URL is set but nothing answers PING there*"])
+    monkeypatch.setenv("WATERFALL_REQUIRE_SERVICES", "1")
+    failed = pytester.runpytest("-p", "no:cacheprovider")
+    failed.assert_outcomes(errors=1)
+    failed.stdout.fnmatch_lines(["*WATERFALL_REQUIRE_SERVICES=1*"])
