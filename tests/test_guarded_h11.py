@@ -39,7 +39,9 @@ async def hello(
 
 
 @asynccontextmanager
-async def running(header_timeout: float = 0.3, max_head: int = 4096) -> AsyncIterator[int]:
+async def running(
+    header_timeout: float = 0.3, max_head: int = 4096, limit: int | None = None
+) -> AsyncIterator[int]:
     config = uvicorn.Config(
         hello,
         host="127.0.0.1",
@@ -49,6 +51,7 @@ async def running(header_timeout: float = 0.3, max_head: int = 4096) -> AsyncIte
         lifespan="off",
         log_config=None,
         timeout_keep_alive=5,
+        limit_concurrency=limit,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -134,6 +137,21 @@ async def test_a_head_cut_across_reads_is_measured_whole() -> None:
         for cut in (len(head) - 3, len(head) - 2, len(head) - 1, len(head), len(data)):
             raw = await exchange(port, data[:cut], data[cut:])
             assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+
+
+async def test_idle_connections_hold_the_concurrency_limit_only_until_the_header_timeout() -> None:
+    request = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    async with running(header_timeout=0.5, limit=3) as port:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        try:
+            assert (await exchange(port, request)).startswith(b"HTTP/1.1 503 ")
+            for reader, _ in idle:  # closed by the header timeout
+                async with asyncio.timeout(WAIT):
+                    assert await reader.read() == b""
+            assert (await exchange(port, request)).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for _, writer in idle:
+                writer.close()
 
 
 async def test_a_malformed_request_gets_a_json_400() -> None:

@@ -14,6 +14,8 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -136,7 +138,7 @@ async def test_schema_covers_every_field_with_the_right_types(db: Path) -> None:
         indexed = {row[0] for row in raw(db, "SELECT tbl_name || '.' || name FROM sqlite_master")}
         assert {"usage.usage_started_at", "usage.usage_provider", "usage.usage_status"} <= indexed
         assert raw(db, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db, "PRAGMA user_version") == [(3,)] == [(ledger.schema_version,)]
+        assert raw(db, "PRAGMA user_version") == [(4,)] == [(ledger.schema_version,)]
         assert raw(db, "PRAGMA application_id") == [(APPLICATION_ID,)]
     finally:
         await ledger.close()
@@ -512,11 +514,11 @@ class _LaterLedger(SQLiteLedger):
 async def test_an_older_database_is_migrated_in_order(db: Path) -> None:
     async with _opened(SQLiteLedger(db)) as old:
         await old.save(FULL)
-    assert raw(db, "PRAGMA user_version") == [(3,)]
-    async with _opened(_LaterLedger(db)) as new:
-        assert new.schema_version == 4
-        await new.save(record(1))
     assert raw(db, "PRAGMA user_version") == [(4,)]
+    async with _opened(_LaterLedger(db)) as new:
+        assert new.schema_version == 5
+        await new.save(record(1))
+    assert raw(db, "PRAGMA user_version") == [(5,)]
     assert raw(db, "SELECT id, region FROM usage ORDER BY id") == [("r1", None), ("req-1", "eu")]
     async with _opened(_LaterLedger(db)):  # up to date: no step runs again
         pass
@@ -562,7 +564,7 @@ async def test_a_version_1_database_is_migrated_in_place_and_keeps_its_rows(db: 
         assert ledger.interrupted == 1
         await ledger.save(record(2, cost=5, cost_unit="msat", reference_cost=9))
     assert (ledger.written, ledger.failures) == (1, 0)
-    assert raw(db, "PRAGMA user_version") == [(3,)]
+    assert raw(db, "PRAGMA user_version") == [(4,)]
     columns = {name: kind for _, name, kind, *_ in raw(db, "PRAGMA table_info(usage)")}
     assert columns["reference_cost"] == "INTEGER"
     assert set(columns) == {f.name for f in dataclasses.fields(UsageRecord)} | {"instance_id"}
@@ -593,8 +595,8 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(db: Path) -> None:
     with pytest.raises(LedgerError) as info:
         await SQLiteLedger(db).open()
     assert str(info.value) == (
-        f"cannot open the usage ledger {str(db)!r}: its schema version 4 is newer than this "
-        "waterfall-asgi knows (3); upgrade waterfall-asgi or use another file"
+        f"cannot open the usage ledger {str(db)!r}: its schema version 5 is newer than this "
+        "waterfall-asgi knows (4); upgrade waterfall-asgi or use another file"
     )
     with pytest.raises(LedgerError, match="newer than this waterfall-asgi knows"):
         read_records(db)
@@ -687,3 +689,57 @@ def test_none_is_written_as_null_in_any_column_and_replaces_a_value(
         db = Path(directory) / "usage.db"
         anyio.run(main, db)
         assert read_records(db) == [version(n, 1) for n in range(len(masks))]
+
+
+_WORKER = """
+import asyncio, sys, time
+from waterfall_asgi.ledger import UsageRecord
+from waterfall_asgi.ledger_sqlite import SQLiteLedger
+
+async def main():
+    ledger = SQLiteLedger(sys.argv[1], lease=3600)
+    await ledger.open()
+    await ledger.save(UsageRecord(id="w1", started_at=1.0, route="/v1/chat/completions"))
+    await ledger.flush()
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def worker(db: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process on this host with a ledger on ``db`` (an hour-long lease) and a pending
+    row in it; killed at the end (by its pid) if the test has not."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(db)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="Linux's /proc tells")
+async def test_a_worker_that_died_on_this_host_has_its_rows_marked_at_once(
+    db: Path, worker: subprocess.Popen[bytes]
+) -> None:
+    """A process on this host whose pid is gone is dead: the next worker to start marks its
+    pending rows without waiting for its (hour-long) lease; while it lives, they are left."""
+    async with _opened(SQLiteLedger(db, lease=3600)) as while_alive:
+        assert while_alive.interrupted == 0
+    assert [r.status for r in read_records(db)] == ["pending"]
+    worker.kill()
+    assert worker.wait(10) == -9
+    async with _opened(SQLiteLedger(db, lease=3600)) as after:
+        assert after.interrupted == 1
+    assert [(r.status, r.error) for r in read_records(db)] == [
+        ("interrupted", "the process ended before the request finished")
+    ]

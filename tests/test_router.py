@@ -624,3 +624,29 @@ async def test_a_complete_stream_gets_no_error_event(clock: Clock) -> None:
     app, _ = make(clock, {"a": ["double_done"]})
     result = await call(app, "POST", "/v1/chat/completions", STREAM)
     assert sse_data(result.body)[-2:] == ["[DONE]", "[DONE]"]  # relayed as the upstream sent it
+
+
+@pytest.mark.parametrize("behaviour", ["stall:events=3", "cut:tokens=2", "truncate:events=4"])
+async def test_a_stream_that_fails_after_it_began_counts_against_its_entrys_circuit(
+    clock: Clock, behaviour: str
+) -> None:
+    """A stream stalled, cut or closed mid-answer is a health signal: with a circuit that opens
+    on one failure, the next request passes its entry over and is served by the next."""
+    app, net = make(clock, {"a": [behaviour]}, policy={"circuit": {"failures": 1}, "retries": 0})
+    first = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert first.headers["x-waterfall-provider"] == "a"
+    assert json.loads(sse_data(first.body)[-1])["error"]["code"].startswith("stream_")
+    second = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert second.headers["x-waterfall-attempts"].startswith("a/fake-small open_circuit")
+    assert second.headers["x-waterfall-provider"] == "b"
+    assert chat_calls(net, "a") == 1
+    await app.shutdown()
+
+
+async def test_a_whole_stream_without_done_is_no_failure_of_its_entry(clock: Clock) -> None:
+    app, net = make(clock, {"a": ["no_done"]}, policy={"circuit": {"failures": 1}})
+    await call(app, "POST", "/v1/chat/completions", STREAM)
+    second = await call(app, "POST", "/v1/chat/completions", STREAM)
+    assert second.headers["x-waterfall-attempts"] == "a/fake-small 200"
+    assert chat_calls(net, "a") == 2
+    await app.shutdown()

@@ -262,7 +262,7 @@ def test_a_newer_ledger_is_refused(db: Path, capsys: pytest.CaptureFixture[str])
     conn.close()
     code, _, err = run(capsys, "--db", str(db))
     assert code == 1
-    assert "ledger schema version 9 is newer than this waterfall-asgi knows (3)" in err
+    assert "ledger schema version 9 is newer than this waterfall-asgi knows (4)" in err
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,11 @@ traceback) and counted in :attr:`SQLiteLedger.failures`; it never raises into th
 Several processes may share the file (workers on one host). Each ledger writes its
 ``instance_id`` into its rows and holds a lease (table ``ledger_instances``, expiry on the host's
 clock) renewed every ``lease / 3`` seconds; a ``pending`` row is marked ``interrupted`` once its
-process's lease has lapsed or was released (see :class:`SQLiteLedger`), never while it lives. A
+process's lease has lapsed or was released (see :class:`SQLiteLedger`), never while it lives. On
+Linux a lease also records its process as the kernel knows it (boot, pid namespace, pid and
+start time), so a process that died on this host (its pid gone, or used again) is known dead at
+once, by the next process to start or renew: its rows are marked then, without waiting for the
+lease. A
 ``pending`` save never replaces a terminal row of the same id.
 
 The schema is versioned by ``PRAGMA user_version`` and grows by the steps in
@@ -108,6 +112,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             pid INTEGER
         )""",
     ),
+    # 4: which process holds a lease, as this host's kernel knows it (boot, pid namespace, pid,
+    # start time), so a process that started on the same host can tell a dead one at once
+    (f"ALTER TABLE {INSTANCES} ADD COLUMN process TEXT",),
 )
 
 _ON_CONFLICT = (
@@ -179,7 +186,11 @@ _REAP = (  # rows of processes whose lease lapsed (or was released), or of no pr
     _INTERRUPT + " AND (instance_id IS NULL OR instance_id NOT IN "
     f"(SELECT id FROM {INSTANCES} WHERE expires_at > ?))"
 )
-_RENEW = f"INSERT OR REPLACE INTO {INSTANCES} (id, expires_at, host, pid) VALUES (?, ?, ?, ?)"
+_RENEW = (
+    f"INSERT OR REPLACE INTO {INSTANCES} (id, expires_at, host, pid, process) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_HOLDERS = f"SELECT id, process FROM {INSTANCES} WHERE process IS NOT NULL AND id != ?"
 _FORGET = f"DELETE FROM {INSTANCES} WHERE expires_at <= ?"
 _RELEASE = f"DELETE FROM {INSTANCES} WHERE id = ?"
 
@@ -192,6 +203,31 @@ class LedgerError(Exception):
 
 
 _HOST = socket.gethostname()
+
+
+def _process_token(pid: int) -> str | None:
+    """Process ``pid`` as this host's kernel knows it: its boot, the pid namespace this process
+    sees, the pid and the process's start time (``None`` where ``/proc`` cannot say: not Linux,
+    or no such process). Two tokens are equal only for the same living process: a pid used again
+    has another start time, a process in another container another namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        started = stat.rpartition(")")[2].split()[19]  # field 22, counting the two before ")"
+    except (OSError, IndexError):
+        return None
+    return f"{boot}/{namespace}/{pid}/{started}"
+
+
+def _gone(token: str, mine: str) -> bool:
+    """Whether the process ``token`` names (a lease holder's) has ended. Only a process of this
+    host's boot and this pid namespace (those of ``mine``, this process's token) can be told;
+    of any other, only its lease can."""
+    parts, own = token.split("/"), mine.split("/")
+    if len(parts) != 4 or parts[:2] != own[:2] or not parts[2].isdigit():
+        return False
+    return _process_token(int(parts[2])) != token
 
 
 def default_instance_id() -> str:
@@ -707,7 +743,12 @@ class SQLiteLedger:
         """Renew this process's lease and mark the rows of lapsed leases ``interrupted`` (in the
         caller's transaction); returns how many were marked."""
         now = time.time()
-        conn.execute(_RENEW, (self.instance_id, now + self.lease, _HOST, os.getpid()))
+        mine = _process_token(os.getpid())
+        conn.execute(_RENEW, (self.instance_id, now + self.lease, _HOST, os.getpid(), mine))
+        if mine is not None:  # a holder on this host whose process has ended: released at once
+            for holder, token in conn.execute(_HOLDERS, (self.instance_id,)).fetchall():
+                if _gone(token, mine):
+                    conn.execute(_RELEASE, (holder,))
         marked: int = conn.execute(_REAP, (now,)).rowcount
         conn.execute(_FORGET, (now,))
         self._renewed = time.monotonic()
