@@ -408,7 +408,7 @@ class Router:
                         self.circuits[key].release()
                     continue
             now = self.clock()
-            circuit = circuits.get(key)
+            circuit = circuits.get(key) if circuits else None  # (none while nothing fails)
             if not kind:
                 until = await self.cooldowns.get(key)
                 if until is not None and until > now:
@@ -459,7 +459,7 @@ class Router:
             if served is None:
                 continue
             status = served.response.status
-            if not kind:  # (made meanwhile, perhaps: by this request's retry, or another's)
+            if not kind and circuits:  # (made meanwhile, perhaps: by a retry, or another request)
                 circuit = circuits.get(key)
             if circuit is not None and circuit.success(now, bool(kind)):
                 del circuits[key]  # nothing failed in its window: forget it
