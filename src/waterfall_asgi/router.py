@@ -567,10 +567,7 @@ class Router:
                 Attempt(d.key, "local_error", None, elapsed, None, failure.detail, kind)
             )
             return again
-        circuit = self.circuits.get(d.key)
-        if circuit is None:
-            longest = min(policy.circuit.max_open, policy.max_cooldown)
-            circuit = self.circuits[d.key] = Circuit(policy.circuit, longest)
+        circuit = self._circuit(d.key)
         opened = circuit.failure(now, kind == "probe")
         if (
             failure.transient
@@ -597,11 +594,16 @@ class Router:
         """A stream accepted from ``deployment`` failed after it began (cut, stalled, closed in
         the middle of its answer, or an error event): a health signal, counted in the entry's
         circuit as one failure (it may open it). Called by the relay's caller."""
-        policy = self.config.policy
-        circuit = self.circuits.get(deployment.key)
+        self._circuit(deployment.key).failure(self.clock())
+
+    def _circuit(self, key: str) -> Circuit:
+        """The circuit of entry ``key``, made on its first failure."""
+        circuit = self.circuits.get(key)
         if circuit is None:
-            circuit = self.circuits[deployment.key] = Circuit(policy.circuit, policy.max_cooldown)
-        circuit.failure(self.clock())
+            policy = self.config.policy
+            longest = min(policy.circuit.max_open, policy.max_cooldown)
+            circuit = self.circuits[key] = Circuit(policy.circuit, longest)
+        return circuit
 
     def _backoff(self, tries: int) -> float:
         """Seconds before retry number ``tries + 1``: jittered, doubling."""
