@@ -480,7 +480,12 @@ class Router:
                     )
                     continue
             outcome = "served" if status < 400 else "rejected"
-            attempts.append(Attempt(key, outcome, status, time.monotonic() - started, kind=kind))
+            elapsed = time.monotonic() - started
+            attempts.append(
+                Attempt(key, outcome, status, elapsed, None, "", kind)
+                if kind
+                else Attempt(key, outcome, status, elapsed)  # (the usual case, the fastest)
+            )
             served.attempts = attempts
             if status < 400 and self.config.policy.cool_on_zero_remaining:
                 seconds = preemptive_hint(served.response.headers, self.clock())
