@@ -413,6 +413,12 @@ def test_anthropic_rate_limit_headers() -> None:
         assert headers[f"anthropic-ratelimit-{what}-reset"] == reset
 
 
+def test_the_verdict_reads_anthropics_reset_headers_alone() -> None:
+    reply = post(fake(), MESSAGES_PATH, MSG_BODY, "rate_limit:dialect=anthropic,seconds=2.5")
+    headers = {k: v for k, v in reply.headers if k.startswith("anthropic-")}
+    assert hint_seconds(429, headers, NOW) == pytest.approx(3.0)  # reset rounded up
+
+
 def test_anthropic_limiter_reports_on_success_and_429() -> None:
     p = fake(limits=Limits(requests=1, window=60, dialect="anthropic"))
     ok = dict(post(p, MESSAGES_PATH, MSG_BODY).headers)
