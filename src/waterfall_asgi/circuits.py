@@ -227,8 +227,8 @@ class LocalHealth:
         self._unlogged += 1
         if now - self._logged_at >= self.log_every:
             logger.warning(
-                "the router's own trouble, not the provider's (%d in the last %gs), last while "
-                "calling %s: %s",
+                "a failure on the router's side, not counted against any provider (%d in the "
+                "last %gs); the last, calling %s: %s",
                 self._unlogged,
                 self.log_every,
                 entry,
