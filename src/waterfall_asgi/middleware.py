@@ -103,7 +103,10 @@ class WaterfallMiddleware:
     memory; a store with ``open``/``close`` is opened and closed with the middleware);
     ``ledger`` the usage store (default: SQLite at ``config.ledger.path``), opened and closed
     with the middleware; ``on_complete`` receives each finished record; ``prompt_estimator``
-    estimates a request's prompt tokens for cost routes.
+    estimates a request's prompt tokens for cost routes; ``metrics`` (a
+    :class:`~waterfall_asgi.metrics.RouterMetrics`, e.g. on the host's own registry) and
+    ``tracing`` (a :class:`~waterfall_asgi.tracing.RouterTracing`) are fed each finished record
+    (default: made when ``config.metrics.enabled`` / ``config.tracing.enabled``, else none).
 
     A config that cannot be used does not raise here (Starlette and FastAPI build their
     middleware lazily, inside the server's first lifespan or request call, where an exception
