@@ -10,7 +10,9 @@ requests, so startup and warm-up cancel out.
 
 Proxies: ``passthrough`` (the smallest raw-ASGI proxy over the same stub: the baseline of the
 ratios), ``router`` (``create_app`` with a one-entry chain, the ledger in memory) and
-``router+sqlite`` (the SQLite ledger in a temporary directory).
+``router+sqlite`` (the SQLite ledger in a temporary directory), ``router+metrics`` (``router``
+with its Prometheus metrics on) and ``router+otel`` (``router`` with tracing on and the
+OpenTelemetry SDK exporting nowhere, as ``run.py``'s row of that name).
 
 Run ``python benchmarks/instructions.py`` (``make bench-instructions``: about 3 minutes on 2
 cores; needs valgrind), or ``--cpu`` for process CPU time per request instead (no valgrind;
@@ -42,7 +44,7 @@ ASGIApp = Callable[
     [Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
     Awaitable[None],
 ]
-PROXIES = ("passthrough", "router", "router+sqlite")
+PROXIES = ("passthrough", "router", "router+sqlite", "router+metrics", "router+otel")
 WARM_UP = 192  # requests before the measured ones, whatever their count
 WORKLOADS = ("json", "stream")
 
@@ -140,6 +142,11 @@ def make_app(proxy: str, directory: str) -> ASGIApp:
         "client_keys": [run.CLIENT_KEY],
         "ledger": {"path": ledger},
     }
+    if proxy == "router+metrics":
+        config["metrics"] = {"enabled": True}
+    elif proxy == "router+otel":
+        run.otel_sdk()
+        config["tracing"] = {"enabled": True}
     app: ASGIApp = create_app(config, upstream=StubUpstream())
     return app
 

@@ -620,3 +620,72 @@ def test_the_documented_defaults_are_the_defaults(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("GROQ_API_KEY", "sk-y")
     config = load_config(Path(__file__).resolve().parents[1] / "docs/examples/failures.toml")
     assert config.policy == load_config({"providers": {}}).policy
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    poisoned=st.lists(st.booleans(), min_size=1, max_size=12),
+    failures=st.integers(min_value=1, max_value=30),
+)
+def test_one_requests_failure_changes_anothers_outcome_only_past_the_threshold(
+    poisoned: list[bool], failures: int
+) -> None:
+    """Requests that make every entry fail, between plain ones: each plain request is served by
+    the first entry, unless that entry's circuit is open (its threshold crossed), and then by
+    another; never a 503."""
+
+    async def run() -> None:
+        clock = Clock()
+        net = FakeNetwork({h: FakeProvider(name=h, clock=clock) for h in "ab"})
+        circuit = {"failures": failures, "min_requests": 1000}
+        app = make(net, clock, retry_burst=100, circuit=circuit)
+        await app.startup()
+        router = router_of(app)
+        streak = 0  # a's health failures in a row, as the router counts them
+        for poison in poisoned:
+            clock.advance(0.5)
+            if poison:
+                result = await chat(app, **{"x-fake-behaviour": "status:code=500"})
+                assert result.status == 503
+                streak += 2 if streak + 1 < failures else 1  # retried unless that opened it
+                continue
+            result = await chat(app)
+            assert result.status == 200
+            circuit_a = router.circuits.get("a/fake-small")
+            if streak < failures:  # the threshold was not crossed: as if no poison came
+                assert result.headers["x-waterfall-attempts"] == "a/fake-small 200"
+                streak = 0
+            else:
+                assert circuit_a is not None
+                assert result.headers["x-waterfall-provider"] in ("a", "b")
+        await app.shutdown()
+
+    asyncio.run(run())
+
+
+async def test_one_probe_at_a_time_however_many_requests_arrive() -> None:
+    clock = Clock()
+    net = Scripted({"a": ["500"]})
+    app = make(net, clock, retries=0, circuit={"failures": 1, "open_for": 5})
+    assert (await chat(app)).headers["x-waterfall-provider"] == "b"  # a's circuit opens
+    clock.advance(5)
+    release = asyncio.Event()
+    in_a = asyncio.Event()
+
+    async def hold(host: str) -> None:
+        if host == "a":
+            in_a.set()
+            await release.wait()
+
+    net.check = hold
+    probe = asyncio.ensure_future(chat(app))
+    await in_a.wait()  # the probe is at a, held there
+    others = await asyncio.gather(*(chat(app) for _ in range(20)))
+    assert [r.headers["x-waterfall-provider"] for r in others] == ["b"] * 20
+    assert all(
+        r.headers["x-waterfall-attempts"].startswith("a/fake-small open_circ") for r in others
+    )
+    release.set()
+    assert (await probe).headers["x-waterfall-attempts"] == "a/fake-small 200 probe"
+    assert net.calls["a"] == 2  # the failure, then the one probe
+    await app.shutdown()

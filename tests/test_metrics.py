@@ -325,3 +325,41 @@ def test_check_config_names_a_wrong_observability_key(
     path.write_text(json.dumps({**config, **section}))
     assert main(["check-config", str(path)]) == 1
     assert said in capsys.readouterr().err
+
+
+class FailingLedger(MemoryLedger):
+    """A memory ledger that loses every record it is given, and says so as the SQLite and
+    PostgreSQL ledgers do (``pending``, ``failures``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = 3
+        self.failures = 0
+
+    async def save(self, record: Any) -> None:
+        self.failures += 1
+
+
+@pytest.mark.anyio
+async def test_the_ledgers_queue_and_lost_records_are_counted() -> None:
+    clock = Clock()
+    net = FakeNetwork({"a": FakeProvider(name="a", clock=clock)})
+    config = {
+        "providers": {"a": {"base_url": "http://a/v1"}},
+        "chains": {"fast": ["a/fake-small"]},
+        "metrics": {"enabled": True, "path": "/metrics"},
+    }
+    ledger = FailingLedger()
+    app = WaterfallMiddleware(None, config, transport=net, ledger=ledger, clock=clock)
+    try:
+        for _ in range(3):  # each saved twice (accepted, then finished): 6 lost
+            assert (await call(app, "POST", "/v1/chat/completions", CHAT)).status == 200
+        got = await scrape(app)
+        assert value(got, "waterfall_ledger_write_errors_total") == 6
+        assert value(got, "waterfall_ledger_queue_depth") == 3
+        ledger.failures, ledger.pending = 7, 0  # one more lost, meanwhile; the queue drained
+        got = await scrape(app)
+        assert value(got, "waterfall_ledger_write_errors_total") == 7
+        assert value(got, "waterfall_ledger_queue_depth") == 0
+    finally:
+        await app.shutdown()

@@ -6,10 +6,11 @@ import openai
 from waterfall_fakes import FakeProvider, FakeServer
 
 fake = FakeProvider(api_key="sk-test")
-with FakeServer(fake) as server:
-    oai = openai.OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
-    ant = anthropic.Anthropic(base_url=server.root, api_key="sk-test", max_retries=0)
-
+with (
+    FakeServer(fake) as server,
+    openai.OpenAI(base_url=server.url, api_key="sk-test", max_retries=0) as oai,
+    anthropic.Anthropic(base_url=server.root, api_key="sk-test", max_retries=0) as ant,
+):
     # The Responses API, not streamed and streamed: typed events, no [DONE]
     response = oai.responses.create(model="fake-small", input="Say hello")
     assert response.status == "completed"

@@ -244,7 +244,8 @@ class CircuitPolicy(_Model):
     event) are counted per entry in this process; the circuit opens after ``failures`` of them in
     a row, or when at least ``min_requests`` calls in the last ``window`` seconds saw a failure
     ratio of ``failure_ratio`` or more. It stays open ``open_for`` seconds, then one probe decides;
-    each failed probe opens it ``growth`` times longer, up to ``policy.max_cooldown``.
+    each failed probe opens it ``growth`` times longer, up to ``max_open`` (and
+    ``policy.max_cooldown``).
     """
 
     failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
@@ -258,6 +259,12 @@ class CircuitPolicy(_Model):
     open_for: float = Field(default=5.0, gt=0, description="seconds of the first open period")
     growth: float = Field(
         default=2.0, ge=1, description="each failed probe multiplies the open period by this"
+    )
+    max_open: float = Field(
+        default=30.0,
+        gt=0,
+        description="the longest open period (and never more than policy.max_cooldown): how "
+        "soon at worst a recovered provider gets traffic again",
     )
 
 

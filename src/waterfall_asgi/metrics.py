@@ -216,6 +216,7 @@ class RouterMetrics:
         )
         self._failures: dict[int, int] = {}  # id(ledger) -> its failures counted so far
         self._until: dict[str, float] = {}  # entry -> until when it cools, as seen here
+        self._bound: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # a request's shape -> children
 
     # -- feeding ----------------------------------------------------------------------------
     def observe(self, record: UsageRecord, *, now: float, ledger: object = None) -> None:
@@ -225,31 +226,71 @@ class RouterMetrics:
             chain = ""
         elif chain not in self.known:
             chain = OTHER
-        code = "" if record.http_status is None else str(record.http_status)
-        status = record.status
-        path = record.route
-        self.requests(path, status, code, chain).inc()
-        self.duration(path, status).observe((record.duration_ms or 0.0) / 1000)
-        if status == "exhausted":
-            self.exhausted(chain).inc()
+        status, provider = record.status, record.provider
+        shape = (
+            record.route,
+            status,
+            record.http_status,
+            chain,
+            provider,
+            record.upstream_model,
+            record.cost_unit,
+            record.stream,
+        )
+        bound = self._bound.get(shape)
+        if bound is None:
+            bound = self._bound[shape] = self._bind(*shape)
+        requests, duration, exhausted, ttfb, prompt, completion, cost, stream = bound
+        requests.inc()
+        duration.observe((record.duration_ms or 0.0) / 1000)
+        if exhausted is not None:
+            exhausted.inc()
         attempts = record.attempts
         if attempts:
             self._attempts(attempts, now)
-        provider = record.provider
         if provider is not None:
-            model = record.upstream_model or ""
-            if record.ttfb_ms is not None:
-                self.ttfb(path, provider).observe(record.ttfb_ms / 1000)
-            if record.prompt_tokens:
-                self.tokens(provider, model, "prompt").inc(record.prompt_tokens)
-            if record.completion_tokens:
-                self.tokens(provider, model, "completion").inc(record.completion_tokens)
-            if record.cost is not None and record.cost_unit is not None:
-                self.cost(provider, model, record.cost_unit).inc(record.cost)
-            if record.stream:
-                self.streams(provider, model, status).inc()
+            if ttfb is not None and record.ttfb_ms is not None:
+                ttfb.observe(record.ttfb_ms / 1000)
+            if prompt is not None and record.prompt_tokens:
+                prompt.inc(record.prompt_tokens)
+            if completion is not None and record.completion_tokens:
+                completion.inc(record.completion_tokens)
+            if cost is not None and record.cost is not None:
+                cost.inc(record.cost)
+            if stream is not None:
+                stream.inc()
         if ledger is not None:
             self.sample_ledger(ledger)
+
+    def _bind(
+        self,
+        path: str,
+        status: str,
+        http_status: int | None,
+        chain: str,
+        provider: str | None,
+        upstream_model: str | None,
+        unit: str | None,
+        stream: bool,
+    ) -> tuple[Any, ...]:
+        """The children a request of this shape counts in (``None``: none of that metric)."""
+        code = "" if http_status is None else str(http_status)
+        common = (
+            self.requests(path, status, code, chain),
+            self.duration(path, status),
+            self.exhausted(chain) if status == "exhausted" else None,
+        )
+        if provider is None:
+            return (*common, None, None, None, None, None)
+        model = upstream_model or ""
+        return (
+            *common,
+            self.ttfb(path, provider),
+            self.tokens(provider, model, "prompt"),
+            self.tokens(provider, model, "completion"),
+            self.cost(provider, model, unit) if unit is not None else None,
+            self.streams(provider, model, status) if stream else None,
+        )
 
     def _attempts(self, attempts: list[dict[str, Any]], now: float) -> None:
         cooled = False

@@ -1055,7 +1055,12 @@ def _bounded(text: str, limit: int = 256) -> str:
 
 
 def _trail(attempts: list[Attempt]) -> str:
-    return ", ".join(_step(a) for a in attempts)
+    return ", ".join(
+        f"{a.entry} {a.status if a.status is not None else a.outcome}"
+        if not a.kind and a.outcome not in _SHOWN
+        else _step(a)
+        for a in attempts
+    )
 
 
 _SHOWN = frozenset({"retried", "waited", "too_long"})  # outcomes a status alone would hide

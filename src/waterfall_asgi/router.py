@@ -391,12 +391,13 @@ class Router:
                 d, opened, kind = d_open, None, "fail_open"
             else:
                 break
+            key = d.key
             if fits or declared:
-                window = self._windows.get(d.key)
+                window = self._windows.get(key)
                 if (window is None and declared) or (window is not None and window < fits):
                     attempts.append(
                         Attempt(
-                            d.key,
+                            key,
                             "skipped_context",
                             detail=f"context window {window} < {fits} tokens"
                             if window is not None
@@ -404,15 +405,15 @@ class Router:
                         )
                     )
                     if kind:
-                        self.circuits[d.key].release()
+                        self.circuits[key].release()
                     continue
             now = self.clock()
-            circuit = circuits.get(d.key)
+            circuit = circuits.get(key)
             if not kind:
-                until = await self.cooldowns.get(d.key)
+                until = await self.cooldowns.get(key)
                 if until is not None and until > now:
                     attempts.append(
-                        Attempt(d.key, "cooling", detail=f"cooling down, {until - now:.3g}s left")
+                        Attempt(key, "cooling", detail=f"cooling down, {until - now:.3g}s left")
                     )
                     continue
                 if circuit is not None and circuit.open_until is not None:
@@ -420,7 +421,7 @@ class Router:
                         left = circuit.open_until - now
                         attempts.append(
                             Attempt(
-                                d.key,
+                                key,
                                 "open_circuit",
                                 detail=f"circuit open, {left:.3g}s left"
                                 if left > 0
@@ -438,7 +439,7 @@ class Router:
                 while True:  # calls to this entry: the first, then retries
                     if attempts and self._spent(attempts):
                         attempts.append(
-                            Attempt(d.key, "budget", detail="the request's attempt budget is spent")
+                            Attempt(key, "budget", detail="the request's attempt budget is spent")
                         )
                         index, opened = len(plan), None  # and no further entry either
                         break
@@ -459,9 +460,9 @@ class Router:
                 continue
             status = served.response.status
             if not kind:  # (made meanwhile, perhaps: by this request's retry, or another's)
-                circuit = circuits.get(d.key)
+                circuit = circuits.get(key)
             if circuit is not None and circuit.success(now, bool(kind)):
-                del circuits[d.key]  # nothing failed in its window: forget it
+                del circuits[key]  # nothing failed in its window: forget it
             if status == 400 and self._windows:
                 floor = self._too_long(d, served, plan[index:], max(fits, need))
                 if floor:
@@ -469,7 +470,7 @@ class Router:
                     fits, declared = floor, True
                     attempts.append(
                         Attempt(
-                            d.key,
+                            key,
                             "too_long",
                             400,
                             time.monotonic() - started,
@@ -479,7 +480,7 @@ class Router:
                     )
                     continue
             outcome = "served" if status < 400 else "rejected"
-            attempts.append(Attempt(d.key, outcome, status, time.monotonic() - started, kind=kind))
+            attempts.append(Attempt(key, outcome, status, time.monotonic() - started, kind=kind))
             served.attempts = attempts
             if status < 400 and self.config.policy.cool_on_zero_remaining:
                 seconds = preemptive_hint(served.response.headers, self.clock())
@@ -568,7 +569,8 @@ class Router:
             return again
         circuit = self.circuits.get(d.key)
         if circuit is None:
-            circuit = self.circuits[d.key] = Circuit(policy.circuit, policy.max_cooldown)
+            longest = min(policy.circuit.max_open, policy.max_cooldown)
+            circuit = self.circuits[d.key] = Circuit(policy.circuit, longest)
         opened = circuit.failure(now, kind == "probe")
         if (
             failure.transient

@@ -159,8 +159,7 @@ class RouterTracing:
 
         if operation is not None:
             span.update_name(f"{operation} {requested}" if requested else operation)
-        span.set_attributes(attributes)
-        span.set_attributes(_request_attributes(record, method))
+        span.set_attributes({**attributes, **_request_attributes(record, method)})
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, record.error or record.status))
         if record.attempts:

@@ -10,6 +10,9 @@ Pick a way to run a fake:
 All of them play back what a :class:`FakeProvider` decides, and every behaviour is described in
 :mod:`waterfall_fakes.behaviours`. All of them answer the control plane under ``/_fake``
 (:mod:`waterfall_fakes.control`): the journal, a reset, the config and the conduct verdict.
+
+A fake speaks three dialects (:mod:`waterfall_fakes.dialects`): OpenAI Chat Completions, the
+OpenAI Responses API and Anthropic Messages.
 """
 
 from .asgi import ConnectionCut, FakeApp
@@ -98,6 +101,7 @@ from .ratelimit import (
     remaining_headers,
 )
 from .rules import Draw, Rule, RuleStatus, request_text
+from .samples import STREAM_SAMPLES, StreamSample, stream_sample
 from .server import FakeServer, LoopbackServer
 from .transport import FakeTransport, ReplyStream, read_timeout
 from .verdict import (
@@ -123,6 +127,7 @@ __all__ = [
     "DEFAULT_MODELS",
     "FRAGMENT_CHARS",
     "JOURNAL_VERSION",
+    "STREAM_SAMPLES",
     "WORDS",
     "Api",
     "Behaviour",
@@ -175,6 +180,7 @@ __all__ = [
     "SlowFirstByte",
     "Stall",
     "Status",
+    "StreamSample",
     "ToolCall",
     "ToolCallPlan",
     "Truncate",
@@ -206,6 +212,7 @@ __all__ = [
     "remaining_headers",
     "reply_words",
     "request_text",
+    "stream_sample",
     "tool_arguments",
     "tool_choice_forces",
     "usage_sent",

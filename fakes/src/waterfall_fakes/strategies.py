@@ -4,6 +4,9 @@ Needs the optional dependency: ``pip install 'waterfall-fakes[hypothesis]'``.
 
 - :func:`chat_completion_streams` / :func:`chat_completion_chunks`: valid chat-completion
   streams (lists of chunk dicts) and single chunks;
+- :func:`responses_streams` and :func:`messages_streams`: valid OpenAI Responses API and
+  Anthropic Messages streams (lists of typed event dicts), and :func:`named_events` to put them
+  on the wire with their ``event:`` names;
 - :func:`sse_events` and :func:`sse_encodings`: server-sent events and every legal way to put a
   stream of them on the wire;
 - :func:`chunkings`: every way a transport may split bytes into chunks;
@@ -67,6 +70,7 @@ __all__ = [
     "BEHAVIOUR_KINDS",
     "FINISH_REASONS",
     "LINE_ENDINGS",
+    "MESSAGES_STOP_REASONS",
     "SSEEvent",
     "behaviours",
     "chat_completion_chunks",
@@ -74,7 +78,10 @@ __all__ = [
     "chunkings",
     "fault_rules",
     "fault_scripts",
+    "messages_streams",
+    "named_events",
     "register_profiles",
+    "responses_streams",
     "sse_encodings",
     "sse_events",
 ]
@@ -277,6 +284,275 @@ def chat_completion_chunks(
         models=models,
     )
     return streams.flatmap(st.sampled_from)
+
+
+# -- Responses API and Anthropic Messages streams ----------------------------------------------
+def _check_pieces(
+    draw: DrawFn, contents: SearchStrategy[str], lo: int, hi: int | None
+) -> list[str]:
+    pieces = draw(st.lists(contents, min_size=lo, max_size=hi))
+    for piece in pieces:
+        if not isinstance(piece, str):
+            raise InvalidArgument(f"contents drew {piece!r}, which is not a string")
+    return pieces
+
+
+def _arguments(pieces: list[str]) -> list[str]:
+    """Fragments that join to ``{"input": "<pieces joined>"}``."""
+    return ['{"input":"', *(json.dumps(p, ensure_ascii=False)[1:-1] for p in pieces), '"}']
+
+
+@st.composite
+def _responses(
+    draw: DrawFn,
+    contents: SearchStrategy[str],
+    min_size: int,
+    max_size: int | None,
+    tool_calls: SearchStrategy[bool],
+    incomplete: SearchStrategy[bool],
+    models: SearchStrategy[str],
+) -> list[dict[str, Any]]:
+    model = draw(models)
+    if not isinstance(model, str):
+        raise InvalidArgument(f"models drew {model!r}, which is not a string")
+    call = draw(tool_calls)
+    _check_bool("a value drawn from tool_calls", call)
+    cut_short = draw(incomplete)
+    _check_bool("a value drawn from incomplete", cut_short)
+    pieces = _check_pieces(draw, contents, min_size, max_size)
+    prompt, completion = draw(st.integers(0, 2**20)), draw(st.integers(0, 2**20))
+    created = draw(st.integers(0, 2**31 - 1))
+    response: dict[str, Any] = {
+        "id": "resp_" + draw(_IDS),
+        "object": "response",
+        "created_at": created,
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": [],
+        "usage": None,
+    }
+    events: list[dict[str, Any]] = []
+
+    def emit(kind: str, **fields: Any) -> None:
+        events.append({"type": kind, "sequence_number": len(events), **fields})
+
+    emit("response.created", response=response)
+    if draw(st.booleans()):
+        emit("response.in_progress", response=response)
+    status = "incomplete" if cut_short else "completed"
+    item: dict[str, Any]
+    if call:
+        fragments = _arguments(pieces)
+        item = {
+            "id": "fc_" + draw(_IDS),
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": "call_" + draw(_IDS),
+            "name": "lookup",
+        }
+        at = {"item_id": item["id"], "output_index": 0}
+        emit("response.output_item.added", output_index=0, item=item)
+        for fragment in fragments:
+            emit("response.function_call_arguments.delta", **at, delta=fragment)
+        arguments = "".join(fragments)
+        emit("response.function_call_arguments.done", **at, arguments=arguments)
+        item = {**item, "status": status, "arguments": arguments}
+    else:
+        item = {
+            "id": "msg_" + draw(_IDS),
+            "type": "message",
+            "status": "in_progress",
+            "content": [],
+            "role": "assistant",
+        }
+        at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        emit("response.output_item.added", output_index=0, item=item)
+        part = {"type": "output_text", "annotations": [], "text": ""}
+        emit("response.content_part.added", **at, part=part)
+        for piece in pieces:
+            emit("response.output_text.delta", **at, delta=piece, logprobs=[])
+        text = "".join(pieces)
+        emit("response.output_text.done", **at, text=text, logprobs=[])
+        part = {**part, "text": text}
+        emit("response.content_part.done", **at, part=part)
+        item = {**item, "status": status, "content": [part]}
+    emit("response.output_item.done", output_index=0, item=item)
+    usage = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+    final = {**response, "status": status, "output": [item], "usage": usage}
+    if cut_short:
+        final["incomplete_details"] = {"reason": "max_output_tokens"}
+    emit(f"response.{status}", response=final)
+    return events
+
+
+def responses_streams(
+    contents: SearchStrategy[str] | None = None,
+    *,
+    min_size: int = 0,
+    max_size: int | None = None,
+    tool_calls: SearchStrategy[bool] | None = None,
+    incomplete: SearchStrategy[bool] | None = None,
+    models: SearchStrategy[str] | None = None,
+) -> SearchStrategy[list[dict[str, Any]]]:
+    """Valid OpenAI Responses API streams, as the list of event dicts a client decodes.
+
+    Each event has its ``type`` and a ``sequence_number`` from 0. ``response.created`` (and
+    sometimes ``response.in_progress``) opens; one output item follows: a message whose text
+    comes in ``min_size`` to ``max_size`` ``response.output_text.delta`` events drawn from
+    ``contents`` (default: any text), or, when ``tool_calls`` draws True (default: either), a
+    ``function_call`` whose ``response.function_call_arguments.delta`` fragments join to valid
+    JSON. The last event is ``response.completed``, or ``response.incomplete`` (reason
+    ``max_output_tokens``) when ``incomplete`` draws True (default: never), carrying the
+    whole response and its ``usage`` (``input_tokens``, ``output_tokens``, ``total_tokens``).
+    There is no ``[DONE]``: encode with :func:`named_events` and ``done=st.just(False)``.
+    """
+    _check_sizes(min_size, max_size)
+    contents = st.text(_UNICODE) if contents is None else contents
+    tool_calls = st.booleans() if tool_calls is None else tool_calls
+    incomplete = st.just(False) if incomplete is None else incomplete
+    models = st.sampled_from(["fake-small", "gpt-4.1-mini"]) if models is None else models
+    for name, value in (
+        ("contents", contents),
+        ("tool_calls", tool_calls),
+        ("incomplete", incomplete),
+        ("models", models),
+    ):
+        _check_strategy(name, value)
+    return _responses(contents, min_size, max_size, tool_calls, incomplete, models)
+
+
+MESSAGES_STOP_REASONS: tuple[str, ...] = ("end_turn", "max_tokens", "stop_sequence", "tool_use")
+"""The stop reasons :func:`messages_streams` draws for a text answer (``tool_use`` ends one
+with a tool call)."""
+
+
+@st.composite
+def _messages(
+    draw: DrawFn,
+    contents: SearchStrategy[str],
+    min_size: int,
+    max_size: int | None,
+    tool_use: SearchStrategy[bool],
+    pings: bool,
+    models: SearchStrategy[str],
+) -> list[dict[str, Any]]:
+    model = draw(models)
+    if not isinstance(model, str):
+        raise InvalidArgument(f"models drew {model!r}, which is not a string")
+    call = draw(tool_use)
+    _check_bool("a value drawn from tool_use", call)
+    prompt, completion = draw(st.integers(0, 2**20)), draw(st.integers(0, 2**20))
+    start_output = draw(st.integers(0, min(completion, 1)))  # Anthropic sends 1 or so here
+    usage = {
+        "input_tokens": prompt,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": start_output,
+    }
+    message: dict[str, Any] = {
+        "id": "msg_" + draw(_IDS),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": message}]
+    blocks: list[list[dict[str, Any]]] = []
+    with_text = not call or draw(st.booleans())
+    if with_text:
+        pieces = _check_pieces(draw, contents, min_size, max_size)
+        block = [{"type": "content_block_start", "content_block": {"type": "text", "text": ""}}]
+        block += [
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": p}}
+            for p in pieces
+        ]
+        blocks.append(block)
+    if call:
+        pieces = _check_pieces(draw, contents, 0, max_size)
+        tool = {"type": "tool_use", "id": "toolu_" + draw(_IDS), "name": "lookup", "input": {}}
+        block = [{"type": "content_block_start", "content_block": tool}]
+        block += [
+            {
+                "type": "content_block_delta",
+                "delta": {"type": "input_json_delta", "partial_json": f},
+            }
+            for f in _arguments(pieces)
+        ]
+        blocks.append(block)
+    for index, block in enumerate(blocks):
+        for event in block:
+            events.append({"type": event["type"], "index": index, **event})
+        events.append({"type": "content_block_stop", "index": index})
+    reason = "tool_use" if call else draw(st.sampled_from(MESSAGES_STOP_REASONS[:3]))
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": None},
+            "usage": {"output_tokens": completion},
+        }
+    )
+    if pings:  # pings anywhere after message_start, before message_delta
+        for _ in range(draw(st.integers(0, 2))):
+            events.insert(draw(st.integers(1, len(events) - 1)), {"type": "ping"})
+    events.append({"type": "message_stop"})
+    return events
+
+
+def messages_streams(
+    contents: SearchStrategy[str] | None = None,
+    *,
+    min_size: int = 0,
+    max_size: int | None = None,
+    tool_use: SearchStrategy[bool] | None = None,
+    pings: bool = True,
+    models: SearchStrategy[str] | None = None,
+) -> SearchStrategy[list[dict[str, Any]]]:
+    """Valid Anthropic Messages streams, as the list of event dicts a client decodes.
+
+    ``message_start`` carries the message with ``usage.input_tokens`` (and a small
+    ``output_tokens``, as Anthropic sends); then a text block of ``min_size`` to ``max_size``
+    ``text_delta`` events drawn from ``contents`` (default: any text) and, when ``tool_use``
+    draws True (default: either), a ``tool_use`` block whose ``input_json_delta`` fragments join
+    to valid JSON (sometimes alone); each block opens with ``content_block_start`` and closes with
+    ``content_block_stop``. ``message_delta`` gives the ``stop_reason`` (``tool_use`` after a
+    tool call, else one of :data:`MESSAGES_STOP_REASONS`) and the total ``output_tokens``;
+    ``message_stop`` ends it. With ``pings``, up to two ``ping`` events fall anywhere between
+    ``message_start`` and ``message_delta``.
+    Encode with :func:`named_events` and ``done=st.just(False)``.
+    """
+    _check_sizes(min_size, max_size)
+    _check_bool("pings", pings)
+    contents = st.text(_UNICODE) if contents is None else contents
+    tool_use = st.booleans() if tool_use is None else tool_use
+    models = st.sampled_from(["fake-small", "claude-sonnet-4-5"]) if models is None else models
+    for name, value in (("contents", contents), ("tool_use", tool_use), ("models", models)):
+        _check_strategy(name, value)
+    return _messages(contents, min_size, max_size, tool_use, pings, models)
+
+
+def named_events(stream: Sequence[Mapping[str, Any]]) -> list[SSEEvent]:
+    """The events of a Responses API or Messages stream as :class:`SSEEvent` with their
+    ``event:`` name (the dict's ``type``) and compact JSON data, for :func:`sse_encodings`."""
+    out = []
+    for event in stream:
+        kind = event.get("type") if isinstance(event, Mapping) else None
+        if not isinstance(kind, str) or not kind:
+            raise InvalidArgument(f"{event!r} has no type to name its event by")
+        data = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        out.append(_check_event(SSEEvent(data, kind)))
+    return out
 
 
 # -- server-sent events ------------------------------------------------------------------------
