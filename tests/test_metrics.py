@@ -363,3 +363,34 @@ async def test_the_ledgers_queue_and_lost_records_are_counted() -> None:
         assert value(got, "waterfall_ledger_queue_depth") == 0
     finally:
         await app.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "said"),
+    [
+        ({"metrics": {"enabled": True}}, "RouterMetrics", "pip install 'waterfall-asgi[metrics]'"),
+        ({"tracing": {"enabled": True}}, "RouterTracing", "pip install 'waterfall-asgi[otel]'"),
+    ],
+)
+def test_check_config_says_which_extra_is_missing(
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    section: dict[str, Any],
+    name: str,
+    said: str,
+) -> None:
+    import json
+
+    from waterfall_asgi import middleware
+    from waterfall_asgi.cli import main
+
+    def missing(*args: Any, **kwargs: Any) -> None:
+        raise ImportError("No module named 'the_extra'")
+
+    monkeypatch.setattr(middleware, name, missing)
+    config = {"providers": {"a": {"base_url": "http://a/v1"}}, "chains": {"f": ["a/m"]}}
+    path = tmp_path / "router.json"
+    path.write_text(json.dumps({**config, **section}))
+    assert main(["check-config", str(path)]) == 1
+    assert said in capsys.readouterr().err

@@ -413,6 +413,12 @@ def test_anthropic_rate_limit_headers() -> None:
         assert headers[f"anthropic-ratelimit-{what}-reset"] == reset
 
 
+def test_the_verdict_reads_anthropics_reset_headers_alone() -> None:
+    reply = post(fake(), MESSAGES_PATH, MSG_BODY, "rate_limit:dialect=anthropic,seconds=2.5")
+    headers = {k: v for k, v in reply.headers if k.startswith("anthropic-")}
+    assert hint_seconds(429, headers, NOW) == pytest.approx(3.0)  # reset rounded up
+
+
 def test_anthropic_limiter_reports_on_success_and_429() -> None:
     p = fake(limits=Limits(requests=1, window=60, dialect="anthropic"))
     ok = dict(post(p, MESSAGES_PATH, MSG_BODY).headers)
@@ -738,3 +744,16 @@ def test_tool_calls_are_deterministic() -> None:
     a = post(fake(seed=3), MESSAGES_PATH, body, "tool_call").body
     assert a == post(fake(seed=3), MESSAGES_PATH, body, "tool_call").body
     assert a != post(fake(seed=4), MESSAGES_PATH, body, "tool_call").body
+
+
+def test_a_rules_messages_pattern_reads_every_dialect() -> None:
+    p = fake(rules=[{"messages": "secret", "behaviours": "status:code=503"}])
+    system = {**MSG_BODY, "system": [{"type": "text", "text": "a secret"}]}
+    assert post(p, MESSAGES_PATH, system).status == 503
+    items = {
+        **RESP_BODY,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "secret"}]}],
+    }
+    assert post(p, RESPONSES, items).status == 503
+    assert post(p, RESPONSES, {**RESP_BODY, "instructions": "secret"}).status == 503
+    assert post(p, RESPONSES, RESP_BODY).status == 200

@@ -34,6 +34,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -331,6 +332,9 @@ def hint_seconds(status: int, headers: Mapping[str, str], told_at: float) -> flo
     >>> hint_seconds(429, {"x-ratelimit-remaining-requests": "0",
     ...                    "x-ratelimit-reset-requests": "1m0.5s"}, 0.0)
     60.5
+    >>> hint_seconds(429, {"anthropic-ratelimit-requests-remaining": "0",
+    ...                    "anthropic-ratelimit-requests-reset": "1970-01-01T00:00:30Z"}, 0.0)
+    30.0
     """
     if "retry-after-ms" in headers:
         try:
@@ -358,6 +362,11 @@ def hint_seconds(status: int, headers: Mapping[str, str], told_at: float) -> flo
     if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
         with contextlib.suppress(ValueError):
             waits.append(max(0.0, float(headers["x-ratelimit-reset"]) / 1000 - told_at))
+    for what in ("requests", "tokens", "input-tokens", "output-tokens"):  # Anthropic's
+        if headers.get(f"anthropic-ratelimit-{what}-remaining") == "0":
+            stamp = headers.get(f"anthropic-ratelimit-{what}-reset", "")
+            with contextlib.suppress(ValueError):
+                waits.append(max(0.0, datetime.fromisoformat(stamp).timestamp() - told_at))
     return max(waits) if waits else None
 
 
