@@ -689,3 +689,23 @@ async def test_one_probe_at_a_time_however_many_requests_arrive() -> None:
     assert (await probe).headers["x-waterfall-attempts"] == "a/fake-small 200 probe"
     assert net.calls["a"] == 2  # the failure, then the one probe
     await app.shutdown()
+
+
+def test_check_config_names_a_wrong_failure_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from waterfall_asgi.cli import main
+
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[providers.a]\nbase_url = "http://127.0.0.1:9/v1"\n[chains]\nfast = ["a/m"]\n'
+        "[policy]\nretries = -1\nmax_wait = 2\n"
+        "[policy.circuit]\nfailure_ratio = 1.5\nopen_fro = 3\n"
+    )
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    for key in ("policy.retries", "policy.circuit.failure_ratio", "policy.circuit.open_fro"):
+        assert key in err
+    assert "open_for" in err  # did you mean
+    path.write_text(path.read_text().replace("retries = -1", "retries = 2").split("[policy.c")[0])
+    assert main(["check-config", str(path)]) == 0

@@ -17,7 +17,9 @@ from hypothesis.errors import InvalidArgument
 from waterfall_fakes import BEHAVIOUR_HEADER, FakeProvider, Reply, usage_sent
 from waterfall_fakes.samples import STREAM_SAMPLES, StreamSample, stream_sample
 from waterfall_fakes.strategies import (
+    BEHAVIOUR_KINDS,
     MESSAGES_STOP_REASONS,
+    behaviours,
     chunkings,
     messages_streams,
     named_events,
@@ -26,10 +28,11 @@ from waterfall_fakes.strategies import (
 )
 
 
-def read_events(chunks: list[bytes]) -> list[tuple[str, str]]:
+def read_events(chunks: list[bytes], errors: str = "strict") -> list[tuple[str, str]]:
     """(type, data) of each event, read as the WHATWG event-stream algorithm does, the bytes fed
-    in the given chunks through an incremental UTF-8 decoder."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    in the given chunks through an incremental UTF-8 decoder (``errors="replace"`` for a body
+    cut inside a character)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
     text = "".join(decoder.decode(c) for c in chunks) + decoder.decode(b"", True)
     events, data, kind = [], [], ""
     for line in re.split(r"\r\n|\r|\n", text)[:-1]:  # an unterminated last line is dropped
@@ -131,9 +134,9 @@ def oracle(api: str, events: list[dict[str, Any]]) -> tuple[str, Any, bool, Any]
             error = e["response"]["error"]
         elif kind == "error":
             error = e
-        elif kind == "message_start":
+        elif kind == "message_start" and "usage" in e["message"]:
             usage = dict(e["message"]["usage"])
-        elif kind == "message_delta":
+        elif kind == "message_delta" and "usage" in e:
             usage = {**(usage or {}), **e["usage"]}
         elif kind == "content_block_delta" and e["delta"]["type"] == "text_delta":
             text += e["delta"]["text"]
@@ -256,3 +259,52 @@ def test_the_fakes_streams_are_valid_and_their_usage_is_exact(
     else:
         expected = words if limit is None else min(words, limit)
         assert usage["output_tokens"] == len(got_text.split()) == expected
+
+
+# -- any faults, any dialect: an answer in the dialect's own shape ---------------------------
+@given(
+    api=st.sampled_from(["responses", "messages"]),
+    stream=st.booleans(),
+    step=st.lists(behaviours(set(BEHAVIOUR_KINDS) - {"when"}), max_size=4),
+)
+def test_any_faults_answer_in_the_dialects_shape(api: str, stream: bool, step: list[Any]) -> None:
+    """Whatever behaviours a request gets, the fake answers without a traceback: an error body
+    in the dialect's shape (whole, unless cut), or a stream whose usage in the journal is what
+    its events say, and which is complete only if nothing broke it."""
+    fake = FakeProvider(script=[step])
+    body: dict[str, Any] = {"model": "fake-small", "stream": stream}
+    if api == "responses":
+        body["input"] = "hello there"
+    else:
+        body |= {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50}
+    path = "/v1/responses" if api == "responses" else "/v1/messages"
+    headers = {"anthropic-version": "2023-06-01"}
+    reply = fake.handle("POST", path, headers, json.dumps(body).encode())
+    cut = reply.cut
+    if reply.status >= 400:
+        if not cut:
+            error = json.loads(reply.body)
+            if api == "messages":
+                assert error["type"] == "error"
+                assert set(error["error"]) == {"type", "message"}
+            else:
+                assert isinstance(error["error"], dict)
+        assert fake.requests[-1].usage is None
+        return
+    assert reply.status == 200
+    kinds = {b.kind for b in step}
+    if not stream or "malformed_event" in kinds:
+        return
+    events = []
+    for kind, raw in read_events(list(reply.chunks), "replace" if cut else "strict"):
+        data = json.loads(raw)
+        assert kind == data["type"]  # fields keeps the dialect's event names
+        events.append(data)
+    _, usage, complete, _ = oracle(api, events)
+    if not cut:
+        assert usage == fake.requests[-1].usage
+    broken = kinds & {"truncate", "no_done", "error_event", "cut"}
+    if complete and events[-1]["type"] != "message_stop":
+        assert events[-1]["response"]["usage"] is not None or "no_usage" in kinds
+    if not broken:
+        assert complete

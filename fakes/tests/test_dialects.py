@@ -744,3 +744,16 @@ def test_tool_calls_are_deterministic() -> None:
     a = post(fake(seed=3), MESSAGES_PATH, body, "tool_call").body
     assert a == post(fake(seed=3), MESSAGES_PATH, body, "tool_call").body
     assert a != post(fake(seed=4), MESSAGES_PATH, body, "tool_call").body
+
+
+def test_a_rules_messages_pattern_reads_every_dialect() -> None:
+    p = fake(rules=[{"messages": "secret", "behaviours": "status:code=503"}])
+    system = {**MSG_BODY, "system": [{"type": "text", "text": "a secret"}]}
+    assert post(p, MESSAGES_PATH, system).status == 503
+    items = {
+        **RESP_BODY,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "secret"}]}],
+    }
+    assert post(p, RESPONSES, items).status == 503
+    assert post(p, RESPONSES, {**RESP_BODY, "instructions": "secret"}).status == 503
+    assert post(p, RESPONSES, RESP_BODY).status == 200

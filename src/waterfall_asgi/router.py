@@ -408,7 +408,7 @@ class Router:
                         self.circuits[key].release()
                     continue
             now = self.clock()
-            circuit = circuits.get(key)
+            circuit = circuits.get(key) if circuits else None  # (none while nothing fails)
             if not kind:
                 until = await self.cooldowns.get(key)
                 if until is not None and until > now:
@@ -459,7 +459,7 @@ class Router:
             if served is None:
                 continue
             status = served.response.status
-            if not kind:  # (made meanwhile, perhaps: by this request's retry, or another's)
+            if not kind and circuits:  # (made meanwhile, perhaps: by a retry, or another request)
                 circuit = circuits.get(key)
             if circuit is not None and circuit.success(now, bool(kind)):
                 del circuits[key]  # nothing failed in its window: forget it
@@ -480,7 +480,12 @@ class Router:
                     )
                     continue
             outcome = "served" if status < 400 else "rejected"
-            attempts.append(Attempt(key, outcome, status, time.monotonic() - started, kind=kind))
+            elapsed = time.monotonic() - started
+            attempts.append(
+                Attempt(key, outcome, status, elapsed, None, "", kind)
+                if kind
+                else Attempt(key, outcome, status, elapsed)  # (the usual case, the fastest)
+            )
             served.attempts = attempts
             if status < 400 and self.config.policy.cool_on_zero_remaining:
                 seconds = preemptive_hint(served.response.headers, self.clock())
@@ -567,10 +572,7 @@ class Router:
                 Attempt(d.key, "local_error", None, elapsed, None, failure.detail, kind)
             )
             return again
-        circuit = self.circuits.get(d.key)
-        if circuit is None:
-            longest = min(policy.circuit.max_open, policy.max_cooldown)
-            circuit = self.circuits[d.key] = Circuit(policy.circuit, longest)
+        circuit = self._circuit(d.key)
         opened = circuit.failure(now, kind == "probe")
         if (
             failure.transient
@@ -597,11 +599,16 @@ class Router:
         """A stream accepted from ``deployment`` failed after it began (cut, stalled, closed in
         the middle of its answer, or an error event): a health signal, counted in the entry's
         circuit as one failure (it may open it). Called by the relay's caller."""
-        policy = self.config.policy
-        circuit = self.circuits.get(deployment.key)
+        self._circuit(deployment.key).failure(self.clock())
+
+    def _circuit(self, key: str) -> Circuit:
+        """The circuit of entry ``key``, made on its first failure."""
+        circuit = self.circuits.get(key)
         if circuit is None:
-            circuit = self.circuits[deployment.key] = Circuit(policy.circuit, policy.max_cooldown)
-        circuit.failure(self.clock())
+            policy = self.config.policy
+            longest = min(policy.circuit.max_open, policy.max_cooldown)
+            circuit = self.circuits[key] = Circuit(policy.circuit, longest)
+        return circuit
 
     def _backoff(self, tries: int) -> float:
         """Seconds before retry number ``tries + 1``: jittered, doubling."""

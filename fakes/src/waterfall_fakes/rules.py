@@ -59,11 +59,21 @@ class Draw:
 
 
 def request_text(payload: Any) -> str:
-    """The text a rule's ``messages`` pattern is searched in: the messages' contents (chat), the
-    prompt (text completions) or the input (embeddings), one per line."""
+    """The text a rule's ``messages`` pattern is searched in: the messages' contents (chat,
+    Anthropic Messages, after its ``system``), the prompt (text completions) or the input
+    (embeddings; the Responses API, after its ``instructions``, input items' contents
+    included), one per line.
+
+    >>> request_text({"instructions": "be brief", "input": [{"role": "user", "content": "hi"}]})
+    'be brief\\nhi'
+    """
     if not isinstance(payload, dict):
         return ""
     parts: list[str] = []
+    for key in ("system", "instructions"):
+        value = payload.get(key)
+        if value:
+            parts.append(message_text(value))
     messages = payload.get("messages")
     if isinstance(messages, list):
         parts += [message_text(m.get("content")) for m in messages if isinstance(m, dict)]
@@ -72,7 +82,11 @@ def request_text(payload: Any) -> str:
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, list):
-            parts += [v for v in value if isinstance(v, str)]
+            for v in value:
+                if isinstance(v, str):
+                    parts.append(v)
+                elif isinstance(v, dict) and "content" in v:
+                    parts.append(message_text(v["content"]))
     return "\n".join(parts)
 
 
@@ -107,8 +121,8 @@ class Rule(BaseModel):
       never matches);
     - ``messages``: a regular expression searched in the request's text (see
       :func:`request_text`);
-    - ``path``: a glob over the path (chat, text completions and embeddings are the paths that
-      take behaviours).
+    - ``path``: a glob over the path (chat, text completions, embeddings, ``/v1/responses`` and
+      ``/v1/messages`` are the paths that take behaviours).
 
     How often, among the matching requests (counted per rule): ``nth`` picks the nth one only
     (from 1; with ``times``, that many from the nth on), ``skip`` passes over the first ones,
