@@ -334,7 +334,7 @@ class Model:
         for key, rec in self.rows.items():
             if rec.status == "pending":
                 self.rows[key] = dataclasses.replace(
-                    rec, status="interrupted", error=rec.error or INTERRUPTED
+                    rec, status="interrupted", error=INTERRUPTED if rec.error is None else rec.error
                 )
 
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,7 @@ async def test_the_schema_keeps_money_exact_and_indexes_the_usage_queries(pg_url
     assert (got.cost, got.reference_cost) == (10**30 + 1, 10**30 + 2)
     assert [
         tuple(r) for r in await fetch(pg_url, "SELECT version FROM waterfall_ledger_schema")
-    ] == [(1,)]
+    ] == [(2,)]
 
 
 async def test_replicas_that_start_together_migrate_once(pg_url: str) -> None:
@@ -105,7 +106,7 @@ async def test_replicas_that_start_together_migrate_once(pg_url: str) -> None:
     finally:
         await asyncio.gather(*(ledger.close() for ledger in ledgers))
     versions = await fetch(pg_url, "SELECT version FROM waterfall_ledger_schema")
-    assert [r["version"] for r in versions] == [1]
+    assert [r["version"] for r in versions] == [2]
     assert await fetch(pg_url, "SELECT id FROM waterfall_ledger_instances") == []  # released
 
 
@@ -410,3 +411,55 @@ async def test_health_reports_the_ledger_without_its_password(pg_url: str) -> No
         "degraded",
         f"postgresql://app:***@127.0.0.1:{away.url.split(':')[3].split('/')[0]}/db",
     )
+
+
+_WORKER = """
+import asyncio, sys
+from waterfall_asgi.ledger import UsageRecord
+from waterfall_asgi.ledger_postgres import PostgresLedger
+
+async def main():
+    ledger = PostgresLedger(sys.argv[1], lease=3600)
+    await ledger.open()
+    await ledger.save(UsageRecord(id="w1", started_at=1.0, route="/v1/chat/completions"))
+    await ledger.flush()
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def worker(pg_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process on this host with a ledger (an hour-long lease) and a pending row;
+    killed at the end (by its pid) if the test has not."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, pg_url], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="Linux's /proc tells")
+async def test_a_replica_that_died_on_this_host_has_its_rows_marked_at_once(
+    pg_url: str, worker: subprocess.Popen[bytes]
+) -> None:
+    async with _opened(PostgresLedger(pg_url, lease=3600)) as while_alive:
+        assert while_alive.interrupted == 0
+    assert [r.status for r in read_postgres_records(pg_url)] == ["pending"]
+    worker.kill()
+    assert worker.wait(10) == -9
+    async with _opened(PostgresLedger(pg_url, lease=3600)) as after:
+        assert after.interrupted == 1
+    assert [(r.status, r.error) for r in read_postgres_records(pg_url)] == [
+        ("interrupted", "the process ended before the request finished")
+    ]

@@ -394,3 +394,25 @@ def test_check_config_says_which_extra_is_missing(
     path.write_text(json.dumps({**config, **section}))
     assert main(["check-config", str(path)]) == 1
     assert said in capsys.readouterr().err
+
+
+class BrokenMetrics(RouterMetrics):
+    def observe(self, record: Any, *, now: float, ledger: object = None) -> None:
+        raise RuntimeError("a metrics bug")
+
+
+@pytest.mark.anyio
+async def test_a_failing_metrics_object_never_breaks_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, ledger = make({}, given=BrokenMetrics())
+    try:
+        for payload in (CHAT, STREAM):
+            result = await call(app, "POST", "/v1/chat/completions", payload)
+            assert result.status == 200
+            assert result.finished
+    finally:
+        await app.shutdown()
+    assert [r.status for r in ledger.records.values()] == ["success", "success"]
+    failures = [r for r in caplog.records if r.getMessage().startswith("observability failed")]
+    assert len(failures) == 2

@@ -31,9 +31,10 @@ costs ``numeric`` (exact, never a float). Where it differs from the obvious impl
   ``pending`` rows only, so a row is marked once, by whichever replica gets there first. At
   :meth:`open`, a ledger also marks its own instance id's rows from a previous life. A row of a
   replica that died is therefore ``interrupted`` within ``lease + lease / 3`` seconds (40 s with
-  the default 30 s lease). A replica cut off from the database for longer than its lease may
-  find its rows marked ``interrupted`` meanwhile: its terminal saves, written when it is back,
-  replace them.
+  the default 30 s lease); on Linux, one that died on the same host as a replica that starts or
+  renews (same boot and pid namespace: its pid is gone or used again) at once. A replica cut
+  off from the database for longer than its lease may find its rows marked ``interrupted``
+  meanwhile: its terminal saves, written when it is back, replace them.
 - **Migrations** are versioned (table ``waterfall_ledger_schema``) and run in one transaction
   under a transaction-level advisory lock, so replicas that start together migrate once; a
   database migrated by a newer waterfall-asgi is refused.
@@ -61,7 +62,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._fastjson import encoder
 from .ledger import UsageRecord
-from .ledger_sqlite import COLUMNS, LedgerError, default_instance_id, utf8_text
+from .ledger_sqlite import (
+    COLUMNS,
+    LedgerError,
+    default_instance_id,
+    process_gone,
+    process_token,
+    utf8_text,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -137,6 +145,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             pid integer
         )""",
     ),
+    # 2: which process holds a lease, as its host's kernel knows it (boot, pid namespace, pid,
+    # start time), so a process that starts on the same host can tell a dead one at once
+    (f"ALTER TABLE {INSTANCES} ADD COLUMN process text",),
 )
 
 _ALL = (*COLUMNS, "instance_id")
@@ -154,11 +165,13 @@ _UPSERT = (
 )
 _INTERRUPTED = "the process ended before the request finished"
 _RENEW = (
-    f"INSERT INTO {INSTANCES} AS i (id, expires_at, host, pid) "
-    "VALUES ($1, now() + make_interval(secs => $2), $3, $4) "
-    "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at "
+    f"INSERT INTO {INSTANCES} AS i (id, expires_at, host, pid, process) "
+    "VALUES ($1, now() + make_interval(secs => $2), $3, $4, $5) "
+    "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at, process = excluded.process "
     "RETURNING (xmax = 0) AS inserted"
 )
+_HOLDERS = f"SELECT id, process FROM {INSTANCES} WHERE process IS NOT NULL AND id <> $1"
+_DEAD = f"DELETE FROM {INSTANCES} WHERE id = $1 AND process = $2"
 _REAP = (
     f"UPDATE {TABLE} AS t SET status = 'interrupted', error = COALESCE(error, '{_INTERRUPTED}') "
     "WHERE status = 'pending' AND NOT EXISTS ("
@@ -732,9 +745,14 @@ class PostgresLedger:
                 await conn.execute(f"INSERT INTO {VERSIONS} (version) VALUES ($1)", known)
 
     async def _renew(self, conn: asyncpg.Connection) -> None:
+        mine = process_token(os.getpid())
         inserted = await conn.fetchval(
-            _RENEW, self.instance_id, self.lease, socket.gethostname(), os.getpid()
+            _RENEW, self.instance_id, self.lease, socket.gethostname(), os.getpid(), mine
         )
+        if mine is not None:  # a holder on this host whose process has ended: released now
+            for holder in await conn.fetch(_HOLDERS, self.instance_id):
+                if process_gone(holder["process"], mine):
+                    await conn.execute(_DEAD, holder["id"], holder["process"])
         if inserted and self._registered:
             logger.warning(
                 "usage ledger %s: the lease of instance %s had lapsed (the database was out "

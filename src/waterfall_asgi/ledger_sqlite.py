@@ -205,7 +205,7 @@ class LedgerError(Exception):
 _HOST = socket.gethostname()
 
 
-def _process_token(pid: int) -> str | None:
+def process_token(pid: int) -> str | None:
     """Process ``pid`` as this host's kernel knows it: its boot, the pid namespace this process
     sees, the pid and the process's start time (``None`` where ``/proc`` cannot say: not Linux,
     or no such process). Two tokens are equal only for the same living process: a pid used again
@@ -220,14 +220,14 @@ def _process_token(pid: int) -> str | None:
     return f"{boot}/{namespace}/{pid}/{started}"
 
 
-def _gone(token: str, mine: str) -> bool:
+def process_gone(token: str, mine: str) -> bool:
     """Whether the process ``token`` names (a lease holder's) has ended. Only a process of this
     host's boot and this pid namespace (those of ``mine``, this process's token) can be told;
     of any other, only its lease can."""
     parts, own = token.split("/"), mine.split("/")
     if len(parts) != 4 or parts[:2] != own[:2] or not parts[2].isdigit():
         return False
-    return _process_token(int(parts[2])) != token
+    return process_token(int(parts[2])) != token
 
 
 def default_instance_id() -> str:
@@ -743,11 +743,11 @@ class SQLiteLedger:
         """Renew this process's lease and mark the rows of lapsed leases ``interrupted`` (in the
         caller's transaction); returns how many were marked."""
         now = time.time()
-        mine = _process_token(os.getpid())
+        mine = process_token(os.getpid())
         conn.execute(_RENEW, (self.instance_id, now + self.lease, _HOST, os.getpid(), mine))
         if mine is not None:  # a holder on this host whose process has ended: released at once
             for holder, token in conn.execute(_HOLDERS, (self.instance_id,)).fetchall():
-                if _gone(token, mine):
+                if process_gone(token, mine):
                     conn.execute(_RELEASE, (holder,))
         marked: int = conn.execute(_REAP, (now,)).rowcount
         conn.execute(_FORGET, (now,))

@@ -103,7 +103,10 @@ class WaterfallMiddleware:
     memory; a store with ``open``/``close`` is opened and closed with the middleware);
     ``ledger`` the usage store (default: SQLite at ``config.ledger.path``), opened and closed
     with the middleware; ``on_complete`` receives each finished record; ``prompt_estimator``
-    estimates a request's prompt tokens for cost routes.
+    estimates a request's prompt tokens for cost routes; ``metrics`` (a
+    :class:`~waterfall_asgi.metrics.RouterMetrics`, e.g. on the host's own registry) and
+    ``tracing`` (a :class:`~waterfall_asgi.tracing.RouterTracing`) are fed each finished record
+    (default: made when ``config.metrics.enabled`` / ``config.tracing.enabled``, else none).
 
     A config that cannot be used does not raise here (Starlette and FastAPI build their
     middleware lazily, inside the server's first lifespan or request call, where an exception
@@ -461,6 +464,8 @@ class WaterfallMiddleware:
         request_id = new_request_id()
         started = time.monotonic()
         tracing = self.tracing
+        span: Any = None  # the request's span, when tracing
+        start_ns = 0
         if tracing is not None:
             start_ns = time.time_ns()
             span = tracing.begin(scope, start_ns)
@@ -637,10 +642,19 @@ class WaterfallMiddleware:
             if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
                 fields = {"method": scope["method"], **record.to_dict()}
                 logger.info(json.dumps(fields), extra={"waterfall_request": fields})
+            if self.metrics is not None or span is not None:
+                self._observe(record, span, start_ns, scope["method"])
+
+    def _observe(self, record: UsageRecord, span: Any, start_ns: int, method: str) -> None:
+        """Feed the finished record to the metrics and to the request's span (when tracing);
+        their failures are logged, never the request's."""
+        try:
             if self.metrics is not None:
                 self.metrics.observe(record, now=self.clock(), ledger=self.ledger)
-            if tracing is not None:
-                tracing.end(span, record, start_ns, scope["method"])
+            if span is not None and self.tracing is not None:
+                self.tracing.end(span, record, start_ns, method)
+        except Exception:
+            logger.exception("observability failed for request %s", record.id)
 
     def _continued(self, record: UsageRecord, outcome: RelayOutcome, charge: _Charge) -> None:
         """Record a stream the router tried to continue: the continuation's attempts, and, when

@@ -110,7 +110,8 @@ _STOP_REASONS = {
 class FakeConfig(BaseModel):
     """Everything that makes one fake behave the way it does.
 
-    ``script`` is a list of steps, one per chat/embeddings request, each step a behaviour list
+    ``script`` is a list of steps, one per request that takes behaviours (chat, text
+    completions, embeddings, the Responses API, Anthropic Messages), each step a behaviour list
     (or its header text); when the script runs out the fake answers normally, starts again
     from the top with ``cycle``, or repeats its last step forever with ``repeat_last``.
     ``rules`` (see :mod:`waterfall_fakes.rules`) add behaviours to the requests they match,
@@ -159,7 +160,8 @@ class RecordedRequest:
 
     - ``index``: its place in the journal since the last reset, from 0;
     - ``number``: its place among the requests the script and rules count (chat, completions,
-      embeddings), from 0; ``None`` for the others (``/health``, ``/v1/models``, unknown paths);
+      embeddings, responses, messages), from 0; ``None`` for the others (``/health``,
+      ``/v1/models``, unknown paths);
     - ``answered_by``: what chose its behaviours, e.g. ``("script:0", "rule:flaky", "header")``
       (a script step by its index, a rule by its name); empty when it was answered normally;
     - ``draws``: the chances drawn for it (:class:`~waterfall_fakes.rules.Draw`: the gate, its
