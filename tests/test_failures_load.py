@@ -44,17 +44,36 @@ def flaky_script(seed: int, length: int = 1000) -> list[str]:
     return steps
 
 
-def app_over(net: FakeNetwork, **policy: Any) -> WaterfallMiddleware:
+class RequestClock:
+    """The router's wall clock, moved by hand: ``TICK`` seconds for each finished request, so
+    that cooldowns and open periods last as many requests however fast the machine runs
+    (timeouts stay real: each is one call's own wait)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+TICK = 0.002  # a 429's 20 ms is 10 requests; a circuit's first open period 25
+
+
+def app_over(
+    net: FakeNetwork, clock: RequestClock | None = None, **policy: Any
+) -> WaterfallMiddleware:
     config: dict[str, Any] = {
         "providers": {
-            h: {"base_url": f"http://{h}/v1", "timeouts": {"first_byte": 0.25, "read": 0.5}}
+            h: {"base_url": f"http://{h}/v1", "timeouts": {"first_byte": 1.0, "read": 1.0}}
             for h in HOSTS
         },
         "chains": {"fast": ["a/fake-small", "b/fake-medium", "c/fake-large"]},
         "policy": {"backoff": 0.002, **policy},
         "ledger": {"path": None},
     }
-    return WaterfallMiddleware(None, config, transport=net)
+    if clock is None:
+        return WaterfallMiddleware(None, config, transport=net)
+    return WaterfallMiddleware(None, config, transport=net, clock=clock)
 
 
 BODY = {"model": "fast", "messages": [{"role": "user", "content": "hello"}]}
@@ -67,7 +86,10 @@ async def test_three_flaky_fakes_serve_every_request_some_entry_could() -> None:
             for i, h in enumerate(HOSTS)
         }
     )
-    app = app_over(net)
+    clock = RequestClock()
+    # circuits measured in requests too: open 25 requests at first, at most 200; a window of 500
+    circuit = {"open_for": 25 * TICK, "max_open": 200 * TICK, "window": 500 * TICK}
+    app = app_over(net, clock, circuit=circuit)
     results: list[tuple[int, str]] = []
     queue = list(range(REQUESTS))
 
@@ -76,6 +98,7 @@ async def test_three_flaky_fakes_serve_every_request_some_entry_could() -> None:
             n = queue.pop()
             result = await call(app, "POST", "/v1/chat/completions", {**BODY, "stream": n % 2 == 0})
             results.append((result.status, result.headers.get("x-waterfall-attempts", "")))
+            clock.now += TICK
 
     try:
         await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
