@@ -268,6 +268,7 @@ SCENARIOS: dict[str, Scenario] = {
     "split-at": sse("chunking:at=1|2|3|5|8|13|21|34|55|89|144"),
     "split-seed-cr": sse("chunking:seed=3,max_size=5; line_endings:style=cr"),
     "ok-step": step("ok"),
+    "tool-call": step("tool_call"),
     "fall-through-twice": Scenario(a=("status:code=500",), b=("rate_limit",), requests=2),
     "second-request-after-cut": step("cut:bytes=200", requests=2),
 }
