@@ -23,8 +23,9 @@ from services import PostgresServer, execute, missing_service
 
 from waterfall_asgi import LedgerError, PostgresLedger, UsageRecord, WaterfallMiddleware
 from waterfall_asgi.cli import main
-from waterfall_asgi.ledger_postgres import read_postgres_records, redact_url
+from waterfall_asgi.ledger_postgres import read_postgres_records
 from waterfall_asgi.ledger_sqlite import read_records
+from waterfall_asgi.redact import redact_url
 from waterfall_fakes import FakeNetwork, FakeProvider
 
 pytestmark = pytest.mark.anyio

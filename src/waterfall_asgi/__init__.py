@@ -36,7 +36,7 @@ from .cooldown import (
     preemptive_hint,
     retry_hint,
 )
-from .cooldown_redis import RedisCooldownStore, redact_url
+from .cooldown_redis import RedisCooldownStore
 from .cost import (
     Candidate,
     NoFittingDeployment,
@@ -78,7 +78,7 @@ from .pricing import (
     models_url,
     parse_models,
 )
-from .redact import REDACTED, Redactor
+from .redact import REDACTED, Redactor, redact_url, url_secrets
 from .relay import (
     ClientWatch,
     EventAligner,
@@ -243,6 +243,7 @@ __all__ = [
     "rewrite_events",
     "send_error",
     "tune_gc",
+    "url_secrets",
     "usage_only_chunk",
     "utf8_text",
     "with_usage",

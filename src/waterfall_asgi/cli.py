@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, RouterConfig, load_config
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from .cost import Candidate, Ranking
@@ -59,16 +60,12 @@ def _check(path: str) -> int:
     chains = ", ".join(f"{k} ({len(v)} entries)" for k, v in config.chains.items()) or "none"
     shared = ""
     if config.cooldowns.url is not None:
-        from .cooldown_redis import redact_url
-
         where = redact_url(config.cooldowns.url.get_secret_value())
         shared = f"; cooldowns shared in Redis at {where} (prefix {config.cooldowns.prefix})"
     print(f"{path}: OK — {len(config.providers)} providers, chains: {chains}{shared}")
     url = config.ledger.database_url()
     if url is not None:
-        from .ledger_postgres import redact_url as redact_database_url
-
-        print(f"  usage ledger: PostgreSQL at {redact_database_url(url)}")
+        print(f"  usage ledger: PostgreSQL at {redact_url(url)}")
     return 0
 
 
@@ -206,7 +203,6 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _usage_html(db: str, target: str, since: float | None) -> int:
-    from .ledger_postgres import redact_url
     from .ledger_sqlite import LedgerError, read_records
     from .usage_html import render_html
 

@@ -43,13 +43,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .redact import redact_url, url_secrets
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
-__all__ = ["RedisCooldownStore", "redact_url"]
+__all__ = ["RedisCooldownStore"]
 
 logger = logging.getLogger("waterfall_asgi.cooldowns")
 
@@ -76,45 +77,6 @@ _SAMPLES = 8  # clock-offset samples kept; the one with the shortest round trip 
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (and any ``password`` query parameter) replaced by ``***``.
-
-    >>> redact_url("redis://user:s3cret@cache:6379/0")
-    'redis://user:***@cache:6379/0'
-    >>> redact_url("rediss://:s3cret@cache/1?password=x&ssl_cert_reqs=none")
-    'rediss://:***@cache/1?password=%2A%2A%2A&ssl_cert_reqs=none'
-    >>> redact_url("redis://127.0.0.1:6379/0")
-    'redis://127.0.0.1:6379/0'
-    """
-    if not _secrets_of(url):
-        return url
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            user, colon, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{host}" if colon else f"{user}@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs])
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparseable Redis URL>"
-
-
-def _secrets_of(url: str) -> list[str]:
-    """The password(s) in ``url``, to scrub from any message that might quote them."""
-    found = []
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        found += [v for k, v in parse_qsl(parts.query) if "pass" in k.lower() and v]
-    return found
-
-
 class RedisCooldownStore:
     """Cooldown deadlines shared through Redis, read from a local mirror (see the module).
 
@@ -138,7 +100,7 @@ class RedisCooldownStore:
         if timeout <= 0 or connect_timeout <= 0 or heartbeat <= 0 or max_backoff <= 0:
             raise ValueError("timeouts, heartbeat and backoff must be positive")
         self._url = url
-        self._secrets = _secrets_of(url)
+        self._secrets = url_secrets(url)
         self.url = redact_url(url)
         """The URL with its password redacted: safe to show."""
         self.prefix = prefix

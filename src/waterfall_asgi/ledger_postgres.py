@@ -58,7 +58,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._fastjson import encoder
 from .ledger import UsageRecord
@@ -70,6 +69,7 @@ from .ledger_sqlite import (
     process_token,
     utf8_text,
 )
+from .redact import redact_url, url_secrets
 
 if TYPE_CHECKING:
     import asyncpg
@@ -203,43 +203,6 @@ def is_postgres_url(location: object) -> bool:
     (True, False)
     """
     return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (in its user info or its query), to show
-    in logs, errors and reprs.
-
-    >>> redact_url("postgresql://app:s3cret@db:5432/usage?sslmode=require&password=x")
-    'postgresql://app:***@db:5432/usage?sslmode=require&password=%2A%2A%2A'
-    >>> redact_url("postgresql://db/usage")
-    'postgresql://db/usage'
-    """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            user, colon, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{host}" if colon else f"{user}@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            if any(k.lower() == "password" for k, _ in pairs):
-                query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparseable database URL>"
-
-
-def _password(url: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(url)
-        if parts.password:
-            return parts.password
-        for key, value in parse_qsl(parts.query):
-            if key.lower() == "password" and value:
-                return value
-    return None
 
 
 def _import_asyncpg() -> Any:
@@ -376,7 +339,7 @@ class PostgresLedger:
         if instance_id is not None and not instance_id.strip():
             raise ValueError("instance_id must not be blank")
         self._url = url
-        self._secret = _password(url)
+        self._secrets = url_secrets(url)
         self.url = redact_url(url)
         """The database URL, its password replaced by ``***``."""
         self.batch_size = batch_size
@@ -819,8 +782,8 @@ class PostgresLedger:
     def _clean(self, exc: BaseException) -> str:
         """``exc`` as text, with the password (if it somehow appears) taken out."""
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if self._secret:
-            text = text.replace(self._secret, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text.replace(self._url, self.url)
 
     def _went_away(self, exc: BaseException) -> None:
@@ -915,12 +878,12 @@ async def fetch_rows(
     ``since``), costs as ints. Raises :class:`LedgerError` (password redacted) on failure."""
     asyncpg = _import_asyncpg()
     shown = redact_url(url)
-    secret = _password(url)
+    secrets = url_secrets(url)
     try:
         conn = await asyncpg.connect(url, timeout=10.0)
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
-        if secret:
+        for secret in secrets:
             text = text.replace(secret, "***")
         raise LedgerError(f"{shown}: cannot reach the ledger database: {text}") from None
     try:

@@ -19,11 +19,13 @@ value), every value of a provider's ``headers``, and the ``client_keys``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import RouterConfig
 
-__all__ = ["REDACTED", "Redactor"]
+__all__ = ["REDACTED", "Redactor", "redact_url", "url_secrets"]
 
 REDACTED = "[redacted]"
 """What a secret is replaced with."""
@@ -88,3 +90,47 @@ class Redactor:
             if not found:
                 return value
         return b""
+
+
+def redact_url(url: str) -> str:
+    """``url`` (a Redis or PostgreSQL URL) with its password, and any query parameter whose name
+    says ``pass``, replaced by ``***``: what logs, errors, reprs and ``/health`` show of it.
+
+    >>> redact_url("redis://user:s3cret@cache:6379/0")
+    'redis://user:***@cache:6379/0'
+    >>> redact_url("postgresql://app:s3cret@db:5432/usage?sslmode=require&password=x")
+    'postgresql://app:***@db:5432/usage?sslmode=require&password=%2A%2A%2A'
+    >>> redact_url("redis://127.0.0.1:6379/0")
+    'redis://127.0.0.1:6379/0'
+    """
+    if not url_secrets(url):
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            netloc = f"{user}:***@{host}" if colon else f"{user}@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs])
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password(s) in ``url``, to scrub from any message that might quote them.
+
+    >>> url_secrets("rediss://:s3cret@cache/1?password=x&ssl_cert_reqs=none")
+    ['s3cret', 'x']
+    """
+    found = []
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        found += [v for k, v in parse_qsl(parts.query) if "pass" in k.lower() and v]
+    return found
