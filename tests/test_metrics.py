@@ -416,3 +416,17 @@ async def test_a_failing_metrics_object_never_breaks_a_request(
     assert [r.status for r in ledger.records.values()] == ["success", "success"]
     failures = [r for r in caplog.records if r.getMessage().startswith("observability failed")]
     assert len(failures) == 2
+
+
+async def test_open_health_circuits_are_counted_at_each_scrape() -> None:
+    app, ledger = make({"a": ["status:code=500"] * 6})  # no hint: health failures, no cooldown
+    try:
+        assert value(await scrape(app), "waterfall_circuits_open") == 0
+        for _ in range(3):  # each: a 500, its retry's 500, then b serves
+            assert (await call(app, "POST", "/v1/chat/completions", CHAT)).status == 200
+        got = await scrape(app)
+    finally:
+        await app.shutdown()
+    outcomes = [a["outcome"] for r in ledger.records.values() for a in r.attempts]
+    assert outcomes.count("served") == 3
+    assert value(got, "waterfall_circuits_open") == 1  # a's circuit: six failures in a row

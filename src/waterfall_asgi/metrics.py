@@ -21,7 +21,7 @@ Where this deliberately differs from the obvious implementation:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .router import NO_CALL
@@ -29,6 +29,7 @@ from .router import NO_CALL
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from .circuits import Circuit
     from .config import RouterConfig
     from .ledger import UsageRecord
 
@@ -48,6 +49,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "waterfall_request_duration_seconds",
     "waterfall_stream_outcomes_total",
     "waterfall_entries_cooling",
+    "waterfall_circuits_open",
     "waterfall_ledger_queue_depth",
     "waterfall_ledger_write_errors_total",
 )
@@ -203,6 +205,13 @@ class RouterMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.circuits_open = Gauge(
+            "waterfall_circuits_open",
+            "Entries whose health circuit is open in this process now (waiting for, or running, "
+            "its probe), read when the metrics are scraped",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.ledger_queue = Gauge(
             "waterfall_ledger_queue_depth",
             "Records saved but not yet written by the ledger",
@@ -320,6 +329,10 @@ class RouterMetrics:
             if until > self._until.get(entry, 0.0):
                 self._until[entry] = until
         self._set_cooling(now)
+
+    def set_circuits(self, circuits: Iterable[Circuit]) -> None:
+        """Set the open-circuits gauge from a router's circuits (open or half-open)."""
+        self.circuits_open.set(sum(1 for c in circuits if c.open_until is not None))
 
     def sample_ledger(self, ledger: object) -> None:
         """Read a ledger's queue depth (``pending``) and lost records (``failures``), where it

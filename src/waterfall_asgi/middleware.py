@@ -428,6 +428,8 @@ class WaterfallMiddleware:
             metrics.set_cooling(await self.cooldowns.snapshot(), now=self.clock())
         except Exception:  # a store that does not answer leaves the gauge as it was
             logger.warning("metrics: the cooldown store could not be read", exc_info=True)
+        if self._router is not None:
+            metrics.set_circuits(self._router.circuits.values())
         metrics.sample_ledger(self.ledger)
         content_type, body = metrics.exposition()
         await send(
