@@ -55,6 +55,15 @@ __all__ = [
 DEFAULT_FALL_THROUGH = frozenset({401, 402, 403, 408, 429, 500, 502, 503, 504})
 
 
+def _env_secret(name: str) -> SecretStr:
+    """The value of the environment variable ``name``, as a secret (checked by the field's own
+    validator first; this raises too, for a variable unset between the two checks)."""
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"environment variable {name} is not set")
+    return SecretStr(value)
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names each wrong key and why."""
 
@@ -140,10 +149,7 @@ class Provider(_Model):
     @model_validator(mode="after")
     def _resolve_key(self) -> Provider:
         if self.api_key is None and self.api_key_env:
-            value = os.environ.get(self.api_key_env)
-            if value is None:  # unset between the two checks
-                raise ValueError(f"environment variable {self.api_key_env} is not set")
-            object.__setattr__(self, "api_key", SecretStr(value))
+            object.__setattr__(self, "api_key", _env_secret(self.api_key_env))
         return self
 
     def secret_headers(self) -> dict[str, str]:
@@ -460,10 +466,7 @@ class CooldownSettings(_Model):
     @model_validator(mode="after")
     def _resolve_url(self) -> CooldownSettings:
         if self.url is None and self.url_env:
-            value = os.environ.get(self.url_env)
-            if value is None:  # unset between the two checks
-                raise ValueError(f"environment variable {self.url_env} is not set")
-            object.__setattr__(self, "url", SecretStr(value))
+            object.__setattr__(self, "url", _env_secret(self.url_env))
         if self.url is None:
             return self
         where = f"the URL in {self.url_env}" if self.url_env else "url"
@@ -573,10 +576,7 @@ class LedgerSettings(_Model):
     @model_validator(mode="after")
     def _resolve_url(self) -> LedgerSettings:
         if self.url is None and self.url_env:
-            found = os.environ.get(self.url_env)
-            if found is None:  # unset between the two checks
-                raise ValueError(f"environment variable {self.url_env} is not set")
-            object.__setattr__(self, "url", SecretStr(found))
+            object.__setattr__(self, "url", _env_secret(self.url_env))
         if self.url is not None and "path" in self.model_fields_set and self.path is not None:
             raise ValueError("give path (SQLite) or url/url_env (PostgreSQL), not both")
         return self

@@ -260,6 +260,12 @@ def _first(behaviours: Iterable[Any], kind: type[_B]) -> _B | None:
     return None
 
 
+def _prefill_mode(behaviours: Iterable[Any], default: str) -> str:
+    """How a request's prefill is treated: a ``prefill`` behaviour's mode, else the model's."""
+    override = _first(behaviours, Prefill)
+    return override.mode if override is not None else default
+
+
 def _error_body(message: str, type_: str, code: str | None, **extra: Any) -> bytes:
     return dumps(
         {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
@@ -753,6 +759,17 @@ class FakeProvider:
         body = json.loads(_error_body(message, type_, code, **more))
         return self._json(status, body, extra)
 
+    def _prefill_refused(self) -> Reply:
+        """The 400 of a model that refuses an assistant prefill."""
+        return self._error(
+            400,
+            "This model does not support assistant message prefill. "
+            "The conversation must end with a user message.",
+            "invalid_request_error",
+            "prefill_not_supported",
+            param="messages",
+        )
+
     def _validate(self, body: bytes, need: str) -> tuple[dict[str, Any] | None, Reply | None]:
         try:
             req = json.loads(body)
@@ -990,18 +1007,10 @@ class FakeProvider:
         skip = 0  # the words of the answer a prefill already holds
         last = given[-1] if given and not legacy else None
         if isinstance(last, dict) and last.get("role") == "assistant":
-            override = _first(behaviours, Prefill)
-            mode = override.mode if override is not None else model.prefill
+            mode = _prefill_mode(behaviours, model.prefill)
             if mode == "reject":
                 return self._finish(
-                    self._error(
-                        400,
-                        "This model does not support assistant message prefill. "
-                        "The conversation must end with a user message.",
-                        "invalid_request_error",
-                        "prefill_not_supported",
-                        param="messages",
-                    ),
+                    self._prefill_refused(),
                     behaviours,
                 )
             if mode == "honour":
@@ -1164,18 +1173,10 @@ class FakeProvider:
         messages = req.get("messages") if api == "messages" else None
         last = messages[-1] if isinstance(messages, list) and messages else None
         if isinstance(last, dict) and last.get("role") == "assistant":  # a prefill
-            override = _first(behaviours, Prefill)
-            mode = override.mode if override is not None else model.prefill
+            mode = _prefill_mode(behaviours, model.prefill)
             if mode == "reject":
                 return self._finish(
-                    self._error(
-                        400,
-                        "This model does not support assistant message prefill. "
-                        "The conversation must end with a user message.",
-                        "invalid_request_error",
-                        "prefill_not_supported",
-                        param="messages",
-                    ),
+                    self._prefill_refused(),
                     behaviours,
                     api,
                 )
