@@ -32,6 +32,7 @@ from .continuation import Continuation, Relayed, relayed_text, rewrite_events
 from .cooldown import (
     CooldownStore,
     InMemoryCooldownStore,
+    body_retry_hint,
     parse_duration,
     preemptive_hint,
     retry_hint,
@@ -207,6 +208,7 @@ __all__ = [
     "after_last_blank_line",
     "as_upstream",
     "attempt_outcome",
+    "body_retry_hint",
     "ceil_units",
     "convert",
     "create_app",

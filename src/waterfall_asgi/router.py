@@ -37,7 +37,7 @@ from typing import Any
 from ._fastjson import encoder
 from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import Deployment, RouterConfig
-from .cooldown import CooldownStore, preemptive_hint, retry_hint
+from .cooldown import CooldownStore, body_retry_hint, preemptive_hint, retry_hint
 from .cost import estimate_prompt_tokens
 from .deadline import Deadline
 from .errors import RouterError
@@ -760,9 +760,11 @@ class Router:
     ) -> Served:
         status = response.status
         if self.config.policy.falls_through(status):
-            detail = await self._error_detail(response, read_timeout)
+            detail, body_hint = await self._error_detail(response, read_timeout)
             await response.aclose()
             hint = retry_hint(response.headers, self.clock())
+            if hint is None:
+                hint = body_hint
             if hint is not None or status in (429, 402):
                 raise _Failed("status", f"HTTP {status}{detail}", status, hint, kind=_HINT)
             transient = status >= 500 or status == 408
@@ -880,22 +882,30 @@ class Router:
             if parser.oversized:  # a first event too large to hold is content, not an error
                 return bytes(buffered)
 
-    async def _error_detail(self, response: UpstreamResponse, read_timeout: float) -> str:
+    async def _error_detail(
+        self, response: UpstreamResponse, read_timeout: float
+    ) -> tuple[str, float | None]:
+        """A failing body's error code (for the attempt's detail) and its retry hint, if any."""
+        raw = bytearray()
         try:
-            raw = bytearray()
             async with asyncio.timeout(read_timeout):
                 while chunk := await response.read_chunk():
                     raw += chunk
                     if len(raw) > _ERROR_PEEK:
                         break
-            error = json.loads(bytes(raw)).get("error")
+        except (TimeoutError, UpstreamError):
+            return "", None
+        body = bytes(raw)
+        hint = body_retry_hint(body)
+        try:
+            error = json.loads(body).get("error")
             code = error.get("code") or error.get("type") if isinstance(error, dict) else None
-        except (TimeoutError, UpstreamError, ValueError, AttributeError, RecursionError):
-            return ""
+        except (ValueError, AttributeError, RecursionError):
+            return "", hint
         # a code, never the provider's free text (which may echo what it was sent)
         if not isinstance(code, str) or not _CODE.fullmatch(code):
-            return ""
-        return f" {self.redactor.text(code)}"
+            return "", hint
+        return f" {self.redactor.text(code)}", hint
 
 
 def _echo(text: str, limit: int = 256) -> str:
