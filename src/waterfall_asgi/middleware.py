@@ -801,24 +801,29 @@ class WaterfallMiddleware:
         return payload
 
     def _models(self, router: Router) -> bytes:
-        data: list[dict[str, Any]] = [
-            {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "waterfall-asgi",
-                "waterfall": {
-                    "kind": "route",
-                    "min_quality": str(route.min_quality),
-                    "entries": [
-                        d.key
-                        for d in (route.deployments or self.config.all_deployments())
-                        if self._price(d) is not None
-                    ],
-                },
-            }
-            for name, route in self.config.routes.items()
-        ]
+        """The model list: each cost route, chain and model, with its entries and the APIs
+        (dialects) it serves (those some entry's provider speaks)."""
+        data: list[dict[str, Any]] = []
+        for name, route in self.config.routes.items():
+            entries = [
+                d
+                for d in (route.deployments or self.config.all_deployments())
+                if self._price(d) is not None
+            ]
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "waterfall-asgi",
+                    "waterfall": {
+                        "kind": "route",
+                        "min_quality": str(route.min_quality),
+                        "entries": [d.key for d in entries],
+                        "apis": self._apis(entries),
+                    },
+                }
+            )
         for name in router.models():
             label, plan = router.plan(name)
             kind = "chain" if name in self.config.chains else "model"
@@ -828,10 +833,19 @@ class WaterfallMiddleware:
                     "object": "model",
                     "created": 0,
                     "owned_by": "waterfall-asgi",
-                    "waterfall": {"kind": kind, "entries": [d.key for d in plan]},
+                    "waterfall": {
+                        "kind": kind,
+                        "entries": [d.key for d in plan],
+                        "apis": self._apis(plan),
+                    },
                 }
             )
         return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
+
+    def _apis(self, entries: list[Deployment]) -> list[str]:
+        """The APIs some provider of ``entries`` speaks, in the order of :data:`DIALECTS`."""
+        spoken = {api for d in entries for api in self.config.providers[d.provider].apis}
+        return [name for name in DIALECTS if name in spoken]
 
     def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
         """Rank the route's candidates, with the request's own quality bar and budget."""
