@@ -50,6 +50,7 @@ from .cost import (
     required_capabilities,
 )
 from .deadline import Deadline
+from .dialects import DIALECTS, ChatDialect, Dialect, StreamReader, dialect_named
 from .errors import RouterError, error_body, send_error
 from .ledger import (
     TERMINAL_STATUSES,
@@ -123,6 +124,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BLANK_LINE",
     "DEFAULT_MAX_BYTES",
+    "DIALECTS",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
     "MAX_BUCKETS",
@@ -137,6 +139,7 @@ __all__ = [
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
+    "ChatDialect",
     "Circuit",
     "CircuitPolicy",
     "ClientWatch",
@@ -146,6 +149,7 @@ __all__ = [
     "CooldownStore",
     "Deadline",
     "Deployment",
+    "Dialect",
     "EventAligner",
     "Exhausted",
     "GroupUsage",
@@ -189,6 +193,7 @@ __all__ = [
     "Status",
     "StreamObserver",
     "StreamPart",
+    "StreamReader",
     "Timeouts",
     "TracingSettings",
     "Upstream",
@@ -214,6 +219,7 @@ __all__ = [
     "create_app",
     "decoded",
     "default_instance_id",
+    "dialect_named",
     "error_body",
     "error_event",
     "estimate_prompt_tokens",
