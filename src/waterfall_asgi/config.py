@@ -539,7 +539,8 @@ class LedgerSettings(_Model):
         "usage and cost are still recorded",
     )
     cost_event: bool = Field(
-        default=False, description="end each stream with an SSE event carrying its cost"
+        default=False,
+        description="end each Chat Completions stream with an SSE event carrying its cost",
     )
     url: SecretStr | None = Field(
         default=None,

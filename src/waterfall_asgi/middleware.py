@@ -599,8 +599,10 @@ class WaterfallMiddleware:
                     strip_usage=injected,
                     drain_seconds=self.config.ledger.drain_seconds,
                     request_id=request_id,
-                    closing_event=(
-                        _cost_event(charge, request_id) if self.config.ledger.cost_event else None
+                    closing_event=(  # (chat only: its clients stop reading at [DONE])
+                        _cost_event(charge, request_id)
+                        if self.config.ledger.cost_event and dialect is _CHAT
+                        else None
                     ),
                     watch=watch,
                     choices=choices,
