@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waterfall_asgi.dialects import DIALECTS, messages
+from waterfall_asgi.dialects import messages
 from waterfall_asgi.dialects.messages import MessagesDialect, MessagesObserver, error_type
 from waterfall_asgi.sse import SSEEvent, SSEParser
 from waterfall_asgi.usage import UsageResult
@@ -430,8 +430,8 @@ def test_failed_first_event() -> None:
 
 # -- the dialect's words ---------------------------------------------------------------------------
 def test_routes_usage_keys_and_headers() -> None:
-    assert DIALECTS["messages"].name == "messages"
-    assert isinstance(DIALECTS["messages"], MessagesDialect)
+    assert DIALECT.name == "messages"
+    assert DIALECT.incomplete_message == "The upstream stream ended without message_stop."
     assert DIALECT.routes == {"/messages": ("messages", "max_tokens")}
     payload = {"model": "m", "stream": True}
     assert DIALECT.usage_request(payload, True) == (payload, False)

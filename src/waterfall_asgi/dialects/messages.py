@@ -226,6 +226,7 @@ class MessagesDialect(Dialect):
     name: ClassVar[str] = "messages"
     routes: ClassVar[Mapping[str, tuple[str, ...]]] = {"/messages": ("messages", "max_tokens")}
     terminal: ClassVar[bytes | None] = None
+    terminal_name: ClassVar[str] = "message_stop"
     auth_hint: ClassVar[str] = "send 'x-api-key: <key>' or 'Authorization: Bearer <key>'"
 
     def usage_request(
