@@ -50,7 +50,7 @@ from .cost import (
     required_capabilities,
 )
 from .deadline import Deadline
-from .dialects import DIALECTS, ChatDialect, Dialect, StreamReader, dialect_named
+from .dialects import DIALECTS, ChatDialect, Dialect, MessagesDialect, StreamReader, dialect_named
 from .errors import RouterError, error_body, send_error
 from .ledger import (
     TERMINAL_STATUSES,
@@ -163,6 +163,7 @@ __all__ = [
     "Limits",
     "LocalHealth",
     "MemoryLedger",
+    "MessagesDialect",
     "MetricsSettings",
     "ModelInfo",
     "NoFittingDeployment",

@@ -35,6 +35,7 @@ __all__ = [
     "DIALECTS",
     "ChatDialect",
     "Dialect",
+    "MessagesDialect",
     "StreamReader",
     "dialect_named",
 ]
@@ -140,9 +141,11 @@ class Dialect:
         return f"<dialect {self.name}>"
 
 
-from waterfall_asgi.dialects.chat import ChatDialect  # noqa: E402  (it subclasses Dialect)
+# (each subclasses Dialect, defined above)
+from waterfall_asgi.dialects.chat import ChatDialect  # noqa: E402
+from waterfall_asgi.dialects.messages import MessagesDialect  # noqa: E402
 
-DIALECTS: Mapping[str, Dialect] = {d.name: d for d in (ChatDialect(),)}
+DIALECTS: Mapping[str, Dialect] = {d.name: d for d in (ChatDialect(), MessagesDialect())}
 """The built-in dialects, by name."""
 
 
