@@ -247,6 +247,7 @@ RESOLUTION: dict[str, float] = {
     "retry-after-ms": 0.001,
     "openai": 0.001,
     "openrouter": 0.001,
+    "anthropic": 1.0,  # Retry-After, which wins over its RFC 3339 resets
 }
 # Grids counted from now (absolute deadlines) rather than from zero:
 ABSOLUTE = {"retry-after-date", "openrouter"}

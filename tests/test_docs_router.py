@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from waterfall_asgi import load_config
+from waterfall_asgi import body_retry_hint, load_config, retry_hint
 from waterfall_asgi.cli import main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -91,3 +91,19 @@ def test_explain_prints_what_the_page_shows_for_a_chain(
     out = capsys.readouterr()
     assert out.err == ""
     assert out.out.splitlines() == console_output("router/cost.md", command)
+
+
+def test_every_hint_the_routing_page_lists_is_read() -> None:
+    text = (DOCS / "router" / "routing.md").read_text(encoding="utf-8")
+    section = text.split("## How long an entry cools down", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) == 6
+    for row in rows:
+        name_cell, example_cell = row.split("|")[1:3]
+        name = re.findall(r"`([^`]+)`", name_cell)[0].lower()
+        name = re.sub(r"\{([^,}]+)[^}]*\}", r"\1", name)  # {requests,tokens,...}: the first
+        for example in re.findall(r"`([^`]+)`", example_cell):
+            hint = retry_hint({name: example}, 1_790_000_000.0)
+            assert hint is not None, (name, example)
+    body = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert body_retry_hint(body.encode()) == 30.0

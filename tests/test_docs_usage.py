@@ -113,7 +113,7 @@ def test_the_record_table_lists_every_field_in_order() -> None:
 
 def test_the_error_event_table_lists_the_codes_the_relay_sends() -> None:
     source = (ROOT / "src" / "waterfall_asgi" / "relay.py").read_text(encoding="utf-8")
-    sent = set(re.findall(r'error_event\(\s*(?:f?"[^"]*"\s*)+,\s*"(\w+)"', source))
+    sent = set(re.findall(r'error_event\(\s*(?:(?:f?"[^"]*"\s*)+|[\w.]+),\s*"(\w+)"', source))
     assert sent == {"stream_interrupted", "stream_stalled", "stream_incomplete"}
     rows = table(USAGE, "### Error events")
     assert {code(row[0]) for row in rows} == sent

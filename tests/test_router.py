@@ -386,8 +386,9 @@ async def test_models_lists_chains_and_models(clock: Clock) -> None:
     assert data["fast"] == {
         "kind": "chain",
         "entries": ["a/fake-small", "b/fake-medium", "c/fake-large"],
+        "apis": ["chat"],
     }
-    assert data["fake-large"] == {"kind": "model", "entries": ["c/fake-large"]}
+    assert data["fake-large"] == {"kind": "model", "entries": ["c/fake-large"], "apis": ["chat"]}
 
 
 # -- edges and security ----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .continuation import Continuation, Relayed, relayed_text, rewrite_events
 from .cooldown import (
     CooldownStore,
     InMemoryCooldownStore,
+    body_retry_hint,
     parse_duration,
     preemptive_hint,
     retry_hint,
@@ -49,6 +50,7 @@ from .cost import (
     required_capabilities,
 )
 from .deadline import Deadline
+from .dialects import DIALECTS, ChatDialect, Dialect, MessagesDialect, StreamReader, dialect_named
 from .errors import RouterError, error_body, send_error
 from .ledger import (
     TERMINAL_STATUSES,
@@ -122,6 +124,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BLANK_LINE",
     "DEFAULT_MAX_BYTES",
+    "DIALECTS",
     "GC_YOUNG_THRESHOLD",
     "GROUP_KEYS",
     "MAX_BUCKETS",
@@ -136,6 +139,7 @@ __all__ = [
     "AiohttpUpstream",
     "Attempt",
     "Candidate",
+    "ChatDialect",
     "Circuit",
     "CircuitPolicy",
     "ClientWatch",
@@ -145,6 +149,7 @@ __all__ = [
     "CooldownStore",
     "Deadline",
     "Deployment",
+    "Dialect",
     "EventAligner",
     "Exhausted",
     "GroupUsage",
@@ -158,6 +163,7 @@ __all__ = [
     "Limits",
     "LocalHealth",
     "MemoryLedger",
+    "MessagesDialect",
     "MetricsSettings",
     "ModelInfo",
     "NoFittingDeployment",
@@ -188,6 +194,7 @@ __all__ = [
     "Status",
     "StreamObserver",
     "StreamPart",
+    "StreamReader",
     "Timeouts",
     "TracingSettings",
     "Upstream",
@@ -207,11 +214,13 @@ __all__ = [
     "after_last_blank_line",
     "as_upstream",
     "attempt_outcome",
+    "body_retry_hint",
     "ceil_units",
     "convert",
     "create_app",
     "decoded",
     "default_instance_id",
+    "dialect_named",
     "error_body",
     "error_event",
     "estimate_prompt_tokens",

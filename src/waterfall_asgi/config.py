@@ -107,11 +107,18 @@ class Timeouts(_Model):
         )
 
 
+Api = Literal["chat", "responses", "messages"]
+"""An API a provider speaks (see :mod:`waterfall_asgi.dialects`)."""
+
+
 class Provider(_Model):
-    """An upstream OpenAI-compatible API.
+    """An upstream API: OpenAI-compatible Chat Completions by default, and the OpenAI Responses
+    API or Anthropic Messages where ``apis`` says so.
 
     The key comes from ``api_key`` or, better, from the environment variable named by
-    ``api_key_env`` (read when the config is loaded). It is sent as ``Authorization: Bearer``.
+    ``api_key_env`` (read when the config is loaded). It is sent the way the request's API
+    sends keys: ``Authorization: Bearer`` for ``chat`` and ``responses``, ``x-api-key`` for
+    ``messages``.
     """
 
     base_url: str = Field(description="e.g. https://api.openai.com/v1")
@@ -120,6 +127,13 @@ class Provider(_Model):
     headers: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="extra headers to send (treated as secrets: they often carry credentials)",
+    )
+    apis: tuple[Api, ...] = Field(
+        default=("chat",),
+        min_length=1,
+        description="the APIs it speaks: chat (Chat Completions, with text completions and "
+        "embeddings), responses (the OpenAI Responses API), messages (Anthropic Messages); "
+        "an entry is tried only for requests in an API its provider speaks",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
     import_prices: Literal["openrouter", "routstr", "auto"] | None = Field(
@@ -152,9 +166,15 @@ class Provider(_Model):
             object.__setattr__(self, "api_key", _env_secret(self.api_key_env))
         return self
 
+    @field_validator("apis")
+    @classmethod
+    def _distinct_apis(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
+
     def secret_headers(self) -> dict[str, str]:
         """The headers every request to this provider carries, names lower-cased: the extra
-        ``headers`` and the key as ``Authorization: Bearer``. Secrets: never log them."""
+        ``headers`` and the key as ``Authorization: Bearer`` (the way of ``chat`` and
+        ``responses``). Secrets: never log them."""
         own = {k.lower(): v.get_secret_value() for k, v in self.headers.items()}
         if self.api_key is not None:
             own["authorization"] = f"Bearer {self.api_key.get_secret_value()}"
@@ -519,7 +539,8 @@ class LedgerSettings(_Model):
         "usage and cost are still recorded",
     )
     cost_event: bool = Field(
-        default=False, description="end each stream with an SSE event carrying its cost"
+        default=False,
+        description="end each Chat Completions stream with an SSE event carrying its cost",
     )
     url: SecretStr | None = Field(
         default=None,

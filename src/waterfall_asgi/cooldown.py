@@ -1,13 +1,26 @@
 """Cooldowns: how long a provider+model entry is left alone, and where that is kept.
 
-Providers say when to come back in many dialects; :func:`retry_hint` reads them all:
+Providers say when to come back in many dialects. :func:`retry_hint` reads a failed response's
+headers, first match wins:
 
-- ``retry-after-ms: 1500`` (milliseconds; OpenAI, Azure);
+- ``retry-after-ms: 1500`` (milliseconds; OpenAI, Azure OpenAI), then Azure's
+  ``x-ms-retry-after-ms`` (the same);
 - ``Retry-After: 7`` (seconds) or ``Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`` (HTTP date);
 - ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens`` as Go-style durations
   (``6m23.456s``, ``500ms``, ``1h2m``) or plain seconds, taking the exhausted one(s);
+- Anthropic's ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-reset`` as
+  RFC 3339 times (``2026-12-07T12:00:30Z``, fractions and offsets allowed), taking the
+  exhausted one(s) (``-remaining: 0``), else the latest;
 - OpenRouter's ``X-RateLimit-Reset`` as a Unix timestamp in milliseconds (or seconds, or a
   plain delay in seconds when it is too small to be either).
+
+:func:`body_retry_hint` reads the one hint that comes in a body rather than a header: Google's
+``google.rpc.RetryInfo`` ``retryDelay`` (``"30s"``) in an error's ``details``, as Gemini's
+OpenAI-compatible endpoint sends it. :func:`preemptive_hint` reads a *success* that says a limit
+is spent (OpenAI's, Anthropic's or OpenRouter's ``remaining`` at 0) and gives its reset.
+
+Every reader returns a finite number of seconds, never negative (a time already past is 0), or
+``None``; it never raises, whatever the provider sent.
 
 A cooldown only ever grows: a later, longer one extends it, a shorter one never shortens it.
 Stores keep an absolute wall-clock deadline per entry key, so a shared store can serve replicas.
@@ -15,16 +28,19 @@ Stores keep an absolute wall-clock deadline per entry key, so a shared store can
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
 
 __all__ = [
     "CooldownStore",
     "InMemoryCooldownStore",
+    "body_retry_hint",
     "parse_duration",
     "preemptive_hint",
     "retry_hint",
@@ -55,7 +71,9 @@ def parse_duration(text: str) -> float | None:
             return None
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    return round(total, 9) if pos == len(text) and pos else None
+    if pos != len(text) or not pos or not math.isfinite(total):
+        return None
+    return round(total, 9)
 
 
 def _retry_after(value: str, now: float) -> float | None:
@@ -95,17 +113,54 @@ def _epoch(value: str, now: float) -> float | None:
     return number  # already a delay in seconds
 
 
-def _openai_resets(headers: Mapping[str, str], only_exhausted: bool) -> float | None:
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?(?:[Zz]|([+-])(\d\d):(\d\d))",
+    re.ASCII,
+)
+
+
+def _rfc3339(value: str, now: float) -> float | None:
+    """Seconds from ``now`` until an RFC 3339 time (``2026-12-07T12:00:30Z``,
+    ``2026-12-07T13:00:30.25+01:00``); 0 if it is past; ``None`` if it is not one."""
+    match = _RFC3339.fullmatch(value.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction = float(match.group(7) or 0)
+    sign, off_h, off_m = match.group(8, 9, 10)
+    try:
+        zone = UTC
+        if sign is not None:
+            if int(off_h) > 23 or int(off_m) > 59:
+                return None
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            zone = timezone(-offset if sign == "-" else offset)
+        leap = second == 60  # a leap second: the same instant as :59 plus one second
+        when = datetime(year, month, day, hour, minute, second - leap, tzinfo=zone)
+        at = when.timestamp() + leap + fraction
+    except (ValueError, OverflowError):
+        return None
+    return max(0.0, at - now)
+
+
+def _resets(
+    headers: Mapping[str, str],
+    names: list[tuple[str, str]],
+    read: Callable[[str], float | None],
+    only_exhausted: bool,
+) -> float | None:
+    """The longest reset of the exhausted limits (remaining 0) among ``names`` (pairs of
+    remaining, reset header names); else, unless ``only_exhausted``, the longest of them all."""
     resets = []
-    for what in ("requests", "tokens"):
-        reset = headers.get(f"x-ratelimit-reset-{what}")
+    for remaining_name, reset_name in names:
+        reset = headers.get(reset_name)
         if reset is None:
             continue
-        remaining = headers.get(f"x-ratelimit-remaining-{what}")
-        exhausted = remaining is not None and remaining.strip() in ("0", "0.0")
+        remaining = headers.get(remaining_name)
+        exhausted = remaining is not None and _number(remaining) == 0
         if only_exhausted and not exhausted:
             continue
-        seconds = parse_duration(reset)
+        seconds = read(reset)
         if seconds is not None:
             resets.append((exhausted, seconds))
     if not resets:
@@ -114,22 +169,47 @@ def _openai_resets(headers: Mapping[str, str], only_exhausted: bool) -> float | 
     return max(spent) if spent else max(s for _, s in resets)
 
 
+_OPENAI = [(f"x-ratelimit-remaining-{w}", f"x-ratelimit-reset-{w}") for w in ("requests", "tokens")]
+_ANTHROPIC = [
+    (f"anthropic-ratelimit-{w}-remaining", f"anthropic-ratelimit-{w}-reset")
+    for w in ("requests", "tokens", "input-tokens", "output-tokens")
+]
+
+
+def _openai_resets(headers: Mapping[str, str], only_exhausted: bool) -> float | None:
+    return _resets(headers, _OPENAI, parse_duration, only_exhausted)
+
+
+def _anthropic_resets(headers: Mapping[str, str], now: float, only_exhausted: bool) -> float | None:
+    return _resets(headers, _ANTHROPIC, lambda value: _rfc3339(value, now), only_exhausted)
+
+
 def retry_hint(headers: Mapping[str, str], now: float) -> float | None:
     """Seconds the provider asked us to wait, from a failed response's headers (lower-case keys).
 
     ``None`` when the response gives no usable hint. ``now`` is the wall clock, for dates.
+
+    >>> retry_hint({"x-ms-retry-after-ms": "2500"}, 0.0)
+    2.5
+    >>> retry_hint({"anthropic-ratelimit-tokens-remaining": "0",
+    ...             "anthropic-ratelimit-tokens-reset": "1970-01-01T00:00:30Z"}, 0.0)
+    30.0
     """
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        millis = _number(ms)  # a plain number only: never an HTTP date
-        if millis is not None:
-            return millis / 1000
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        ms = headers.get(name)
+        if ms is not None:
+            millis = _number(ms)  # a plain number only: never an HTTP date
+            if millis is not None:
+                return millis / 1000
     after = headers.get("retry-after")
     if after is not None:
         seconds = _retry_after(after, now)
         if seconds is not None:
             return seconds
     seconds = _openai_resets(headers, only_exhausted=False)
+    if seconds is not None:
+        return seconds
+    seconds = _anthropic_resets(headers, now, only_exhausted=False)
     if seconds is not None:
         return seconds
     reset = headers.get("x-ratelimit-reset")
@@ -141,9 +221,64 @@ def preemptive_hint(headers: Mapping[str, str], now: float) -> float | None:
     seconds = _openai_resets(headers, only_exhausted=True)
     if seconds is not None:
         return seconds
+    seconds = _anthropic_resets(headers, now, only_exhausted=True)
+    if seconds is not None:
+        return seconds
     remaining, reset = headers.get("x-ratelimit-remaining"), headers.get("x-ratelimit-reset")
     if remaining is not None and reset is not None and remaining.strip() == "0":
         return _epoch(reset, now)
+    return None
+
+
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def _delay(value: object) -> float | None:
+    """A ``retryDelay``: protobuf Duration JSON (``"30s"``, ``"1.500s"``), a Go-style duration
+    (``"2m"``), or the ``{"seconds": 30, "nanos": 0}`` object form."""
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, dict):
+        seconds, nanos = value.get("seconds", 0), value.get("nanos", 0)
+        if isinstance(seconds, str):  # int64 in proto JSON is a string
+            seconds = _number(seconds)
+        numbers = (seconds, nanos)
+        if all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
+            try:
+                total = float(seconds) + float(nanos) / 1e9
+            except OverflowError:  # an integer too large for a float
+                return None
+            return total if math.isfinite(total) and total >= 0 else None
+    return None
+
+
+def body_retry_hint(body: bytes) -> float | None:
+    """Seconds a failed response's *body* asks us to wait: Google's ``RetryInfo``.
+
+    The body is ``{"error": {..., "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+    "retryDelay": "30s"}]}}``, or that in a one-element list; ``None`` for anything else.
+
+    >>> body_retry_hint(b'[{"error": {"code": 429, "details": [{"@type": '
+    ...                 b'"type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}]}}]')
+    1.5
+    """
+    if b"retryDelay" not in body:  # the usual error body: not parsed at all
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(details, list):
+        return None
+    for detail in details:
+        if isinstance(detail, dict) and detail.get("@type") == _RETRY_INFO:
+            seconds = _delay(detail.get("retryDelay"))
+            if seconds is not None:
+                return seconds
     return None
 
 

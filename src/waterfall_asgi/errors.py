@@ -47,9 +47,19 @@ class RouterError(Exception):
         return error_body(self.message, self.type, self.code, self.param)
 
 
-async def send_error(send: Send, error: RouterError, extra: Iterable[tuple[str, str]] = ()) -> None:
-    """Answer with ``error`` as a complete JSON response."""
-    body = error.body()
+async def send_error(
+    send: Send,
+    error: RouterError,
+    extra: Iterable[tuple[str, str]] = (),
+    shape: Callable[[int, str, str, str | None, str | None], bytes] | None = None,
+) -> None:
+    """Answer with ``error`` as a complete JSON response: its :meth:`~RouterError.body`, or
+    ``shape(status, message, type, code, param)`` (a dialect's error body)."""
+    body = (
+        error.body()
+        if shape is None
+        else shape(error.status, error.message, error.type, error.code, error.param)
+    )
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -1,8 +1,10 @@
 """``WaterfallMiddleware``: the router as pure ASGI middleware.
 
-It answers ``POST {prefix}/chat/completions``, ``{prefix}/completions`` and ``{prefix}/embeddings``,
-``GET {prefix}/models`` and ``GET {health_path}``, and hands every other request, websocket and
-lifespan message to the wrapped app untouched. It owns one shared upstream client (an
+It answers the routes of every dialect (``POST {prefix}/chat/completions``,
+``{prefix}/completions`` and ``{prefix}/embeddings``; ``{prefix}/responses``;
+``{prefix}/messages``: see :mod:`~waterfall_asgi.dialects`), ``GET {prefix}/models`` and
+``GET {health_path}``, and hands every other request, websocket and lifespan message to the
+wrapped app untouched. It owns one shared upstream client (an
 :class:`~waterfall_asgi.upstream.Upstream`) through lifespan when the server speaks it, and opens
 it on first use when it does not.
 
@@ -54,6 +56,8 @@ from .cost import (
     rank,
     request_limits,
 )
+from .dialects import DIALECTS, Dialect
+from .dialects.chat import with_usage
 from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
 from .metrics import RouterMetrics, known_labels
@@ -62,7 +66,7 @@ from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
 from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
 from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
-from .usage import UsageResult, observe_body
+from .usage import UsageResult
 
 __all__ = ["WaterfallMiddleware", "with_usage"]
 
@@ -76,11 +80,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ENCODE = encoder()  # as json.dumps
 
-_ENDPOINTS = {
-    "/chat/completions": "messages",
-    "/completions": "prompt",
-    "/embeddings": "input",
-}
+_CHAT = DIALECTS["chat"]
 
 
 class _Disconnected(Exception):
@@ -181,7 +181,11 @@ class WaterfallMiddleware:
         """Requests refused for a missing or wrong client key (they write no ledger row)."""
         self._told = False  # whether the config error has been logged
         prefix = self.config.prefix
-        self._routes = {prefix + e: e for e in _ENDPOINTS}
+        self._routes: dict[str, tuple[str, Dialect]] = {
+            prefix + route: (route, dialect)
+            for dialect in DIALECTS.values()
+            for route in dialect.routes
+        }
         self.metrics = metrics
         """The Prometheus metrics fed (given, or made when ``metrics.enabled``; else ``None``)."""
         self.tracing = tracing
@@ -474,9 +478,10 @@ class WaterfallMiddleware:
         record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
         watch: ClientWatch | None = None
         accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
+        endpoint, dialect = self._routes.get(path, ("/models", _CHAT))
         try:
             router = await self._get_router()
-            self._authorize(scope)
+            self._authorize(scope, dialect)
             if not accounted:
                 if scope["method"] != "GET":
                     raise RouterError(
@@ -495,24 +500,26 @@ class WaterfallMiddleware:
                     405, "Use POST.", code="method_not_allowed", headers=[("allow", "POST")]
                 )
             payload = await self._read_json(scope, receive)
-            endpoint = self._routes[path]
-            required = _ENDPOINTS[endpoint]
-            if required not in payload:
-                raise RouterError(
-                    400,
-                    f"Missing required parameter: {required!r}.",
-                    code="missing_required_parameter",
-                    param=required,
-                )
+            for required in dialect.routes[endpoint]:
+                if required not in payload:
+                    raise RouterError(
+                        400,
+                        f"Missing required parameter: {required!r}.",
+                        code="missing_required_parameter",
+                        param=required,
+                    )
             stream = payload.get("stream", False)
             if not isinstance(stream, bool) and stream is not None:
                 raise RouterError(
                     400, "'stream' must be a boolean.", code="invalid_type", param="stream"
                 )
             stream = bool(stream)
-            if stream and endpoint == "/embeddings":
+            if stream and endpoint in dialect.not_streamed:
                 raise RouterError(
-                    400, "Embeddings cannot be streamed.", code="invalid_value", param="stream"
+                    400,
+                    f"{endpoint} cannot be streamed.",
+                    code="invalid_value",
+                    param="stream",
                 )
             model = payload.get("model")
             if model is not None and not isinstance(model, str):
@@ -536,7 +543,9 @@ class WaterfallMiddleware:
             else:
                 label, plan = router.plan(model)
             record.model = label
-            upstream_payload, injected = with_usage(payload) if stream else (payload, False)
+            if dialect is not _CHAT:
+                self._served_in(router, label, plan, dialect)
+            upstream_payload, injected = dialect.usage_request(payload, stream)
             # One task listens for a disconnect for the rest of the request (if it runs long
             # enough to start it: see WatchStarter): until an upstream is accepted, a
             # disconnect cancels the waterfall; then the relay takes it over.
@@ -548,7 +557,7 @@ class WaterfallMiddleware:
                 if tracing is not None:
                     client_headers = tracing.upstream_headers(client_headers, span)
                 served = await router.run(
-                    label, plan, endpoint, upstream_payload, client_headers, stream
+                    label, plan, endpoint, upstream_payload, client_headers, stream, dialect
                 )
             except asyncio.CancelledError:
                 if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
@@ -570,7 +579,7 @@ class WaterfallMiddleware:
             # may be continued). (What a request holds while it waits also sets the garbage
             # collector off sooner: see the benchmarks.)
             choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
-            if stream:  # (with_usage made stream_options a mapping with include_usage)
+            if stream and dialect is _CHAT:  # (with_usage made stream_options a mapping)
                 n = payload.get("n")
                 choices = n if type(n) is int and n > 1 else 1
                 usage_asked = upstream_payload["stream_options"]["include_usage"] is True
@@ -581,7 +590,7 @@ class WaterfallMiddleware:
             record.http_status = served.response.status
             record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
             await self._save(record)  # accepted: the record exists from now on
-            charge = await self._commit(send, served, record, ranking)
+            charge = await self._commit(send, served, record, ranking, dialect)
             if not served.complete:  # (relayed from here: one coroutine fewer held meanwhile)
                 outcome = await relay_stream(
                     served,
@@ -590,8 +599,10 @@ class WaterfallMiddleware:
                     strip_usage=injected,
                     drain_seconds=self.config.ledger.drain_seconds,
                     request_id=request_id,
-                    closing_event=(
-                        _cost_event(charge, request_id) if self.config.ledger.cost_event else None
+                    closing_event=(  # (chat only: its clients stop reading at [DONE])
+                        _cost_event(charge, request_id)
+                        if self.config.ledger.cost_event and dialect is _CHAT
+                        else None
                     ),
                     watch=watch,
                     choices=choices,
@@ -599,6 +610,7 @@ class WaterfallMiddleware:
                     stall=self.config.providers[served.deployment.provider].timeouts.stall,
                     continuation=continuation,
                     redact=router.redactor.bytes,
+                    dialect=dialect,
                 )
                 charge.apply(record, outcome.usage)
                 if outcome.parts or outcome.attempts:
@@ -626,7 +638,7 @@ class WaterfallMiddleware:
                 # the trail a served answer carries, where a user needs it most
                 trail = _trail(exc.attempts).encode("latin-1", "replace").decode("latin-1")
                 extra.append(("x-waterfall-attempts", trail))
-            await send_error(send, exc, extra)
+            await send_error(send, exc, extra, dialect.error_body)
         except _Disconnected:
             record.status = "client_disconnected"
             record.error = "client went away"
@@ -717,24 +729,34 @@ class WaterfallMiddleware:
         except Exception:  # the hook's errors never reach the client
             logger.exception("on_complete hook failed for request %s", record.id)
 
-    def _authorize(self, scope: Scope) -> None:
+    def _authorize(self, scope: Scope, dialect: Dialect = _CHAT) -> None:
         keys = self.config.client_keys
         if not keys:
             return
-        given = b""
-        for name, value in scope["headers"]:
-            if name.lower() == b"authorization":
-                given = value
-        scheme, _, token = given.partition(b" ")
+        token = dialect.client_key(scope["headers"]) or b""
         ok = False
         for key in keys:  # compare with every key, in constant time
-            ok |= hmac.compare_digest(token.strip(), key.get_secret_value().encode())
-        if scheme.lower() != b"bearer" or not token or not ok:
+            ok |= hmac.compare_digest(token, key.get_secret_value().encode())
+        if not token or not ok:
             raise RouterError(
                 401,
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                f"Missing or invalid API key: {dialect.auth_hint}.",
                 code="invalid_api_key",
                 headers=[("www-authenticate", "Bearer")],
+            )
+
+    def _served_in(
+        self, router: Router, label: str, plan: list[Deployment], dialect: Dialect
+    ) -> None:
+        """Refuse a request in ``dialect``'s API for which no entry of its plan speaks it (an
+        entry that does not is skipped, with that reason, when another does)."""
+        if plan and not any(router.speaks(d, dialect) for d in plan):
+            raise RouterError(
+                400,
+                f"{_bounded(label)!r} is not served in the {dialect.name} API: none of its "
+                f"entries' providers speaks it (their `apis`).",
+                code="api_not_served",
+                param="model",
             )
 
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
@@ -781,24 +803,29 @@ class WaterfallMiddleware:
         return payload
 
     def _models(self, router: Router) -> bytes:
-        data: list[dict[str, Any]] = [
-            {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "waterfall-asgi",
-                "waterfall": {
-                    "kind": "route",
-                    "min_quality": str(route.min_quality),
-                    "entries": [
-                        d.key
-                        for d in (route.deployments or self.config.all_deployments())
-                        if self._price(d) is not None
-                    ],
-                },
-            }
-            for name, route in self.config.routes.items()
-        ]
+        """The model list: each cost route, chain and model, with its entries and the APIs
+        (dialects) it serves (those some entry's provider speaks)."""
+        data: list[dict[str, Any]] = []
+        for name, route in self.config.routes.items():
+            entries = [
+                d
+                for d in (route.deployments or self.config.all_deployments())
+                if self._price(d) is not None
+            ]
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "waterfall-asgi",
+                    "waterfall": {
+                        "kind": "route",
+                        "min_quality": str(route.min_quality),
+                        "entries": [d.key for d in entries],
+                        "apis": self._apis(entries),
+                    },
+                }
+            )
         for name in router.models():
             label, plan = router.plan(name)
             kind = "chain" if name in self.config.chains else "model"
@@ -808,10 +835,19 @@ class WaterfallMiddleware:
                     "object": "model",
                     "created": 0,
                     "owned_by": "waterfall-asgi",
-                    "waterfall": {"kind": kind, "entries": [d.key for d in plan]},
+                    "waterfall": {
+                        "kind": kind,
+                        "entries": [d.key for d in plan],
+                        "apis": self._apis(plan),
+                    },
                 }
             )
         return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
+
+    def _apis(self, entries: list[Deployment]) -> list[str]:
+        """The APIs some provider of ``entries`` speaks, in the order of :data:`DIALECTS`."""
+        spoken = {api for d in entries for api in self.config.providers[d.provider].apis}
+        return [name for name in DIALECTS if name in spoken]
 
     def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
         """Rank the route's candidates, with the request's own quality bar and budget."""
@@ -844,7 +880,12 @@ class WaterfallMiddleware:
         return self._listed_prices.get(key) or self.prices.get(key)
 
     async def _commit(
-        self, send: Send, served: Served, record: UsageRecord, ranking: Ranking | None
+        self,
+        send: Send,
+        served: Served,
+        record: UsageRecord,
+        ranking: Ranking | None,
+        dialect: Dialect,
     ) -> _Charge:
         """Send the response start (and a whole body, recorded); return how to price the
         tokens of a stream, which the caller then relays."""
@@ -868,7 +909,7 @@ class WaterfallMiddleware:
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
-            charge.apply(record, served.usage or observe_body(served.prefix))
+            charge.apply(record, served.usage or dialect.observe_body(served.prefix))
             if response.status < 400:
                 record.status = "success"
             else:  # a 4xx passed back as it was: the request itself was refused upstream
@@ -952,26 +993,6 @@ class _Charge:
         except LookupError:
             return None
         return ceil_units(exact)
-
-
-def with_usage(payload: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The payload to send upstream for a stream: ``stream_options.include_usage`` merged in.
-
-    A client's own ``include_usage`` (true or false) is kept, other ``stream_options`` keys are
-    kept, and ``payload`` is never changed. Returns whether the router added it (and so must
-    remove the usage-only chunk from what the client receives).
-
-    >>> with_usage({"stream": True, "stream_options": {"x": 1}})
-    ({'stream': True, 'stream_options': {'x': 1, 'include_usage': True}}, True)
-    >>> with_usage({"stream": True, "stream_options": {"include_usage": False}})[1]
-    False
-    """
-    options = payload.get("stream_options")
-    if isinstance(options, Mapping) and "include_usage" in options:
-        return dict(payload), False
-    merged = {**options} if isinstance(options, Mapping) else {}
-    merged["include_usage"] = True
-    return {**payload, "stream_options": merged}, True
 
 
 def _default_cooldowns(config: RouterConfig, clock: Callable[[], float]) -> CooldownStore:

@@ -38,6 +38,8 @@ from typing import Any
 
 from .config import Deployment
 from .continuation import Continuation, Relayed, relayed_text, rewrite_events
+from .dialects import Dialect, StreamReader
+from .dialects.chat import ChatDialect
 from .errors import error_body
 from .ledger import Status
 from .router import Attempt, Served
@@ -60,10 +62,7 @@ Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
 
 
-_DONE = b"data: [DONE]\n\n"
-"""The end of a stream, as the relay appends it to a whole answer that came without it."""
-_NO_DONE = "upstream sent no [DONE]"
-"""The note (``error``) of a successful record whose ``[DONE]`` the relay appended."""
+_CHAT = ChatDialect()
 
 
 def error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:
@@ -387,6 +386,7 @@ async def relay_stream(
     stall: float | None = None,
     continuation: Continuation | None = None,
     redact: Callable[[bytes], bytes] | None = None,
+    dialect: Dialect = _CHAT,
 ) -> RelayOutcome:
     """Relay the rest of ``served`` (its ``prefix`` first) to the client; the response start has
     been sent already. ``closing_event`` may add one last event after a complete stream.
@@ -396,11 +396,12 @@ async def relay_stream(
     whole anyway; ``stall`` bounds the wait for each read, if it is shorter than the served
     response's read timeout. With a ``continuation``, a stream that fails after it began is
     continued elsewhere if it can be (see :mod:`.continuation`). ``redact`` cleans what is sent
-    from the first error event on (see :class:`~waterfall_asgi.redact.Redactor`)."""
+    from the first error event on (see :class:`~waterfall_asgi.redact.Redactor`). ``dialect``
+    reads the stream and writes its error events (see :mod:`~waterfall_asgi.dialects`)."""
     if stall is not None and stall < served.read_timeout:
         served.read_timeout = stall
     state = (
-        _Relay(send, strip_usage, drain_seconds, request_id)
+        _Relay(send, strip_usage, drain_seconds, request_id, dialect=dialect)
         if continuation is None
         else _Recording(send, strip_usage, drain_seconds, request_id)
     )
@@ -453,8 +454,8 @@ async def relay_stream(
             if own_watch:
                 watcher.close()
     if failure is None and not state.observer.result.complete:
-        # A clean close without [DONE]: whole if the answer is (judged on whole events only).
-        whole = state.observer.result.answered(choices, usage)
+        # A clean close without its end: whole if the answer is (judged on whole events only).
+        whole = dialect.answered(state.observer.result, choices, usage)
         return await state.end(out, None, closing_event, whole)
     return await state.end(out, failure, closing_event, stall=served.read_timeout)
 
@@ -464,6 +465,7 @@ class _Relay(EventAligner):
     one object (what a stream holds while it waits is walked by every young collection)."""
 
     __slots__ = (
+        "dialect",
         "drain",
         "drain_seconds",
         "gone",
@@ -482,10 +484,12 @@ class _Relay(EventAligner):
         drain_seconds: float,
         request_id: str | None,
         redact: Callable[[bytes], bytes] | None = None,
+        dialect: Dialect = _CHAT,
     ) -> None:
         super().__init__()
         self.redact = redact
-        self.observer = StreamObserver(request_id=request_id)
+        self.dialect = dialect
+        self.observer: StreamReader = dialect.stream_observer(request_id)
         self.strip_usage = strip_usage
         self.skip_lf = False  # (see _strip_usage)
         self.send = send
@@ -512,7 +516,8 @@ class _Relay(EventAligner):
             return b""
         if observer.result.error is not None and self.redact is not None:
             whole = self.redact(whole)  # an error event: it may echo the router's secrets
-        if self.strip_usage:
+        if self.strip_usage:  # (only chat asks for usage: its observer says where it lies)
+            assert isinstance(observer, StreamObserver)
             whole, self.skip_lf = _strip_usage(
                 whole, observer.plain, observer.usage_only, self.skip_lf
             )
@@ -533,10 +538,12 @@ class _Relay(EventAligner):
         stall: float = 0.0,
     ) -> RelayOutcome:
         """Send the stream's last piece (``held``, whole events not sent yet, first); say how
-        it ended. ``whole``: a stream without ``[DONE]`` whose answer is whole; ``stall``: the
-        read timeout a ``TimeoutError`` failure means."""
+        it ended. ``whole``: a stream without its end (``[DONE]``) whose answer is whole;
+        ``stall``: the read timeout a ``TimeoutError`` failure means."""
         observer = self.observer
         usage = observer.result
+        dialect = self.dialect
+        error_event = dialect.error_event
         if self.gone:
             return _gone(usage)
         if failure is not None:
@@ -560,23 +567,23 @@ class _Relay(EventAligner):
                     )
                 )
                 outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
-        elif not usage.complete and not whole:
-            tail = self.fail(
-                error_event("The upstream stream ended without data: [DONE].", "stream_incomplete")
-            )
-            outcome = RelayOutcome("stream_incomplete", usage, "no [DONE]")
-        elif not usage.complete:  # whole but for its [DONE]: the relay adds it
-            tail = self.fail(_DONE)
+        elif not usage.complete and (not whole or dialect.terminal is None):
+            tail = self.fail(error_event(dialect.incomplete_message, "stream_incomplete"))
+            outcome = RelayOutcome("stream_incomplete", usage, f"no {dialect.terminal_name}")
+        elif not usage.complete:  # whole but for its end ([DONE]): the relay adds it
+            assert dialect.terminal is not None
+            tail = self.fail(dialect.terminal)
             if self.skip_lf and tail[:1] == b"\n":  # the LF of a usage event cut out
                 tail = tail[1:]
             if closing_event is not None:
                 tail += closing_event(usage) or b""
-            outcome = RelayOutcome("success", usage, _NO_DONE)
+            outcome = RelayOutcome("success", usage, f"upstream sent no {dialect.terminal_name}")
         else:
             tail = self.flush()
             if tail:  # held back only for want of a blank line: whole, as far as it goes
                 observer.feed(tail)
                 if self.strip_usage:
+                    assert isinstance(observer, StreamObserver)
                     tail, self.skip_lf = _strip_usage(
                         tail, observer.plain, observer.usage_only, self.skip_lf
                     )

@@ -37,12 +37,14 @@ from typing import Any
 from ._fastjson import encoder
 from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import Deployment, RouterConfig
-from .cooldown import CooldownStore, preemptive_hint, retry_hint
+from .cooldown import CooldownStore, body_retry_hint, preemptive_hint, retry_hint
 from .cost import estimate_prompt_tokens
 from .deadline import Deadline
+from .dialects import DIALECTS, Dialect
+from .dialects.chat import ChatDialect
 from .errors import RouterError
 from .redact import Redactor
-from .sse import BLANK_LINE, SSEParser
+from .sse import BLANK_LINE, SSEEvent, SSEParser
 from .upstream import (
     Upstream,
     UpstreamConnectError,
@@ -51,7 +53,7 @@ from .upstream import (
     UpstreamResponse,
     UpstreamStaleConnection,
 )
-from .usage import UsageResult, observe_body
+from .usage import UsageResult
 
 __all__ = [
     "NO_CALL",
@@ -90,6 +92,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 _ERROR_PEEK = 64 * 1024
 _EVENT_CAP = 64 * 1024  # the largest first event parsed (SSEParser's max_bytes)
 _ENCODE = encoder(ensure_ascii=False, allow_nan=False)
+CHAT: Dialect = ChatDialect()
+"""The dialect of a request that names none (Chat Completions)."""
 
 
 def forwarded_headers(client_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -121,7 +125,8 @@ class Attempt:
     the context is too long: on to a larger window); ``local_error`` (the router's own trouble).
     Or why there was no call (see :data:`NO_CALL`): ``cooling`` (under a provider's hint),
     ``open_circuit`` (its health circuit is open), ``skipped_context`` (its declared context window
-    is too small) or ``budget`` (the request's attempt budget was spent)."""
+    is too small), ``skipped_api`` (its provider does not speak the request's API) or ``budget``
+    (the request's attempt budget was spent)."""
     status: int | None = None
     elapsed: float = 0.0
     cooldown: float | None = None
@@ -143,7 +148,7 @@ class Attempt:
         return text
 
 
-NO_CALL = frozenset({"cooling", "open_circuit", "skipped_context", "budget"})
+NO_CALL = frozenset({"cooling", "open_circuit", "skipped_context", "skipped_api", "budget"})
 """The :attr:`Attempt.outcome` values of an entry passed over without a call."""
 
 
@@ -301,11 +306,17 @@ class Router:
         """Removes the config's secrets from what an upstream says on an error path."""
         self._by_model: dict[str, list[Deployment]] = {}
         self._by_key: dict[str, Deployment] = {}
-        # made once: what the router sends each provider, and the client's timeouts for it
-        self._sends = {
-            name: ({**_BASE_HEADERS, **p.secret_headers()}, p.timeouts.for_headers())
-            for name, p in config.providers.items()
-        }
+        # made once: what the router sends each provider in each API it speaks (the key the
+        # way the API sends it), and the client's timeouts for it
+        self._sends: dict[tuple[str, str], tuple[dict[str, str], Any, dict[str, str]]] = {}
+        for name, p in config.providers.items():
+            key = p.api_key.get_secret_value() if p.api_key is not None else None
+            extra = {k.lower(): v.get_secret_value() for k, v in p.headers.items()}
+            for api in p.apis:
+                dialect = DIALECTS[api]
+                own = {**_BASE_HEADERS, **extra, **dialect.upstream_headers(key)}
+                defaults = {k: v for k, v in dialect.default_headers().items() if k not in own}
+                self._sends[name, api] = (own, p.timeouts.for_headers(), defaults)
         for d in config.all_deployments():
             self._by_model.setdefault(d.model, []).append(d)
             self._by_key[d.key] = d
@@ -362,6 +373,10 @@ class Router:
             await self.cooldowns.extend(d.key, self.clock() + wanted)
         return round(wanted, 3)
 
+    def speaks(self, deployment: Deployment, dialect: Dialect) -> bool:
+        """Whether ``deployment``'s provider speaks ``dialect``'s API (its ``apis``)."""
+        return (deployment.provider, dialect.name) in self._sends
+
     async def run(
         self,
         label: str,
@@ -370,8 +385,10 @@ class Router:
         payload: Mapping[str, Any],
         client_headers: Iterable[tuple[str, str]],
         stream: bool,
+        dialect: Dialect = CHAT,
     ) -> Served:
-        """Try ``plan`` in order for a request to ``endpoint`` (e.g. ``/chat/completions``)."""
+        """Try ``plan`` in order for a request to ``endpoint`` (e.g. ``/chat/completions``) in
+        ``dialect``'s API; entries whose provider does not speak it are skipped."""
         attempts: list[Attempt] = []
         passthrough = forwarded_headers(client_headers)
         self.retry_budget.requests += 1
@@ -392,6 +409,15 @@ class Router:
             else:
                 break
             key = d.key
+            if (d.provider, dialect.name) not in self._sends:
+                attempts.append(
+                    Attempt(
+                        key, "skipped_api", detail=f"{d.provider} does not speak {dialect.name}"
+                    )
+                )
+                if kind:
+                    self.circuits[key].release()
+                continue
             if fits or declared:
                 window = self._windows.get(key)
                 if (window is None and declared) or (window is not None and window < fits):
@@ -445,7 +471,9 @@ class Router:
                         break
                     started = time.monotonic()
                     try:
-                        served = await self._attempt(d, endpoint, payload, passthrough, stream)
+                        served = await self._attempt(
+                            d, endpoint, payload, passthrough, stream, dialect
+                        )
                     except _Failed as failure:
                         elapsed = time.monotonic() - started
                         if await self._failed(d, failure, kind, tries, attempts, elapsed):
@@ -689,12 +717,16 @@ class Router:
         payload: Mapping[str, Any],
         passthrough: list[tuple[str, str]],
         stream: bool,
+        dialect: Dialect,
     ) -> Served:
         provider = self.config.providers[d.provider]
         t = provider.timeouts
-        own, timeouts = self._sends[d.provider]
+        own, timeouts, defaults = self._sends[d.provider, dialect.name]
         headers = [(k, v) for k, v in passthrough if k.lower() not in own]
         headers += own.items()
+        if defaults:  # (the dialect's, unless the client sent its own)
+            sent = {k.lower() for k, _ in passthrough}
+            headers += [(k, v) for k, v in defaults.items() if k not in sent]
         try:
             body = _ENCODE({**payload, "model": d.model}).encode()
         except (ValueError, RecursionError):  # NaN, a lone surrogate, too deep: not JSON
@@ -743,7 +775,7 @@ class Router:
                 raise _Failed("transport_error", f"transport error ({exc.name})") from None
             raise
         try:
-            return await self._judge(d, response, stream, first_byte, t.read, deadline)
+            return await self._judge(d, response, stream, first_byte, t.read, deadline, dialect)
         except BaseException:
             deadline.close()
             await response.aclose()
@@ -757,12 +789,15 @@ class Router:
         first_byte: float,
         read_timeout: float,
         deadline: Deadline,
+        dialect: Dialect,
     ) -> Served:
         status = response.status
         if self.config.policy.falls_through(status):
-            detail = await self._error_detail(response, read_timeout)
+            detail, body_hint = await self._error_detail(response, read_timeout)
             await response.aclose()
             hint = retry_hint(response.headers, self.clock())
+            if hint is None:
+                hint = body_hint
             if hint is not None or status in (429, 402):
                 raise _Failed("status", f"HTTP {status}{detail}", status, hint, kind=_HINT)
             transient = status >= 500 or status == 408
@@ -783,14 +818,14 @@ class Router:
         is_sse = content_type.startswith("text/event-stream")
         if stream and status < 300 and is_sse:
             if self.config.policy.accept == "first_event":
-                served.prefix = await self._first_event(served, first_byte, read_timeout)
+                served.prefix = await self._first_event(served, first_byte, read_timeout, dialect)
             return served
         # A whole body (JSON, or an error sent back as is): read it before committing anything.
         body = await self._whole_body(served)
         if status >= 400:  # passed back to the client: without the router's secrets
             body = self.redactor.bytes(body)
         else:
-            served.usage = observe_body(body)
+            served.usage = dialect.observe_body(body)
             if not served.usage.complete:
                 raise _Failed(
                     "invalid_body", f"HTTP {status} with a body that is not JSON", transient=False
@@ -825,7 +860,9 @@ class Router:
             raise _Failed("transport_error", f"body cut short ({exc.name})") from None
         return b"".join(chunks)
 
-    async def _first_event(self, served: Served, first_byte: float, read_timeout: float) -> bytes:
+    async def _first_event(
+        self, served: Served, first_byte: float, read_timeout: float, dialect: Dialect
+    ) -> bytes:
         parser: SSEParser | None = None  # (made only if the first read is not the usual one)
         buffered = bytearray()
         fed = 0  # how much of ``buffered`` the parser has seen: only up to the first event
@@ -857,8 +894,8 @@ class Router:
                     and chunk.find(b"\n", 0, line_end) < 0
                     and chunk.find(b"\r", 0, line_end) < 0
                 ):
-                    if chunk.find(b'"error"', 6, line_end) >= 0 and _is_error(
-                        chunk[6:line_end].decode("utf-8", "replace")
+                    if chunk.find(b'"error"', 6, line_end) >= 0 and dialect.failed_first_event(
+                        SSEEvent(chunk[6:line_end].decode("utf-8", "replace"))
                     ):
                         raise _Failed("error_event", "stream began with an error event")
                     return chunk
@@ -871,7 +908,7 @@ class Router:
                 events = parser.feed(bytes(buffered[fed : end.end()]))
                 fed = end.end()
                 if events:
-                    if _is_error(events[0].data):
+                    if dialect.failed_first_event(events[0]):
                         raise _Failed("error_event", "stream began with an error event")
                     return bytes(buffered)
             if len(buffered) - fed > parser.max_bytes:
@@ -880,22 +917,30 @@ class Router:
             if parser.oversized:  # a first event too large to hold is content, not an error
                 return bytes(buffered)
 
-    async def _error_detail(self, response: UpstreamResponse, read_timeout: float) -> str:
+    async def _error_detail(
+        self, response: UpstreamResponse, read_timeout: float
+    ) -> tuple[str, float | None]:
+        """A failing body's error code (for the attempt's detail) and its retry hint, if any."""
+        raw = bytearray()
         try:
-            raw = bytearray()
             async with asyncio.timeout(read_timeout):
                 while chunk := await response.read_chunk():
                     raw += chunk
                     if len(raw) > _ERROR_PEEK:
                         break
-            error = json.loads(bytes(raw)).get("error")
+        except (TimeoutError, UpstreamError):
+            return "", None
+        body = bytes(raw)
+        hint = body_retry_hint(body)
+        try:
+            error = json.loads(body).get("error")
             code = error.get("code") or error.get("type") if isinstance(error, dict) else None
-        except (TimeoutError, UpstreamError, ValueError, AttributeError, RecursionError):
-            return ""
+        except (ValueError, AttributeError, RecursionError):
+            return "", hint
         # a code, never the provider's free text (which may echo what it was sent)
         if not isinstance(code, str) or not _CODE.fullmatch(code):
-            return ""
-        return f" {self.redactor.text(code)}"
+            return "", hint
+        return f" {self.redactor.text(code)}", hint
 
 
 def _echo(text: str, limit: int = 256) -> str:
@@ -912,22 +957,6 @@ _USUAL_TYPES = frozenset(
     }
 )
 _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # what an error code looks like
-
-
-def _is_error(data: str) -> bool:
-    if '"error"' not in data:
-        return False
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return False
-    if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict | str):
-        return False
-    # OpenRouter reports a streamed error with choices, each finishing with "error"
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        return True
-    return all(isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices)
 
 
 # What the router sends every provider besides its secret headers: JSON, and no compression.

@@ -45,6 +45,8 @@ OPERATIONS: Mapping[str, str] = {
     "/chat/completions": "chat",
     "/completions": "text_completion",
     "/embeddings": "embeddings",
+    "/responses": "chat",
+    "/messages": "chat",
 }
 """``gen_ai.operation.name`` of each endpoint."""
 

@@ -33,7 +33,9 @@ from waterfall_asgi.usage import UsageResult
 
 __all__ = [
     "DIALECTS",
+    "ChatDialect",
     "Dialect",
+    "MessagesDialect",
     "StreamReader",
     "dialect_named",
 ]
@@ -68,6 +70,13 @@ class Dialect:
     terminal: ClassVar[bytes | None] = None
     """What the relay appends to a stream that closed without its terminal event but had said
     all (:meth:`answered`); ``None``: such a stream is incomplete."""
+    terminal_name: ClassVar[str] = ""
+    """The terminal event, as a record's ``error`` names it (``no [DONE]``)."""
+
+    @property
+    def incomplete_message(self) -> str:
+        """The message of the error event that ends a stream closed without its end."""
+        return f"The upstream stream ended without {self.terminal_name}."
 
     def usage_request(
         self, payload: Mapping[str, Any], stream: bool
@@ -132,26 +141,11 @@ class Dialect:
         return f"<dialect {self.name}>"
 
 
-def _registry() -> dict[str, Dialect]:
-    from .chat import ChatDialect
+# (each subclasses Dialect, defined above)
+from waterfall_asgi.dialects.chat import ChatDialect  # noqa: E402
+from waterfall_asgi.dialects.messages import MessagesDialect  # noqa: E402
 
-    found: list[Dialect] = [ChatDialect()]
-    try:
-        from .responses import ResponsesDialect
-
-        found.append(ResponsesDialect())
-    except ImportError:  # pragma: no cover - while being built
-        pass
-    try:
-        from .messages import MessagesDialect
-
-        found.append(MessagesDialect())
-    except ImportError:  # pragma: no cover - while being built
-        pass
-    return {d.name: d for d in found}
-
-
-DIALECTS: Mapping[str, Dialect] = _registry()
+DIALECTS: Mapping[str, Dialect] = {d.name: d for d in (ChatDialect(), MessagesDialect())}
 """The built-in dialects, by name."""
 
 

@@ -31,6 +31,11 @@ class ChatDialect(Dialect):
     }
     not_streamed: ClassVar[frozenset[str]] = frozenset({"/embeddings"})
     terminal: ClassVar[bytes | None] = b"data: [DONE]\n\n"
+    terminal_name: ClassVar[str] = "[DONE]"
+
+    @property
+    def incomplete_message(self) -> str:
+        return "The upstream stream ended without data: [DONE]."
 
     def usage_request(
         self, payload: Mapping[str, Any], stream: bool
