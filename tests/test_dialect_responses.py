@@ -129,6 +129,8 @@ def test_it_is_registered_with_its_route() -> None:
     assert isinstance(dialect, ResponsesDialect)
     assert DIALECTS["responses"] is dialect
     assert dialect.routes == {"/responses": ("input",)}
+    assert list(DIALECTS) == ["chat", "responses", "messages"]
+    assert dialect.incomplete_message == "The upstream stream ended without response.completed."
     assert dialect.terminal is None
     assert dialect.not_streamed == frozenset()
     payload = {"model": "m", "input": "hi", "stream": True}

@@ -249,10 +249,9 @@ class ResponsesObserver:
         if kind not in _KINDS or not (braced or kind in _FAILS):  # (success needs an object)
             return
         response: dict[str, Any] = {}
-        if (found := _RESPONSE_ID.search(event.head)) is not None:
-            response["id"] = found[1]
-        if (found := _MODEL.search(event.head)) is not None:
-            response["model"] = found[1]
+        for key, pattern in (("id", _RESPONSE_ID), ("model", _MODEL)):
+            if (found := pattern.search(event.head)) is not None:
+                response[key] = found[1]
         for key in ("usage", "incomplete_details", "error"):
             value = _member(event.data, key) or _member(event.head, key)
             if value is not None:
@@ -266,6 +265,7 @@ class ResponsesDialect(Dialect):
     name: ClassVar[str] = "responses"
     routes: ClassVar[Mapping[str, tuple[str, ...]]] = {"/responses": ("input",)}
     terminal: ClassVar[bytes | None] = None
+    terminal_name: ClassVar[str] = "response.completed"
 
     def stream_observer(self, request_id: str | None = None) -> ResponsesObserver:
         return ResponsesObserver(request_id=request_id)
