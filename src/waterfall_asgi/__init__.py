@@ -50,7 +50,15 @@ from .cost import (
     required_capabilities,
 )
 from .deadline import Deadline
-from .dialects import DIALECTS, ChatDialect, Dialect, MessagesDialect, StreamReader, dialect_named
+from .dialects import (
+    DIALECTS,
+    ChatDialect,
+    Dialect,
+    MessagesDialect,
+    ResponsesDialect,
+    StreamReader,
+    dialect_named,
+)
 from .errors import RouterError, error_body, send_error
 from .ledger import (
     TERMINAL_STATUSES,
@@ -179,6 +187,7 @@ __all__ = [
     "RedisCooldownStore",
     "RelayOutcome",
     "Relayed",
+    "ResponsesDialect",
     "RetryBudget",
     "Route",
     "Router",
