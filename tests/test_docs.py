@@ -99,7 +99,7 @@ EXPECTED_OUTPUT = {
     # the router's dialect pages show what these print
     **{
         name: (EXAMPLES / name).with_suffix(".txt").read_text(encoding="utf-8")
-        for name in ("router_messages.py",)
+        for name in ("router_messages.py", "router_responses.py")
     },
 }
 

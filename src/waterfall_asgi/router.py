@@ -520,6 +520,14 @@ class Router:
                 if seconds is not None and seconds > 0:
                     await self._cool(d, seconds)
             return served
+        if attempts and all(a.outcome == "skipped_api" for a in attempts):
+            raise RouterError(
+                400,
+                f"{_echo(label)!r} is not served in the {dialect.name} API: none of its "
+                "entries' providers speaks it (their `apis`).",
+                code="api_not_served",
+                param="model",
+            )
         raise Exhausted(label, attempts, await self._retry_after(plan))
 
     def _spent(self, attempts: list[Attempt], more: int = 0) -> bool:
