@@ -474,12 +474,14 @@ async def test_a_route_is_listed_and_exhausted_like_a_chain() -> None:
         "kind": "route",
         "min_quality": "50",
         "entries": ["cheap/fake-small", "mid/fake-medium", "dear/fake-large"],
+        "apis": ["chat"],
     }
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "all_providers_exhausted"
     text = " ".join(section(TEXT, "## Which deployment serves").split())
     assert "when all of them fail, the answer is 503 `all_providers_exhausted`" in text
     assert '`GET /v1/models` lists each route with `"kind": "route"`, its `min_quality`' in text
+    assert "its priced candidates and the APIs they serve (`apis`)" in text
 
 
 # -- the other pages ---------------------------------------------------------------------------
