@@ -288,16 +288,19 @@ def test_the_capabilities_table_is_what_requests_are_checked_for() -> None:
         "vision": [
             {"messages": [{"role": "user", "content": [image]}]},
             {"messages": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
         ],
         "json_schema": [
             {"response_format": {"type": "json_schema"}},
             {"response_format": {"type": "json_object"}},
+            {"text": {"format": {"type": "json_schema"}}},
         ],
     }
     words = {
         "tools": ["tools", "functions"],
-        "vision": ["content", "image_url", "input_image"],
-        "json_schema": ["response_format", "json_schema", "json_object"],
+        "vision": ["content", "image_url", "input_image", "image"],
+        "json_schema": ["response_format", "text", "json_schema", "json_object"],
     }
     for capability, payloads in examples.items():
         for payload in payloads:
