@@ -8,6 +8,11 @@ same bytes as ``run.py``'s upstream, in one read, and counts instructions with
 twice, with ``--requests`` and four times as many, and the difference is divided by the extra
 requests, so startup and warm-up cancel out.
 
+Workloads, as ``run.py``'s (``--workload``): ``json`` and ``stream`` (chat's: the default,
+``both``), ``stream-responses`` (the Responses API) and ``stream-messages`` (Anthropic
+Messages), each request sent where its dialect's clients send it, with their headers;
+``streams`` is the three streams, ``all`` all four.
+
 Proxies: ``passthrough`` (the smallest raw-ASGI proxy over the same stub: the baseline of the
 ratios), ``router`` (``create_app`` with a one-entry chain, the ledger in memory) and
 ``router+sqlite`` (the SQLite ledger in a temporary directory), ``router+metrics`` (``router``
@@ -16,7 +21,8 @@ OpenTelemetry SDK exporting nowhere, as ``run.py``'s row of that name).
 
 Run ``python benchmarks/instructions.py`` (``make bench-instructions``: about 3 minutes on 2
 cores; needs valgrind), or ``--cpu`` for process CPU time per request instead (no valgrind;
-noisy, a quick look only).
+noisy, a quick look only). ``python benchmarks/instructions.py passthrough router --workload
+streams`` (about 3 minutes) compares what each dialect's stream costs the router.
 """
 
 from __future__ import annotations
@@ -46,25 +52,27 @@ ASGIApp = Callable[
 ]
 PROXIES = ("passthrough", "router", "router+sqlite", "router+metrics", "router+otel")
 WARM_UP = 192  # requests before the measured ones, whatever their count
-WORKLOADS = ("json", "stream")
+WORKLOADS = run.WORKLOADS
+GROUPS = {"both": ("json", "stream"), "streams": run.STREAMS, "all": WORKLOADS}
 
 
 def bodies() -> dict[str, tuple[str, bytes]]:
-    """The upstream's content type and body per workload (the stream de-chunked)."""
-    json_response, stream_response = run.upstream_payloads()
-    body = json_response.split(b"\r\n\r\n", 1)[1]
-    chunked, stream = stream_response.split(b"\r\n\r\n", 1)[1], bytearray()
-    while True:
-        size_text, _, rest = chunked.partition(b"\r\n")
-        size = int(size_text, 16)
-        if not size:
-            break
-        stream += rest[:size]
-        chunked = rest[size + 2 :]
-    return {
-        "json": ("application/json", body),
-        "stream": ("text/event-stream; charset=utf-8", bytes(stream)),
-    }
+    """The upstream's content type and body per workload (the streams de-chunked)."""
+    replies = {}
+    for workload, response in run.upstream_payloads().items():
+        head, body = response.split(b"\r\n\r\n", 1)
+        if b"transfer-encoding: chunked" in head:
+            chunked, body = body, b""
+            while True:
+                size_text, _, rest = chunked.partition(b"\r\n")
+                size = int(size_text, 16)
+                if not size:
+                    break
+                body += rest[:size]
+                chunked = rest[size + 2 :]
+        content_type = head.split(b"content-type: ", 1)[1].split(b"\r\n", 1)[0]
+        replies[workload] = (content_type.decode(), body)
+    return replies
 
 
 class StubResponse:
@@ -93,8 +101,10 @@ class StubUpstream:
     async def request(
         self, method: str, url: str, headers: Any, body: bytes | None, timeouts: Any
     ) -> StubResponse:
-        streamed = body is not None and re.search(rb'"stream":\s*true', body) is not None
-        return StubResponse(*self.replies["stream" if streamed else "json"])
+        workload = run.upstream_workload(url.removeprefix("http://up"), body or b"")
+        if workload is None:
+            raise RuntimeError(f"the stub has no answer for {url}")
+        return StubResponse(*self.replies[workload])
 
     async def aclose(self) -> None:
         pass
@@ -137,7 +147,7 @@ def make_app(proxy: str, directory: str) -> ASGIApp:
 
     ledger = str(Path(directory) / "usage.db") if proxy == "router+sqlite" else None
     config = {
-        "providers": {"up": {"base_url": "http://up/v1"}},
+        "providers": {"up": {"base_url": "http://up/v1", "apis": list(run.APIS)}},
         "chains": {"bench": [f"up/{run.FAKE_MODEL}"]},
         "client_keys": [run.CLIENT_KEY],
         "ledger": {"path": ledger},
@@ -151,24 +161,22 @@ def make_app(proxy: str, directory: str) -> ASGIApp:
     return app
 
 
-async def request(app: ASGIApp, body: bytes) -> list[Message]:
-    """One request, as a server would make it; returns what the app sent."""
+async def request(app: ASGIApp, body: bytes, workload: str = "json") -> list[Message]:
+    """One request of ``workload``, as a server would make it; returns what the app sent."""
+    path = run.PATHS[workload]
+    headers = [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in run.request_headers(workload).items()]
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": run.PATH,
-        "raw_path": run.PATH.encode(),
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"authorization", f"Bearer {run.CLIENT_KEY}".encode()),
-        ],
+        "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
@@ -195,7 +203,7 @@ async def request(app: ASGIApp, body: bytes) -> list[Message]:
 async def drive(proxy: str, workload: str, requests: int, concurrency: int) -> float:
     """Run ``requests`` (after :data:`WARM_UP` more) in rounds of ``concurrency``; returns the
     process CPU seconds of the measured part."""
-    body = run.request_body(workload == "stream")
+    body = run.request_body(workload)
     with tempfile.TemporaryDirectory() as directory:
         app = make_app(proxy, directory)
         inbox: asyncio.Queue[Message] = asyncio.Queue()
@@ -210,7 +218,9 @@ async def drive(proxy: str, workload: str, requests: int, concurrency: int) -> f
             if part:
                 started = time.process_time()
             for _ in range(-(-total // concurrency)):  # (whole rounds, as main() counts them)
-                answers = await asyncio.gather(*(request(app, body) for _ in range(concurrency)))
+                answers = await asyncio.gather(
+                    *(request(app, body, workload) for _ in range(concurrency))
+                )
                 if not part and any(sent[0].get("status") != 200 for sent in answers):
                     raise RuntimeError(f"{proxy} did not answer 200: {answers[0][:2]!r}")
         spent = time.process_time() - started
@@ -250,7 +260,13 @@ def count(proxy: str, workload: str, requests: int, concurrency: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("proxies", nargs="*", default=list(PROXIES), help=", ".join(PROXIES))
-    parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
+    parser.add_argument(
+        "--workload",
+        choices=(*WORKLOADS, *GROUPS),
+        default="both",
+        help="one workload, or both (chat's json and stream: the default), streams (the stream "
+        "of each dialect) or all",
+    )
     parser.add_argument(
         "--requests", type=int, default=320, help="the smaller run's count (whole rounds)"
     )
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpu and shutil.which("valgrind") is None:
         print("valgrind is not installed: install it, or run with --cpu", file=sys.stderr)
         return 2
-    workloads = WORKLOADS if args.workload == "both" else (args.workload,)
+    workloads = GROUPS.get(args.workload, (args.workload,))
     # whole rounds of `concurrency` requests, so that every count is the one divided by
     small = -(-args.requests // args.concurrency) * args.concurrency
     large = 4 * small
@@ -297,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         for proxy in args.proxies:
             value = values[workload, proxy]
             ratio = f"  {value / base:5.2f}×" if base else ""
-            print(f"{workload:6s} {proxy:14s} {value:10.1f}{ratio}")
+            print(f"{workload:16s} {proxy:14s} {value:10.1f}{ratio}")
     return 0
 
 

@@ -35,13 +35,24 @@ Every server runs on one stack, ``--stack``: ``standard`` (the default; uvloop a
 (``requirements-bench.txt``) beside the venv, not into it: the tests keep plain uvicorn.
 
 A load generator (aiohttp, in this process, on uvloop with the standard stack) sends a fixed
-number of requests per round, with concurrency 1 and 32, for a JSON chat completion and for a
-20-event SSE stream, interleaving the proxies round by round. The server's CPU time is read per
-process (on Linux its CPU clock, to the nanosecond; elsewhere psutil if installed, else
-``/proc/<pid>/stat``) before and after each round; its peak RSS is read from ``/proc``. After the
-table, the ratios to the passthrough are printed round by round too (median and range).
+number of requests per round, with concurrency 1 and 32, interleaving the proxies round by
+round, for each workload (``--workloads`` picks some):
 
-Run ``python benchmarks/run.py`` (about 2 minutes) or ``--quick`` (about 20 s).
+* ``json``: a chat completion;
+* ``stream``: a streamed chat completion, 20 SSE events ending with ``data: [DONE]``;
+* ``stream-responses``: a streamed OpenAI Responses API request (``POST /v1/responses``):
+  ``response.created`` ... ``response.completed`` with usage, 24 events;
+* ``stream-messages``: a streamed Anthropic Messages request (``POST /v1/messages``, with
+  ``max_tokens``, ``x-api-key`` and ``anthropic-version``): ``message_start``, a ``ping``, ...
+  ``message_stop``, 22 events.
+
+Every stream carries the same 16 words, one content event each, as the fakes write them. The
+server's CPU time is read per process (on Linux its CPU clock, to the nanosecond; elsewhere
+psutil if installed, else ``/proc/<pid>/stat``) before and after each round; its peak RSS is read
+from ``/proc``. After the table, the ratios to the passthrough are printed round by round too
+(median and range), and the streams' side by side, with each dialect's ratio over chat's.
+
+Run ``python benchmarks/run.py`` (about 3 minutes) or ``--quick`` (about 30 s).
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import socket
 import statistics
 import sys
@@ -96,7 +108,28 @@ OBSERVED = ("router+metrics", "router+otel")  # the observability rows: ratios t
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 STACKS = {"standard": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}  # loop, http
-WORKLOADS = ("json", "stream")
+WORKLOADS = ("json", "stream", "stream-responses", "stream-messages")
+STREAMS = WORKLOADS[1:]  # a stream per dialect: chat, the Responses API, Anthropic Messages
+PATHS = {  # where each workload's client posts (and the proxy, upstream)
+    "json": PATH,
+    "stream": PATH,
+    "stream-responses": "/v1/responses",
+    "stream-messages": "/v1/messages",
+}
+CONTENT_EVENTS = STREAM_EVENTS - 4  # the words of every stream (chat: role, finish, usage, DONE)
+CONTENT_EVENT = {  # what each stream's content events, and only they, contain
+    "stream": b'"delta":{"content":',
+    "stream-responses": b"event: response.output_text.delta\n",
+    "stream-messages": b"event: content_block_delta\n",
+}
+ENDS = {  # how the last event of a whole stream starts
+    "stream": b"data: [DONE]\n\n",
+    "stream-responses": b"event: response.completed\n",
+    "stream-messages": b"event: message_stop\n",
+}
+ANTHROPIC_VERSION = "2023-06-01"
+APIS = ("chat", "responses", "messages")  # what the bench's provider speaks
+STREAMED = re.compile(rb'"stream"\s*:\s*true')  # (a search costs less than decoding the body)
 CONCURRENCY = (1, 32)
 POOL = 100  # upstream connections each proxy may keep (the router's httpx default)
 
@@ -104,73 +137,106 @@ POOL = 100  # upstream connections each proxy may keep (the router's httpx defau
 # -- the upstream -------------------------------------------------------------------------------
 
 
-def upstream_payloads() -> tuple[bytes, bytes]:
-    """The upstream's two HTTP/1.1 responses, whole: a chat completion and an SSE stream of
-    :data:`STREAM_EVENTS` events ending with ``[DONE]``, captured once from the fakes."""
+def _fake_request(workload: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """What the capture asks the fakes for: the path, headers and payload of ``workload``'s
+    upstream request (a chat stream asks for its usage, as the router does)."""
+    payload = json.loads(request_body(workload))
+    payload["model"] = FAKE_MODEL
+    if workload == "stream":
+        payload["stream_options"] = {"include_usage": True}
+    headers = {"content-type": "application/json"}
+    if workload == "stream-messages":
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+    return PATHS[workload], headers, payload
+
+
+def upstream_payloads() -> dict[str, bytes]:
+    """The upstream's HTTP/1.1 response to each workload, whole, captured once from the fakes:
+    a chat completion, and an SSE stream in each dialect with the same :data:`CONTENT_EVENTS`
+    words, one content event each (chat: :data:`STREAM_EVENTS` ``data:`` events ending with
+    ``[DONE]``; the Responses API: ``response.created`` ... ``response.completed`` with usage;
+    Anthropic Messages: ``message_start``, a ``ping``, ... ``message_stop``)."""
     from waterfall_fakes import FakeProvider
 
-    provider = FakeProvider(reply_words=STREAM_EVENTS - 4)  # role, words, finish, usage, DONE
-    messages = [{"role": "user", "content": "Say something short."}]
-    replies = []
-    for stream in (False, True):
-        request = {"model": FAKE_MODEL, "messages": messages, "stream": stream}
-        if stream:
-            request["stream_options"] = {"include_usage": True}
-        reply = provider.handle(
-            "POST", PATH, {"content-type": "application/json"}, json.dumps(request).encode()
-        )
+    provider = FakeProvider(reply_words=CONTENT_EVENTS)
+    head = "HTTP/1.1 200 OK\r\ncontent-type: {}\r\n{}\r\n"
+    payloads = {}
+    for workload in WORKLOADS:
+        path, headers, payload = _fake_request(workload)
+        reply = provider.handle("POST", path, headers, json.dumps(payload).encode())
         if reply.status != 200:
             raise RuntimeError(f"the fake answered {reply.status}: {reply.body!r}")
-        replies.append(reply)
-    plain, streamed = replies
-    if streamed.body.count(b"data: ") != STREAM_EVENTS or not streamed.body.endswith(
-        b"data: [DONE]\n\n"
-    ):
-        raise RuntimeError("the fake's stream does not have the expected shape")
+        body = reply.body
+        if workload == "json":
+            payloads[workload] = (
+                head.format("application/json", f"content-length: {len(body)}\r\n").encode() + body
+            )
+            continue
+        events = [block + b"\n\n" for block in body.split(b"\n\n") if block]
+        content = sum(CONTENT_EVENT[workload] in e for e in events)
+        if (
+            (workload == "stream" and len(events) != STREAM_EVENTS)
+            or content != CONTENT_EVENTS
+            or not events[-1].startswith(ENDS[workload])
+        ):
+            raise RuntimeError(f"the fake's {workload} does not have the expected shape")
+        # Chunked, one chunk per event, written at once: the upstream costs next to nothing.
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+        payloads[workload] = (
+            head.format(
+                "text/event-stream; charset=utf-8",
+                "cache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
+            ).encode()
+            + chunked
+        )
+    return payloads
 
-    head = "HTTP/1.1 200 OK\r\ncontent-type: {}\r\n{}\r\n"
-    json_response = (
-        head.format("application/json", f"content-length: {len(plain.body)}\r\n").encode()
-        + plain.body
-    )
-    # Chunked, one chunk per event, written at once: the upstream costs next to nothing.
-    events = [block + b"\n\n" for block in streamed.body.split(b"\n\n") if block]
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
-    stream_response = (
-        head.format(
-            "text/event-stream; charset=utf-8",
-            "cache-control: no-cache\r\ntransfer-encoding: chunked\r\n",
-        ).encode()
-        + chunked
-    )
-    return json_response, stream_response
+
+def upstream_workload(path: str, body: bytes) -> str | None:
+    """Which workload's answer a request to the upstream gets (``None``: none, a 404): by its
+    path, and on the chat path by whether its JSON body says ``"stream": true``."""
+    for workload in STREAMS[1:]:
+        if path == PATHS[workload]:
+            return workload
+    if path != PATH:
+        return None
+    return "stream" if STREAMED.search(body) is not None else "json"
 
 
-def request_bodies(buffer: bytearray) -> list[bytes]:
+def take_requests(buffer: bytearray) -> list[tuple[str, bytes]]:
     """Take the complete HTTP/1.1 requests (``Content-Length`` bodies) off the front of
-    ``buffer``; return their bodies."""
-    bodies = []
+    ``buffer``; return their targets and bodies."""
+    requests = []
     while (end := buffer.find(b"\r\n\r\n")) >= 0:
         length = 0
-        for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+        request_line, *lines = bytes(buffer[:end]).split(b"\r\n")
+        for line in lines:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
         total = end + 4 + length
         if len(buffer) < total:
             break
-        bodies.append(bytes(buffer[end + 4 : total]))
+        target = request_line.split(b" ")[1] if request_line.count(b" ") >= 2 else b"/"
+        requests.append((target.decode("latin-1"), bytes(buffer[end + 4 : total])))
         del buffer[:total]
-    return bodies
+    return requests
+
+
+def request_bodies(buffer: bytearray) -> list[bytes]:
+    """Take the complete HTTP/1.1 requests off the front of ``buffer``; return their bodies."""
+    return [body for _, body in take_requests(buffer)]
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    """A minimal HTTP/1.1 keep-alive server: every request gets a precomputed response, the
-    stream if its JSON body says ``"stream": true``."""
+    """A minimal HTTP/1.1 keep-alive server: every request gets a precomputed response, the one
+    :func:`upstream_workload` picks."""
 
-    def __init__(self, json_response: bytes, stream_response: bytes) -> None:
-        self.json_response = json_response
-        self.stream_response = stream_response
+    def __init__(self, responses: dict[str, bytes]) -> None:
+        self.responses = responses
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -182,23 +248,20 @@ class UpstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Answer every complete request in the buffer."""
         self.buffer += data
-        for body in request_bodies(self.buffer):
-            try:
-                stream = json.loads(body).get("stream") is True
-            except (ValueError, AttributeError):
-                stream = False
+        for path, body in take_requests(self.buffer):
+            workload = upstream_workload(path, body)
             assert self.transport is not None
-            self.transport.write(self.stream_response if stream else self.json_response)
+            self.transport.write(self.responses[workload] if workload else NOT_FOUND)
 
 
 def serve_upstream(conn: Connection) -> None:
     """Child process: run the upstream on a free loopback port; send the port up ``conn``."""
-    json_response, stream_response = upstream_payloads()
+    responses = upstream_payloads()
 
     async def main() -> None:
         sock = _bind()
         server = await asyncio.get_running_loop().create_server(
-            lambda: UpstreamProtocol(json_response, stream_response), sock=sock
+            lambda: UpstreamProtocol(responses), sock=sock
         )
         conn.send(sock.getsockname()[1])
         async with server:
@@ -367,7 +430,7 @@ def router_app(
     from waterfall_asgi import create_app
 
     config: dict[str, Any] = {
-        "providers": {"up": {"base_url": upstream + "/v1"}},
+        "providers": {"up": {"base_url": upstream + "/v1", "apis": list(APIS)}},
         "chains": {"bench": [f"up/{FAKE_MODEL}"]},
         "client_keys": [CLIENT_KEY],
         "ledger": {"url": database_url} if database_url else {"path": ledger_path},
@@ -591,26 +654,54 @@ class Cell:
     """Each round's requests, seconds and CPU seconds (for :func:`round_ratios`)."""
 
 
-def request_body(stream: bool) -> bytes:
-    """The client's request: a chat completion for the chain ``bench``."""
-    payload = {
-        "model": "bench",
-        "messages": [{"role": "user", "content": "Say something short."}],
-        "stream": stream,
-    }
+def request_body(workload: str) -> bytes:
+    """The client's request for ``workload``, to the chain ``bench``: a chat completion (JSON or
+    streamed), a streamed Responses API request, or a streamed Anthropic Messages request."""
+    text = "Say something short."
+    payload: dict[str, Any] = {"model": "bench"}
+    if workload == "stream-responses":
+        payload["input"] = text
+    else:
+        if workload == "stream-messages":
+            payload["max_tokens"] = 256
+        payload["messages"] = [{"role": "user", "content": text}]
+    payload["stream"] = workload != "json"
     return json.dumps(payload).encode()
 
 
+def request_headers(workload: str) -> dict[str, str]:
+    """The client's headers for ``workload``: its key as the dialect's clients send it
+    (Anthropic's ``x-api-key``, with ``anthropic-version``; else ``Authorization: Bearer``)."""
+    headers = {"content-type": "application/json"}
+    if workload == "stream-messages":
+        headers["x-api-key"] = CLIENT_KEY
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+    else:
+        headers["authorization"] = f"Bearer {CLIENT_KEY}"
+    return headers
+
+
+def whole(workload: str, body: bytes) -> bool:
+    """Whether ``body`` is a whole answer to ``workload``: a chat completion, or a stream whose
+    last event is its dialect's terminal event."""
+    if workload == "json":
+        return body.startswith(b'{"id":"chatcmpl-')
+    if not body.endswith(b"\n\n"):
+        return False
+    cut = body.rfind(b"\n\n", 0, len(body) - 2)
+    return body[cut + 2 if cut >= 0 else 0 :].startswith(ENDS[workload])
+
+
 async def one_round(
-    server: Server, stream: bool, concurrency: int, requests: int, seconds: float, cell: Cell
+    server: Server, workload: str, concurrency: int, requests: int, seconds: float, cell: Cell
 ) -> None:
     """``requests`` requests (or as many as ``seconds`` allow) with ``concurrency`` in flight."""
     import aiohttp
 
-    url = f"http://127.0.0.1:{server.port}{PATH}"
-    body = request_body(stream)
-    # (the passthroughs get the key too, and ignore it)
-    headers = {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}
+    url = f"http://127.0.0.1:{server.port}{PATHS[workload]}"
+    body = request_body(workload)
+    headers = request_headers(workload)  # (the passthroughs get the key too, and ignore it)
+    stream = workload != "json"
     issued = 0
     measuring = False
     deadline = 0.0
@@ -622,15 +713,15 @@ async def one_round(
         try:
             async with session.post(url, data=body, headers=headers) as response:
                 if stream:
-                    tail = b""
+                    chunks = []
                     async for chunk in response.content.iter_any():
                         if first is None:
                             first = time.perf_counter()
-                        tail = (tail + chunk)[-32:]
-                    ok = response.status == 200 and tail.endswith(b"data: [DONE]\n\n")
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
                 else:
                     data = await response.read()
-                    ok = response.status == 200 and data.startswith(b'{"id":"chatcmpl-')
+                ok = response.status == 200 and whole(workload, data)
         except aiohttp.ClientError:
             ok = False
         if not measuring:
@@ -761,13 +852,82 @@ def _grid(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
+def _columns(cells: dict[tuple[str, str, int], Cell]) -> list[tuple[str, int]]:
+    """The workloads measured, each with every concurrency, in the order of :data:`WORKLOADS`."""
+    measured = {key[1] for key in cells}
+    return [(w, c) for w in WORKLOADS if w in measured for c in CONCURRENCY]
+
+
+def _cpu_ratios(mine: Cell, theirs: Cell) -> list[float | None]:
+    """``mine``'s CPU per request over ``theirs``, round by round (each round paired with the
+    round of the same number); ``None`` for a round without requests or CPU."""
+    return [
+        (a[2] / a[0]) / (b[2] / b[0]) if a[0] and b[0] and b[2] else None
+        for a, b in zip(mine.rounds, theirs.rounds, strict=False)
+    ]
+
+
+def _median_range(ratios: Sequence[float | None]) -> str:
+    """The median and range of the ratios that are there, or ``-``."""
+    known = [r for r in ratios if r is not None]
+    if not known:
+        return "-"
+    return f"{statistics.median(known):.2f} ({min(known):.2f}-{max(known):.2f})"
+
+
+def dialect_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
+    """Each proxy's CPU per request over the passthrough's for the stream of each dialect, and
+    each other dialect's ratio over chat's (its rounds paired with chat's of the same number):
+    median and range of the rounds. Empty unless a dialect's stream besides chat's was measured.
+
+    The target is that every dialect costs the router what chat does, relative to a proxy that
+    relays the same bytes: a ``÷ chat`` of 1.00."""
+    others = [w for w in STREAMS[1:] if any(key[1] == w for key in cells)]
+    if not others or not any(key[1] == "stream" for key in cells):
+        return ""
+    streams = ("stream", *others)
+    header = (
+        "proxy",
+        "conc",
+        *(f"{w} ×" for w in streams),
+        *(f"{w} ÷ chat" for w in others),
+    )
+    rows: list[tuple[str, ...]] = []
+    for proxy in PROXIES[1:]:
+        for concurrency in CONCURRENCY:
+            per: dict[str, list[float | None]] = {}
+            for workload in streams:
+                base = cells.get(("aiohttp", workload, concurrency))
+                cell = cells.get((proxy, workload, concurrency))
+                per[workload] = _cpu_ratios(cell, base) if cell and base else []
+            if not any(per.values()):
+                continue
+            over_chat = [
+                [
+                    a / b if a is not None and b else None
+                    for a, b in zip(per[w], per["stream"], strict=False)
+                ]
+                for w in others
+            ]
+            rows.append(
+                (
+                    proxy,
+                    str(concurrency),
+                    *(_median_range(per[w]) for w in streams),
+                    *(_median_range(r) for r in over_chat),
+                )
+            )
+    title = "Streams by dialect, CPU/req ×, round by round: median (lowest-highest)"
+    return f"{title}\n" + _grid(header, rows)
+
+
 def round_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
     """Each proxy's ratios to ``aiohttp`` round by round: the median and the range.
 
     A proxy's round runs next to the passthrough's round of the same number, so each ratio
     compares two measurements a few seconds apart; the median of them shrugs off a round that a
     hiccup of the machine hit, which the sums of the main table do not."""
-    columns = [(w, c) for w in WORKLOADS for c in CONCURRENCY]
+    columns = _columns(cells)
     header = ("proxy", *(f"{w} c={c}" for w, c in columns))
     sections = []
 
@@ -780,6 +940,8 @@ def round_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
     for title, of in (("CPU/req ×", cpu_per_request), ("req/s ×", rate)):
         rows: list[tuple[str, ...]] = []
         for proxy in PROXIES[1:]:
+            if not any(key[0] == proxy for key in cells):
+                continue  # (not measured)
             row = [proxy]
             for workload, concurrency in columns:
                 base = cells.get(("aiohttp", workload, concurrency))
@@ -790,11 +952,7 @@ def round_ratios(cells: dict[tuple[str, str, int], Cell]) -> str:
                         a, b = of(mine), of(theirs)
                         if a is not None and b:
                             ratios.append(a / b)
-                row.append(
-                    f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                    if ratios
-                    else "-"
-                )
+                row.append(_median_range(ratios))
             rows.append(tuple(row))
         sections.append(f"{title}, round by round: median (lowest-highest)\n" + _grid(header, rows))
     return "\n".join(sections)
@@ -815,7 +973,7 @@ def ratios_to_router(cells: dict[tuple[str, str, int], Cell]) -> str:
 def _ratios_to(
     cells: dict[tuple[str, str, int], Cell], baseline: str, proxies: Sequence[str]
 ) -> str:
-    columns = [(w, c) for w in WORKLOADS for c in CONCURRENCY]
+    columns = _columns(cells)
     header = ("proxy", *(f"{w} c={c}" for w, c in columns))
     rows: list[tuple[str, ...]] = []
     for proxy in proxies:
@@ -825,16 +983,8 @@ def _ratios_to(
         for workload, concurrency in columns:
             base = cells.get((baseline, workload, concurrency))
             cell = cells.get((proxy, workload, concurrency))
-            ratios = []
-            if base is not None and cell is not None:
-                for mine, theirs in zip(cell.rounds, base.rounds, strict=False):
-                    if mine[0] and theirs[0] and theirs[2]:
-                        ratios.append((mine[2] / mine[0]) / (theirs[2] / theirs[0]))
-            row.append(
-                f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                if ratios
-                else "-"
-            )
+            ratios = _cpu_ratios(cell, base) if base is not None and cell is not None else []
+            row.append(_median_range(ratios))
         rows.append(tuple(row))
     if not rows:
         return ""
@@ -907,11 +1057,13 @@ class Plan:
     total_seconds: float  # no new round starts past this
 
 
-FULL = Plan(rounds=5, requests={1: 400, 32: 1500}, round_seconds=2.5, total_seconds=200)
+FULL = Plan(rounds=5, requests={1: 400, 32: 1500}, round_seconds=2.5, total_seconds=400)
 QUICK = Plan(rounds=1, requests={1: 100, 32: 300}, round_seconds=0.8, total_seconds=25)
 
 
-async def measure(plan: Plan, proxies: dict[str, Server]) -> dict[tuple[str, str, int], Cell]:
+async def measure(
+    plan: Plan, proxies: dict[str, Server], workloads: Sequence[str] = WORKLOADS
+) -> dict[tuple[str, str, int], Cell]:
     """Run the rounds, interleaving the proxies; stop starting rounds past the time budget."""
     cells: dict[tuple[str, str, int], Cell] = {}
     began = time.monotonic()
@@ -919,13 +1071,13 @@ async def measure(plan: Plan, proxies: dict[str, Server]) -> dict[tuple[str, str
         if number and time.monotonic() - began > plan.total_seconds:
             print(f"time budget reached: {number} of {plan.rounds} rounds", file=sys.stderr)
             break
-        for workload in WORKLOADS:
+        for workload in workloads:
             for concurrency in CONCURRENCY:
                 for name, server in proxies.items():
                     cell = cells.setdefault((name, workload, concurrency), Cell())
                     await one_round(
                         server,
-                        workload == "stream",
+                        workload,
                         concurrency,
                         plan.requests[concurrency],
                         plan.round_seconds,
@@ -961,6 +1113,10 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only these proxies, separated by commas (aiohttp, the baseline, always)",
     )
     parser.add_argument(
+        "--workloads",
+        help=f"measure only these workloads, separated by commas ({', '.join(WORKLOADS)})",
+    )
+    parser.add_argument(
         "--stack",
         choices=sorted(STACKS),
         default="standard",
@@ -971,6 +1127,11 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := stack_unavailable(args.stack)) is not None:
         print(problem, file=sys.stderr)
         return 2
+    asked = set(args.workloads.split(",")) if args.workloads else set(WORKLOADS)
+    if unknown_workloads := asked - set(WORKLOADS):
+        print(f"unknown workloads: {', '.join(sorted(unknown_workloads))}", file=sys.stderr)
+        return 2
+    workloads = [w for w in WORKLOADS if w in asked]
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = Plan(args.rounds, plan.requests, plan.round_seconds, plan.total_seconds)
@@ -981,7 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"plan: {plan.rounds} round(s); per round and cell {plan.requests[1]} requests at "
         f"concurrency 1, {plan.requests[32]} at 32, at most {plan.round_seconds} s; "
-        f"stream = {STREAM_EVENTS} SSE events"
+        f"workloads {', '.join(workloads)}; every stream {CONTENT_EVENTS} content events "
+        f"(chat: {STREAM_EVENTS} SSE events)"
     )
     started: list[Server] = []
     database_url, redis_url, cleanup, notes = shared_services()
@@ -1014,7 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
                 proxies[name] = start(name, serve_proxy, name, base, ledger_dir, args.stack)
                 started.append(proxies[name])
             with asyncio.Runner(loop_factory=loop_factory(args.stack)) as runner:
-                cells = runner.run(measure(plan, proxies))
+                cells = runner.run(measure(plan, proxies, workloads))
             rss = {name: peak_rss_mb(server.pid) for name, server in proxies.items()}
             for server in reversed(started):
                 stop(server)
@@ -1024,6 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
         cleanup()
     print(table(cells, rss))
     print(round_ratios(cells))
+    if dialects := dialect_ratios(cells):
+        print(dialects)
     if shared := ratios_to_sqlite(cells):
         print(shared)
     if observed := ratios_to_router(cells):
