@@ -354,6 +354,8 @@ def test_observe_body() -> None:
         (SSEEvent('{"type":"response.created","response":{}}', "response.created"), False),
         (SSEEvent('{"type":"response.created","error":{"message":"x"}}'), False),
         (SSEEvent('{"type":'), False),
+        (SSEEvent('{"type":"error"'), False),  # (not JSON: believed only on its name)
+        (SSEEvent('{"type":"response.created","response":{"error":{"type":"error"}}}'), False),
         (SSEEvent("[" * 100_000), False),
     ],
 )

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -60,6 +61,9 @@ _PASSED_OVER = frozenset(
 )
 _PASSED_OVER_BYTES = frozenset(name.encode() for name in _PASSED_OVER)
 _READ = frozenset({"message_start", "message_delta", "message_stop", "error"})
+_PLAIN = re.compile(rb"(?:event: [^\n]*\ndata: [^\n]*\n\n)+")  # (as Anthropic writes them)
+# an event after the first of a run of plain ones, unless passed over on its name
+_READ_NEXT = re.compile(rb"\n\nevent: (?!(?:content_block_(?:delta|start|stop)|ping)\n)[^\n]*\n")
 _INPUTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 _COUNTS = (*_INPUTS, "output_tokens")
 
@@ -141,11 +145,25 @@ class MessagesObserver:
     def _named(self, chunk: bytes) -> int:
         """The fast path, for a parser between events and a chunk without CR: take each
         leading ``event: NAME\\ndata: DATA\\n\\n`` (what Anthropic sends) where it lies, and
-        return where the parser must go on. The results are the parser's, to the byte."""
+        return where the parser must go on. The results are the parser's, to the byte.
+
+        A chunk (up to its last blank line, within the cap) of such events only is taken in a
+        few scans of its bytes: one match, one count, one search for the events not passed
+        over; else event by event."""
         parser = self._parser
         if not parser._between_events():
             return 0
         result, cap, at = self.result, parser.max_bytes, 0
+        end = chunk.rfind(b"\n\n") + 2
+        if 2 <= end <= cap and _PLAIN.fullmatch(chunk, 0, end) is not None:
+            result.events += chunk.count(b"\nevent: ", 0, end) + 1  # (each but the first)
+            line = chunk.find(b"\n")
+            if chunk[7:line] not in _PASSED_OVER_BYTES:
+                self._take(chunk, 0, line)
+            for found in _READ_NEXT.finditer(chunk, 0, end):
+                self._take(chunk, found.start() + 2, found.end() - 1)
+            parser._at_start = False  # (a BOM is dropped only at the very start)
+            return end
         while chunk.startswith(b"event: ", at):
             line = chunk.find(b"\n", at)
             end = chunk.find(b"\n\n", line)
@@ -157,14 +175,18 @@ class MessagesObserver:
             ):
                 break
             result.events += 1
-            name = chunk[at + 7 : line]
-            if name not in _PASSED_OVER_BYTES:
-                data = chunk[line + 7 : end].decode("utf-8", "replace")
-                self._read(name.decode("utf-8", "replace") or "message", data)
+            if chunk[at + 7 : line] not in _PASSED_OVER_BYTES:
+                self._take(chunk, at, line)
             at = end + 2
         if at:
             parser._at_start = False  # (a BOM is dropped only at the very start)
         return at
+
+    def _take(self, chunk: bytes, at: int, line: int) -> None:
+        """Read the plain event at ``chunk[at:]``, whose ``event:`` line ends at ``line``."""
+        end = chunk.find(b"\n\n", line)
+        name = chunk[at + 7 : line].decode("utf-8", "replace") or "message"
+        self._read(name, chunk[line + 7 : end].decode("utf-8", "replace"))
 
     def _read(self, name: str, data: str) -> None:
         try:

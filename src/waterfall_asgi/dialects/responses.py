@@ -13,7 +13,8 @@ Where this deliberately differs from the obvious:
 - Only an event whose name or data's ``"type"`` (a regex search) could be one of those five is
   JSON-decoded: content deltas, most of a stream, never are; a read of plain ``event:`` and
   ``data:`` lines is searched in its bytes without the SSE parser. The data's ``type`` decides,
-  else the event name; a ``"type"`` spelled with JSON escapes is not seen.
+  else the event name; a ``"type"`` spelled with JSON escapes is not seen. Likewise the first
+  event is decoded, to see whether the attempt failed, only if its ``"type"`` could say so.
 - Success needs a JSON object to say so; an error is believed on the event's name alone.
 - An event past the parser's cap (64 KiB) is skipped, but ``response.completed`` echoes the whole
   output (and the instructions and tools): a long answer's can be that large. Of a skipped event
@@ -48,6 +49,7 @@ _FAILS = ("error", "response.failed")
 _KINDS = frozenset({"response.created", "response.completed", "response.incomplete", *_FAILS})
 _WANTED = re.compile(r'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error)"')
 _WANTED_BYTES = re.compile(_WANTED.pattern.encode())
+_FAILED_TYPE = re.compile(r'"type"\s*:\s*"(?:error|response\.failed)"')
 _NAMED = re.compile(rb"event: (?:response\.(?:created|completed|incomplete|failed)|error)\n")
 _PLAIN = re.compile(rb"(?:event: [^\n]*\ndata: [^\n]*\n\n)+")
 _FIRST_TYPE = re.compile(r'\s*\{\s*"type"\s*:\s*"([^"\\]*)"')
@@ -91,7 +93,7 @@ class _Parser(SSEParser):
         if _PLAIN.fullmatch(chunk, 0, end) is None:
             return 0, 0
         self._at_start = False
-        return end, chunk.count(b"\n\n", 0, end)
+        return end, chunk.count(b"\nevent: ", 0, end) + 1  # (each but the first)
 
     def _skip(self, piece: bytes | memoryview) -> None:
         if not self._field:
@@ -286,11 +288,15 @@ class ResponsesDialect(Dialect):
         return result
 
     def failed_first_event(self, event: SSEEvent) -> bool:
+        if event.event in _FAILS:
+            return True
+        if _FAILED_TYPE.search(event.data) is None:  # (a usual first event is not decoded)
+            return False
         try:
-            obj = decode(event.data) if '"type"' in event.data else None
+            obj = decode(event.data)
         except (ValueError, RecursionError):
-            obj = None
-        return event.event in _FAILS or (type(obj) is dict and obj.get("type") in _FAILS)
+            return False
+        return type(obj) is dict and obj.get("type") in _FAILS
 
     def error_event(
         self,
