@@ -211,3 +211,35 @@ async def test_the_routers_responses_error_event_is_numbered_after_the_last_even
     assert numbers == list(range(6))  # five relayed as they were, then the router's own
     assert events[-1].event == "error"
     assert json.loads(events[-1].data)["code"] == "stream_incomplete"
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "fault"),
+    [
+        ("/v1/chat/completions", CHAT, "error_event:after=0"),
+        ("/v1/responses", {"model": "fast", "input": "Hi"}, "error_event:after=0"),
+        ("/v1/responses", {"model": "fast", "input": "Hi"}, "error_event:after=0,failed=true"),
+        ("/v1/messages", HELLO, "error_event:after=0"),
+        ("/v1/messages", HELLO, "error_event:after=0,code=overloaded_error"),
+    ],
+)
+async def test_a_stream_whose_first_event_is_an_error_falls_through_in_each_dialect(
+    path: str, payload: dict[str, Any], fault: str
+) -> None:
+    apis = ["chat", "responses", "messages"]
+    failing = FakeProvider(name="a", script=[fault, fault])  # (an entry is tried twice)
+    net = FakeNetwork({"a": failing, "b": FakeProvider(name="b")})
+    config = {
+        "providers": {h: {"base_url": f"http://{h}/v1", "apis": apis} for h in ("a", "b")},
+        "chains": {"fast": ["a/fake-small", "b/fake-small"]},
+    }
+    ledger = MemoryLedger()
+    app = WaterfallMiddleware(None, config, transport=net, ledger=ledger)
+    result = await call(app, "POST", path, {**payload, "stream": True})
+    assert result.status == 200
+    assert result.headers["x-waterfall-provider"] == "b"
+    assert b"error" not in result.body.replace(b'"error":null', b"")  # b's answer only
+    assert (len(net["a"].requests), len(net["b"].requests)) == (2, 1)
+    (record,) = ledger.records.values()
+    assert record.status == "success"
+    assert [a["entry"] for a in record.attempts] == ["a/fake-small", "a/fake-small", "b/fake-small"]

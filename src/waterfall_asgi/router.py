@@ -891,16 +891,27 @@ class Router:
                 ) from None
             if not chunk:
                 raise _Failed("empty_stream", "stream ended before its first event")
-            if not buffered and chunk.startswith(b"data: "):
-                # The usual first read: a one-line event first, looked at where it lies.
-                line_end = chunk.find(b"\n\n")
+            if not buffered and chunk.startswith((b"data: ", b"event: ")):
+                # The usual first read: a one-line event first (after its name, for named
+                # events: the Responses API's and Anthropic's), looked at where it lies.
+                named = chunk.startswith(b"event: ")
+                line = chunk.find(b"\n") if named else -1  # (the end of its name's line)
+                line_end = chunk.find(b"\n\n", line + 1)
                 if (
-                    0 < line_end <= _EVENT_CAP  # (the parser's cap counts the line)
-                    and chunk.find(b"\n", 0, line_end) < 0
+                    0 < line_end <= _EVENT_CAP  # (the parser's cap counts the lines)
+                    and chunk.startswith(b"data: ", line + 1)
+                    and chunk.find(b"\n", line + 1, line_end) < 0
                     and chunk.find(b"\r", 0, line_end) < 0
                 ):
-                    if chunk.find(b'"error"', 6, line_end) >= 0 and dialect.failed_first_event(
-                        SSEEvent(chunk[6:line_end].decode("utf-8", "replace"))
+                    # (an unnamed event is looked at only if it could be an error: chat's)
+                    if (
+                        named or chunk.find(b'"error"', 6, line_end) >= 0
+                    ) and dialect.failed_first_event(
+                        SSEEvent(
+                            chunk[line + 7 : line_end].decode("utf-8", "replace"),
+                            (chunk[7:line].decode("utf-8", "replace") if named else "")
+                            or "message",
+                        )
                     ):
                         raise _Failed("error_event", "stream began with an error event")
                     return chunk
