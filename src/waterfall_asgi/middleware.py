@@ -543,7 +543,9 @@ class WaterfallMiddleware:
             else:
                 label, plan = router.plan(model)
             record.model = label
-            upstream_payload, injected = dialect.usage_request(payload, stream)
+            upstream_payload, injected = (
+                dialect.usage_request(payload, stream) if stream else (payload, False)
+            )
             # One task listens for a disconnect for the rest of the request (if it runs long
             # enough to start it: see WatchStarter): until an upstream is accepted, a
             # disconnect cancels the waterfall; then the relay takes it over.
