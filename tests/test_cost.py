@@ -15,6 +15,7 @@ from waterfall_asgi.cost import (
     Candidate,
     NoFittingDeployment,
     Ranking,
+    completion_limit,
     convert,
     estimate_prompt_tokens,
     rank,
@@ -547,3 +548,50 @@ def test_explain_names_a_reference_outside_the_ranking_and_an_unbounded_worst_ca
         "  1. a/m  ~0.3036 usd_micro  (worst -)  quality 0\n"
         "reference: b/frontier  ~5.06 usd_micro"
     )
+
+
+# -- the other APIs' request shapes ------------------------------------------------------------
+def test_the_estimate_reads_the_responses_and_messages_shapes() -> None:
+    base = estimate_prompt_tokens({"input": "x" * 40})
+    assert base == 10
+    assert estimate_prompt_tokens({"input": "x" * 40, "instructions": "y" * 40}) == 20
+    system = [{"type": "text", "text": "z" * 40}]
+    assert estimate_prompt_tokens({"messages": [], "system": system}) == 10
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "a" * 40}]},
+        {"type": "function_call_output", "call_id": "c1", "output": "b" * 40},
+    ]
+    assert estimate_prompt_tokens({"input": items}) == 20
+
+
+def test_capabilities_are_read_in_every_apis_shape() -> None:
+    anthropic_image = {"type": "image", "source": {"type": "base64", "data": "..."}}
+    assert required_capabilities(
+        {"messages": [{"role": "user", "content": [anthropic_image]}]}
+    ) == {"vision"}
+    responses_image = {"type": "input_image", "image_url": "https://example.com/a.png"}
+    assert required_capabilities({"input": [{"role": "user", "content": [responses_image]}]}) == {
+        "vision"
+    }
+    assert required_capabilities(
+        {"input": "describe", "text": {"format": {"type": "json_schema"}}}
+    ) == {"json_schema"}
+    assert required_capabilities({"input": "plain", "text": {"format": {"type": "text"}}}) == set()
+
+
+@pytest.mark.parametrize(
+    ("payload", "limit"),
+    [
+        ({}, None),
+        ({"max_tokens": 10}, 10),
+        ({"max_completion_tokens": 20, "max_tokens": 10}, 20),
+        ({"max_completion_tokens": None, "max_tokens": 10}, 10),
+        ({"max_output_tokens": 30}, 30),
+        ({"max_output_tokens": -1}, None),
+        ({"max_output_tokens": 1.5}, None),
+    ],
+)
+def test_the_completion_limit_is_read_under_each_apis_name(
+    payload: dict[str, object], limit: int | None
+) -> None:
+    assert completion_limit(payload) == limit

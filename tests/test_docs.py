@@ -96,6 +96,11 @@ EXPECTED_OUTPUT = {
         "/v1/messages 200 5 12\n/v1/messages 200 5 3\n/v1/messages 529 None None\n"
     ),
     "first_server.py": re.compile(r"serving on http://127\.0\.0\.1:\d+/v1\n"),
+    # the router's dialect pages show what these print
+    **{
+        name: (EXAMPLES / name).with_suffix(".txt").read_text(encoding="utf-8")
+        for name in ("router_messages.py", "router_responses.py")
+    },
 }
 
 

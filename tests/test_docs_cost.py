@@ -288,16 +288,19 @@ def test_the_capabilities_table_is_what_requests_are_checked_for() -> None:
         "vision": [
             {"messages": [{"role": "user", "content": [image]}]},
             {"messages": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
         ],
         "json_schema": [
             {"response_format": {"type": "json_schema"}},
             {"response_format": {"type": "json_object"}},
+            {"text": {"format": {"type": "json_schema"}}},
         ],
     }
     words = {
         "tools": ["tools", "functions"],
-        "vision": ["content", "image_url", "input_image"],
-        "json_schema": ["response_format", "json_schema", "json_object"],
+        "vision": ["content", "image_url", "input_image", "image"],
+        "json_schema": ["response_format", "text", "json_schema", "json_object"],
     }
     for capability, payloads in examples.items():
         for payload in payloads:
@@ -474,12 +477,14 @@ async def test_a_route_is_listed_and_exhausted_like_a_chain() -> None:
         "kind": "route",
         "min_quality": "50",
         "entries": ["cheap/fake-small", "mid/fake-medium", "dear/fake-large"],
+        "apis": ["chat"],
     }
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "all_providers_exhausted"
     text = " ".join(section(TEXT, "## Which deployment serves").split())
     assert "when all of them fail, the answer is 503 `all_providers_exhausted`" in text
     assert '`GET /v1/models` lists each route with `"kind": "route"`, its `min_quality`' in text
+    assert "its priced candidates and the APIs they serve (`apis`)" in text
 
 
 # -- the other pages ---------------------------------------------------------------------------

@@ -490,3 +490,26 @@ def test_a_chain_with_cooldowns_shared_through_redis(
     entries = json.loads(as_json)["entries"]
     assert entries[0]["cooling_until"] == pytest.approx(until, abs=0.01)
     assert entries[1]["cooling_until"] is None
+
+
+def test_entries_whose_provider_speaks_other_apis_say_which() -> None:
+    from waterfall_asgi._chain_explain import chain_plan
+    from waterfall_asgi.config import load_config
+
+    config = load_config(
+        {
+            "providers": {
+                "a": {"base_url": "http://a"},
+                "b": {"base_url": "http://b", "apis": ["messages", "chat"]},
+            },
+            "chains": {"c": ["a/x", "b/y"]},
+        }
+    )
+    plan = chain_plan(config, "c", {}, "redis://r:6379/0", 1_800_000_000.0)
+    assert plan is not None
+    assert plan.explain().splitlines()[1:3] == [
+        "  1. a/x  would be tried",
+        "  2. b/y  would be tried (speaks messages, chat)",
+    ]
+    entries = json.loads(plan.to_json())["entries"]
+    assert [e["apis"] for e in entries] == [["chat"], ["messages", "chat"]]

@@ -43,6 +43,7 @@ from .cost import (
     NoFittingDeployment,
     PromptEstimator,
     Ranking,
+    completion_limit,
     convert,
     estimate_prompt_tokens,
     rank,
@@ -50,7 +51,15 @@ from .cost import (
     required_capabilities,
 )
 from .deadline import Deadline
-from .dialects import DIALECTS, ChatDialect, Dialect, MessagesDialect, StreamReader, dialect_named
+from .dialects import (
+    DIALECTS,
+    ChatDialect,
+    Dialect,
+    MessagesDialect,
+    ResponsesDialect,
+    StreamReader,
+    dialect_named,
+)
 from .errors import RouterError, error_body, send_error
 from .ledger import (
     TERMINAL_STATUSES,
@@ -179,6 +188,7 @@ __all__ = [
     "RedisCooldownStore",
     "RelayOutcome",
     "Relayed",
+    "ResponsesDialect",
     "RetryBudget",
     "Route",
     "Router",
@@ -216,6 +226,7 @@ __all__ = [
     "attempt_outcome",
     "body_retry_hint",
     "ceil_units",
+    "completion_limit",
     "convert",
     "create_app",
     "decoded",

@@ -34,6 +34,7 @@ class ChainPlan:
     kind: str  # "chain", "model" or "entry"
     name: str
     entries: list[Deployment]
+    apis: dict[str, tuple[str, ...]]  # each entry's provider: the APIs it speaks
     cooling: dict[str, float] | None
     source: str  # where the cooldowns were read, or why they were not
     now: float
@@ -62,6 +63,9 @@ class ChainPlan:
             else:
                 stamp = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                 state = f"cooling until {stamp} ({until - self.now:.0f}s from now): skipped"
+            spoken = self.apis.get(d.provider, ("chat",))
+            if spoken != ("chat",):  # (the default says nothing new)
+                state += f" (speaks {', '.join(spoken)})"
             lines.append(f"  {i}. {d.key.ljust(width)}  {state}")
         if self.cooling is None:
             lines.append(self.source)
@@ -85,6 +89,7 @@ class ChainPlan:
                     "provider": d.provider,
                     "model": d.model,
                     "cooling_until": self._until(d.key),
+                    "apis": list(self.apis.get(d.provider, ("chat",))),
                 }
                 for d in self.entries
             ],
@@ -150,6 +155,7 @@ def chain_plan(
         kind,
         name,
         entries,
+        {d.provider: config.providers[d.provider].apis for d in entries},
         None if cooling is None else dict(cooling),
         source,
         time.time() if now is None else now,

@@ -31,6 +31,7 @@ __all__ = [
     "NoFittingDeployment",
     "PromptEstimator",
     "Ranking",
+    "completion_limit",
     "convert",
     "estimate_prompt_tokens",
     "rank",
@@ -66,13 +67,16 @@ _TEXT_KEYS = (
     "tool_calls",
     "function",
     "function_call",
+    "output",
 )
 
 
 def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     """A fast estimate needing no download: one token per 4 bytes of UTF-8 text (rounded up),
     plus 4 per message, plus the tool (or legacy function) definitions' JSON at the same rate.
-    The text is the messages' content, names and tool calls, and a ``prompt`` or ``input``.
+    The text is the messages' content, names and tool calls, a ``prompt`` or ``input`` (the
+    Responses API's items included), and a ``system`` prompt or ``instructions`` (Anthropic
+    Messages, the Responses API).
 
     >>> estimate_prompt_tokens({"messages": [{"role": "user", "content": "Hello there!"}]})
     7
@@ -82,6 +86,8 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     size = sum(len(t.encode()) for t in _texts(messages if messages is not None else []))
     size += sum(len(t.encode()) for t in _texts(payload.get("prompt")))
     size += sum(len(t.encode()) for t in _texts(payload.get("input")))
+    size += sum(len(t.encode()) for t in _texts(payload.get("system")))
+    size += sum(len(t.encode()) for t in _texts(payload.get("instructions")))
     for definitions in (payload.get("tools"), payload.get("functions")):
         if definitions:
             size += len(json.dumps(definitions, ensure_ascii=False, default=str).encode())
@@ -89,26 +95,53 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
 
 
 def required_capabilities(payload: Mapping[str, Any]) -> frozenset[str]:
-    """What a request needs of a model: ``tools``, ``vision`` (image parts), ``json_schema``."""
+    """What a request needs of a model: ``tools``, ``vision`` (image parts, in any of the three
+    APIs' shapes), ``json_schema`` (``response_format``, or the Responses API's
+    ``text.format``)."""
     needs: set[str] = set()
     if payload.get("tools") or payload.get("functions"):
         needs.add("tools")
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list) and any(
-                isinstance(p, dict) and p.get("type") in ("image_url", "input_image")
-                for p in content
-            ):
-                needs.add("vision")
-    response_format = payload.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") in (
-        "json_schema",
-        "json_object",
+    for items in (payload.get("messages"), payload.get("input")):
+        if isinstance(items, list) and any(_has_image(item) for item in items):
+            needs.add("vision")
+    text = payload.get("text")
+    for response_format in (
+        payload.get("response_format"),
+        text.get("format") if isinstance(text, dict) else None,
     ):
-        needs.add("json_schema")
+        if isinstance(response_format, dict) and response_format.get("type") in (
+            "json_schema",
+            "json_object",
+        ):
+            needs.add("json_schema")
     return frozenset(needs)
+
+
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+"""Image parts: Chat Completions', the Responses API's and Anthropic's."""
+
+
+def _has_image(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") in _IMAGE_PARTS for p in content
+    )
+
+
+def completion_limit(payload: Mapping[str, Any]) -> int | None:
+    """The most tokens a request lets its answer have: ``max_completion_tokens``, else
+    ``max_tokens`` (Chat Completions' older name, and Anthropic's), else ``max_output_tokens``
+    (the Responses API); ``None`` when it sets none (or sets something that is not a whole
+    number of tokens).
+
+    >>> completion_limit({"max_output_tokens": 50}), completion_limit({"max_tokens": True})
+    (50, None)
+    """
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        limit = payload.get(name)
+        if limit is not None:  # absent or null: the next name
+            break
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
 
 
 def request_limits(
@@ -258,10 +291,7 @@ def rank(
     quality_bar = route.min_quality if min_quality is None else min_quality
     budget = route.budget if budget is None else budget
     prompt = estimator(payload)
-    limit = payload.get("max_completion_tokens")
-    if limit is None:  # absent or null: the older name
-        limit = payload.get("max_tokens")
-    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
+    limit = completion_limit(payload)
     expected = limit if limit is not None else route.default_completion_tokens
     needs = required_capabilities(payload)
     first = next((p for d in candidates if (p := _price(config, d, prices)) is not None), None)

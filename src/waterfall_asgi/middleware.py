@@ -543,8 +543,6 @@ class WaterfallMiddleware:
             else:
                 label, plan = router.plan(model)
             record.model = label
-            if dialect is not _CHAT:
-                self._served_in(router, label, plan, dialect)
             upstream_payload, injected = dialect.usage_request(payload, stream)
             # One task listens for a disconnect for the rest of the request (if it runs long
             # enough to start it: see WatchStarter): until an upstream is accepted, a
@@ -743,20 +741,6 @@ class WaterfallMiddleware:
                 f"Missing or invalid API key: {dialect.auth_hint}.",
                 code="invalid_api_key",
                 headers=[("www-authenticate", "Bearer")],
-            )
-
-    def _served_in(
-        self, router: Router, label: str, plan: list[Deployment], dialect: Dialect
-    ) -> None:
-        """Refuse a request in ``dialect``'s API for which no entry of its plan speaks it (an
-        entry that does not is skipped, with that reason, when another does)."""
-        if plan and not any(router.speaks(d, dialect) for d in plan):
-            raise RouterError(
-                400,
-                f"{_bounded(label)!r} is not served in the {dialect.name} API: none of its "
-                f"entries' providers speaks it (their `apis`).",
-                code="api_not_served",
-                param="model",
             )
 
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:

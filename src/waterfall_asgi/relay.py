@@ -576,7 +576,12 @@ class _Relay(EventAligner):
                 )
                 outcome = RelayOutcome("upstream_error", usage, f"stream_interrupted: {kind}")
         elif not usage.complete and (not whole or dialect.terminal is None):
-            tail = self.fail(error_event(dialect.incomplete_message, "stream_incomplete"))
+            # (after the upstream's own error event, nothing more: it said why)
+            tail = self.fail(
+                b""
+                if usage.error is not None
+                else error_event(dialect.incomplete_message, "stream_incomplete")
+            )
             outcome = RelayOutcome("stream_incomplete", usage, f"no {dialect.terminal_name}")
         elif not usage.complete:  # whole but for its end ([DONE]): the relay adds it
             assert dialect.terminal is not None

@@ -38,7 +38,7 @@ from ._fastjson import encoder
 from .circuits import Circuit, LocalHealth, RetryBudget
 from .config import Deployment, RouterConfig
 from .cooldown import CooldownStore, body_retry_hint, preemptive_hint, retry_hint
-from .cost import estimate_prompt_tokens
+from .cost import completion_limit, estimate_prompt_tokens
 from .deadline import Deadline
 from .dialects import DIALECTS, Dialect
 from .dialects.chat import ChatDialect
@@ -281,10 +281,7 @@ def is_context_length_error(body: bytes) -> bool:
 
 
 def _max_tokens(payload: Mapping[str, Any]) -> int:
-    limit = payload.get("max_completion_tokens")
-    if limit is None:
-        limit = payload.get("max_tokens")
-    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+    return completion_limit(payload) or 0
 
 
 class Router:
@@ -520,6 +517,14 @@ class Router:
                 if seconds is not None and seconds > 0:
                     await self._cool(d, seconds)
             return served
+        if attempts and all(a.outcome == "skipped_api" for a in attempts):
+            raise RouterError(
+                400,
+                f"{_echo(label)!r} is not served in the {dialect.name} API: none of its "
+                "entries' providers speaks it (their `apis`).",
+                code="api_not_served",
+                param="model",
+            )
         raise Exhausted(label, attempts, await self._retry_after(plan))
 
     def _spent(self, attempts: list[Attempt], more: int = 0) -> bool:

@@ -36,6 +36,7 @@ __all__ = [
     "ChatDialect",
     "Dialect",
     "MessagesDialect",
+    "ResponsesDialect",
     "StreamReader",
     "dialect_named",
 ]
@@ -144,8 +145,11 @@ class Dialect:
 # (each subclasses Dialect, defined above)
 from waterfall_asgi.dialects.chat import ChatDialect  # noqa: E402
 from waterfall_asgi.dialects.messages import MessagesDialect  # noqa: E402
+from waterfall_asgi.dialects.responses import ResponsesDialect  # noqa: E402
 
-DIALECTS: Mapping[str, Dialect] = {d.name: d for d in (ChatDialect(), MessagesDialect())}
+DIALECTS: Mapping[str, Dialect] = {
+    d.name: d for d in (ChatDialect(), ResponsesDialect(), MessagesDialect())
+}
 """The built-in dialects, by name."""
 
 
