@@ -12,6 +12,7 @@ from asgi_helpers import call
 from waterfall_asgi import DIALECTS, MemoryLedger
 from waterfall_asgi.config import ConfigError, load_config
 from waterfall_asgi.middleware import WaterfallMiddleware
+from waterfall_asgi.sse import SSEParser
 from waterfall_fakes import FakeNetwork, FakeProvider
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +194,20 @@ async def test_a_messages_stream_without_message_stop_ends_with_an_anthropic_err
     assert error["error"]["code"] == "stream_incomplete"
     (record,) = ledger.records.values()
     assert (record.status, record.error) == ("stream_incomplete", "no message_stop")
+
+
+async def test_the_routers_responses_error_event_is_numbered_after_the_last_event() -> None:
+    net = FakeNetwork({"a": FakeProvider(script=["truncate:events=5"])})
+    config = {
+        "providers": {"a": {"base_url": "http://a/v1", "apis": ["responses"]}},
+        "chains": {"fast": ["a/fake-small"]},
+    }
+    app = WaterfallMiddleware(None, config, transport=net, ledger=MemoryLedger())
+    result = await call(
+        app, "POST", "/v1/responses", {"model": "fast", "input": "Hi", "stream": True}
+    )
+    events = SSEParser().feed(result.body)
+    numbers = [json.loads(e.data)["sequence_number"] for e in events]
+    assert numbers == list(range(6))  # five relayed as they were, then the router's own
+    assert events[-1].event == "error"
+    assert json.loads(events[-1].data)["code"] == "stream_incomplete"

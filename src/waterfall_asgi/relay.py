@@ -551,7 +551,10 @@ class _Relay(EventAligner):
         observer = self.observer
         usage = observer.result
         dialect = self.dialect
-        error_event = dialect.error_event
+
+        def error_event(message: str, code: str) -> bytes:
+            return dialect.error_event(message, code, seen=usage)
+
         if self.gone:
             return _gone(usage)
         if failure is not None:

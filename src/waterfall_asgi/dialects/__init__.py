@@ -103,8 +103,16 @@ class Dialect:
         """Whether a stream's first event says the attempt failed (the request falls through)."""
         raise NotImplementedError
 
-    def error_event(self, message: str, code: str, type_: str = "upstream_error") -> bytes:
-        """The SSE event that ends a stream the router gives up on, in this dialect's shape."""
+    def error_event(
+        self,
+        message: str,
+        code: str,
+        type_: str = "upstream_error",
+        *,
+        seen: UsageResult | None = None,
+    ) -> bytes:
+        """The SSE event that ends a stream the router gives up on, in this dialect's shape
+        (``seen``: what the stream said before, for a dialect whose events are numbered)."""
         return b"data: " + error_body(message, type_, code) + b"\n\n"
 
     def error_body(

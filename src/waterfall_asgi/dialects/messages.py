@@ -263,7 +263,14 @@ class MessagesDialect(Dialect):
             return False
         return type(obj) is dict and obj.get("type") == "error"
 
-    def error_event(self, message: str, code: str, type_: str = "upstream_error") -> bytes:
+    def error_event(
+        self,
+        message: str,
+        code: str,
+        type_: str = "upstream_error",
+        *,
+        seen: UsageResult | None = None,
+    ) -> bytes:
         error = {"type": error_type(0, type_), "message": message, "code": code}
         return b"event: error\ndata: " + _dumps({"type": "error", "error": error}) + b"\n\n"
 

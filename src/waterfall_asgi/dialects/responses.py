@@ -292,9 +292,18 @@ class ResponsesDialect(Dialect):
             obj = None
         return event.event in _FAILS or (type(obj) is dict and obj.get("type") in _FAILS)
 
-    def error_event(self, message: str, code: str, type_: str = "upstream_error") -> bytes:
-        """The API's own ``error`` event (``type_`` has no place in it: its type is ``error``)."""
+    def error_event(
+        self,
+        message: str,
+        code: str,
+        type_: str = "upstream_error",
+        *,
+        seen: UsageResult | None = None,
+    ) -> bytes:
+        """The API's own ``error`` event (``type_`` has no place in it: its type is ``error``),
+        numbered after the events ``seen`` (each of a stream's events has the next
+        ``sequence_number``, from 0)."""
         event: dict[str, Any] = {"type": "error", "code": code, "message": message, "param": None}
-        event["sequence_number"] = 0
+        event["sequence_number"] = seen.events if seen is not None else 0
         data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
         return b"event: error\ndata: " + data.encode() + b"\n\n"
