@@ -103,3 +103,13 @@ def sse_data(body: bytes) -> list[str]:
         if lines:
             out.append("\n".join(lines))
     return out
+
+
+def sse_stream(*events: tuple[str | None, Any]) -> bytes:
+    """An SSE stream of ``(name, data)`` events (``None``: no ``event:`` line), each ``data`` a
+    JSON value (written compactly) or raw text, one ``data:`` line each, LF line ends."""
+    out = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        out.append((f"event: {name}\n" if name is not None else "") + f"data: {text}\n\n")
+    return "".join(out).encode()
