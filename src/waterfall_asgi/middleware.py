@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import hmac
 import inspect
-import itertools
 import json
 import logging
 import time
@@ -36,14 +35,15 @@ from typing import Any
 import httpx
 
 from ._bodytimer import BodyTimer
-from ._fastjson import decode_request, encoder
+from ._charges import Charge, continued, cost_event, estimated_cost
+from ._fastjson import decode_request
+from ._records import accepted, refused, trail
 from .config import (
     ConfigError,
     Deployment,
     Limits,
     Price,
     RouterConfig,
-    ceil_units,
     load_config,
 )
 from .continuation import Continuation
@@ -62,11 +62,10 @@ from .errors import RouterError, send_error
 from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
 from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
-from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
-from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
+from .relay import ClientWatch, WatchStarter, relay_stream
+from .router import _NOT_FORWARDED, Router, Served
 from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
-from .usage import UsageResult
 
 __all__ = ["WaterfallMiddleware", "with_usage"]
 
@@ -77,8 +76,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_ENCODE = encoder()  # as json.dumps
 
 _CHAT = DIALECTS["chat"]
 
@@ -584,11 +581,7 @@ class WaterfallMiddleware:
                 choices = n if type(n) is int and n > 1 else 1
                 usage_asked = upstream_payload["stream_options"]["include_usage"] is True
             del payload, upstream_payload, plan, client_headers
-            record.attempts = [_attempt_log(a) for a in served.attempts]
-            record.provider = served.deployment.provider
-            record.upstream_model = served.deployment.model
-            record.http_status = served.response.status
-            record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
+            accepted(record, served, started)
             await self._save(record)  # accepted: the record exists from now on
             charge = await self._commit(send, served, record, ranking, dialect)
             if not served.complete:  # (relayed from here: one coroutine fewer held meanwhile)
@@ -600,7 +593,7 @@ class WaterfallMiddleware:
                     drain_seconds=self.config.ledger.drain_seconds,
                     request_id=request_id,
                     closing_event=(  # (chat only: its clients stop reading at [DONE])
-                        _cost_event(charge, request_id)
+                        cost_event(charge, request_id)
                         if self.config.ledger.cost_event and dialect is _CHAT
                         else None
                     ),
@@ -614,7 +607,7 @@ class WaterfallMiddleware:
                 )
                 charge.apply(record, outcome.usage)
                 if outcome.parts or outcome.attempts:
-                    self._continued(record, outcome, charge)
+                    continued(record, outcome, charge, self._price)
                 record.status, record.error = outcome.status, outcome.error
                 if outcome.error is not None:  # (it may quote an upstream's error event)
                     record.error = router.redactor.text(outcome.error)
@@ -629,16 +622,7 @@ class WaterfallMiddleware:
                 self.refused_unauthenticated += 1
             if self._router is not None:  # an upstream's words may be in it: never a secret
                 exc.message = self._router.redactor.text(exc.message)
-            record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
-            record.http_status = exc.status
-            record.error = exc.code
-            extra = [("x-waterfall-request-id", request_id)]
-            if isinstance(exc, Exhausted):
-                record.attempts = [_attempt_log(a) for a in exc.attempts]
-                # the trail a served answer carries, where a user needs it most
-                trail = _trail(exc.attempts).encode("latin-1", "replace").decode("latin-1")
-                extra.append(("x-waterfall-attempts", trail))
-            await send_error(send, exc, extra, dialect.error_body)
+            await send_error(send, exc, refused(record, exc), dialect.error_body)
         except _Disconnected:
             record.status = "client_disconnected"
             record.error = "client went away"
@@ -669,47 +653,6 @@ class WaterfallMiddleware:
                 self.tracing.end(span, record, start_ns, method)
         except Exception:
             logger.exception("observability failed for request %s", record.id)
-
-    def _continued(self, record: UsageRecord, outcome: RelayOutcome, charge: _Charge) -> None:
-        """Record a stream the router tried to continue: the continuation's attempts, and, when
-        it was continued, the tokens and cost of every part (each priced at its own entry's
-        price, in one unit), summed, and each on its served attempt."""
-        served = [a for a in record.attempts if a["outcome"] == "served"][-1:]
-        for attempt in outcome.attempts:
-            log = _attempt_log(attempt)
-            log["continuation"] = True
-            record.attempts.append(log)
-            if attempt.outcome == "served":
-                served.append(log)
-        if not outcome.parts or outcome.deployment is None:
-            return
-        usages = [(p.deployment, p.usage) for p in outcome.parts]
-        usages.append((outcome.deployment, outcome.usage))
-        unit = charge.unit or (charge.price.unit if charge.price is not None else None)
-        tokens = [0, 0, 0]
-        counted = False
-        total: int | None = 0
-        for (deployment, usage), log, part in itertools.zip_longest(usages, served, outcome.parts):
-            price = self._price(deployment)
-            own = _Charge(self.config, price, unit or (price.unit if price else None))
-            costs = own.costs(usage)
-            if log is not None:
-                log["prompt_tokens"] = usage.prompt_tokens
-                log["completion_tokens"] = usage.completion_tokens
-                log["cost"] = costs[0] if costs is not None else None
-                if part is not None:
-                    log["ended"] = part.ended
-            if usage.has_usage:
-                counted = True
-                tokens[0] += usage.prompt_tokens or 0
-                tokens[1] += usage.completion_tokens or 0
-                tokens[2] += usage.total_tokens or 0
-                total = None if costs is None or total is None else total + costs[0]
-        if counted:
-            record.prompt_tokens, record.completion_tokens, record.total_tokens = tokens
-        record.cost = total if counted and total is not None else None
-        record.cost_unit = unit if record.cost is not None else None
-        record.reference_cost = None
 
     async def _save(self, record: UsageRecord) -> None:
         try:
@@ -872,7 +815,7 @@ class WaterfallMiddleware:
         record: UsageRecord,
         ranking: Ranking | None,
         dialect: Dialect,
-    ) -> _Charge:
+    ) -> Charge:
         """Send the response start (and a whole body, recorded); return how to price the
         tokens of a stream, which the caller then relays."""
         response = served.response
@@ -881,14 +824,16 @@ class WaterfallMiddleware:
             (b"x-waterfall-request-id", record.id.encode()),
             (b"x-waterfall-provider", _header(served.deployment.provider)),
             (b"x-waterfall-model", _header(served.deployment.model)),
-            (b"x-waterfall-attempts", _header(_trail(served.attempts))),
+            (b"x-waterfall-attempts", _header(trail(served.attempts))),
         ]
         price = self._price(served.deployment)
-        charge = _Charge(self.config, price)
+        charge = Charge(self.config, price)
         if ranking is not None:
-            headers.append((b"x-waterfall-estimated-cost", _estimate(ranking, served.deployment)))
+            headers.append(
+                (b"x-waterfall-estimated-cost", estimated_cost(ranking, served.deployment))
+            )
             reference = ranking.reference.price if ranking.reference else None
-            charge = _Charge(self.config, price, ranking.unit, reference)
+            charge = Charge(self.config, price, ranking.unit, reference)
         if served.complete:
             headers.append((b"content-length", str(len(served.prefix)).encode()))
             await send(
@@ -914,71 +859,6 @@ class WaterfallMiddleware:
 
 _STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
 """The statuses of a stream that failed after it began: the entry's fault."""
-
-
-def _estimate(ranking: Ranking, deployment: Deployment) -> bytes:
-    """The ``x-waterfall-estimated-cost`` of the ranked candidate that served."""
-    key = deployment.key
-    chosen = next(c for c in ranking.ranked if c.deployment.key == key)
-    return _header(f"{ceil_units(chosen.estimate or Decimal(0))} {ranking.unit}")
-
-
-def _cost_event(charge: _Charge, request_id: str) -> Callable[[UsageResult], bytes | None]:
-    """The ``waterfall.cost`` event a clean stream ends with (see ``ledger.cost_event``)."""
-
-    def cost_event(usage: UsageResult) -> bytes | None:
-        costs = charge.costs(usage)
-        if costs is None:
-            return None
-        data = {"id": request_id, "cost": costs[0], "unit": costs[1]}  # as in the ledger
-        return b"event: waterfall.cost\ndata: " + _ENCODE(data).encode() + b"\n\n"
-
-    return cost_event
-
-
-class _Charge:
-    """How a request's tokens are priced: the deployment that served, the unit to record the
-    cost in (a route's, or the price's own), and what the route's reference would have cost."""
-
-    __slots__ = ("config", "price", "reference", "unit")
-
-    def __init__(
-        self,
-        config: RouterConfig,
-        price: Price | None,
-        unit: str | None = None,
-        reference: Price | None = None,
-    ) -> None:
-        self.config, self.price, self.unit, self.reference = config, price, unit, reference
-
-    def apply(self, record: UsageRecord, usage: UsageResult) -> None:
-        """Copy the tokens a response reported into ``record``, and price them exactly."""
-        record.prompt_tokens = usage.prompt_tokens
-        record.completion_tokens = usage.completion_tokens
-        record.total_tokens = usage.total_tokens
-        costs = self.costs(usage)
-        if costs is not None:
-            record.cost, record.cost_unit, record.reference_cost = costs
-
-    def costs(self, usage: UsageResult) -> tuple[int, str, int | None] | None:
-        """``(cost, unit, reference cost)`` of the reported tokens (``None``: no price or no
-        usage). A reference that cannot be converted into the unit has no cost (``None``)."""
-        if self.price is None or not usage.has_usage:
-            return None
-        tokens = (usage.prompt_tokens or 0, usage.completion_tokens or 0)
-        unit = self.unit or self.price.unit
-        cost = self._in(unit, self.price, *tokens)
-        if cost is None:  # pragma: no cover - a ranked candidate always converts
-            return None
-        reference = self._in(unit, self.reference, *tokens) if self.reference else None
-        return cost, unit, reference
-
-    def _in(self, unit: str, price: Price, prompt: int, completion: int) -> int | None:
-        try:
-            exact = convert(price.exact(prompt, completion), price.unit, unit, self.config)
-        except LookupError:
-            return None
-        return ceil_units(exact)
 
 
 def _default_cooldowns(config: RouterConfig, clock: Callable[[], float]) -> CooldownStore:
@@ -1075,40 +955,3 @@ def _bounded(text: str, limit: int = 256) -> str:
     """``text``, cut to ``limit`` characters (marked with an ellipsis): for echoes of what a
     client sent, in messages and records."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _trail(attempts: list[Attempt]) -> str:
-    return ", ".join(
-        f"{a.entry} {a.status if a.status is not None else a.outcome}"
-        if not a.kind and a.outcome not in _SHOWN
-        else _step(a)
-        for a in attempts
-    )
-
-
-_SHOWN = frozenset({"retried", "waited", "too_long"})  # outcomes a status alone would hide
-
-
-def _step(a: Attempt) -> str:
-    if a.status is None:
-        text = f"{a.entry} {a.outcome}"
-    else:
-        text = f"{a.entry} {a.status}"
-        if a.outcome in _SHOWN:
-            text += f" {a.outcome}"
-    if a.kind:
-        text += f" {a.kind}"
-    return text
-
-
-def _attempt_log(a: Attempt) -> dict[str, Any]:
-    log = {
-        "entry": a.entry,
-        "outcome": a.outcome,
-        "status": a.status,
-        "elapsed_ms": round(a.elapsed * 1000, 3),
-        "cooldown_s": a.cooldown,
-    }
-    if a.kind:
-        log["kind"] = a.kind
-    return log
