@@ -28,7 +28,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,14 @@ import httpx
 
 from ._bodytimer import BodyTimer
 from ._charges import Charge, continued, cost_event, estimated_cost
+from ._defaults import (
+    config_problem,
+    default_cooldowns,
+    default_ledger,
+    misconfigured,
+    startup_failure,
+    unconfigured,
+)
 from ._fastjson import decode_request
 from ._records import accepted, refused, trail
 from .config import (
@@ -47,11 +54,10 @@ from .config import (
     load_config,
 )
 from .continuation import Continuation
-from .cooldown import CooldownStore, InMemoryCooldownStore
+from .cooldown import CooldownStore
 from .cost import (
     PromptEstimator,
     Ranking,
-    convert,
     estimate_prompt_tokens,
     rank,
     request_limits,
@@ -59,7 +65,7 @@ from .cost import (
 from .dialects import DIALECTS, Dialect
 from .dialects.chat import with_usage
 from .errors import RouterError, send_error
-from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
+from .ledger import LedgerStore, UsageRecord, new_request_id
 from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
 from .relay import ClientWatch, WatchStarter, relay_stream
@@ -136,9 +142,9 @@ class WaterfallMiddleware:
         try:
             self.config = load_config(config)
         except ConfigError as exc:
-            self.config, self.config_error = _unconfigured(config), exc
+            self.config, self.config_error = unconfigured(config), exc
         self.health_path = health_path
-        self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
+        self.ledger: LedgerStore = ledger if ledger is not None else default_ledger(self.config)
         self.on_complete = on_complete
         self.prompt_estimator = prompt_estimator
         self.price_book = PriceBook(self.config)
@@ -146,29 +152,15 @@ class WaterfallMiddleware:
         """Prices imported from providers (``provider/model`` -> price); config prices win."""
         self._listed_prices = self.config.listed_prices()  # the config never changes here
         self._refresher: asyncio.Task[None] | None = None
-        importing = {n for n, p in self.config.providers.items() if p.import_prices}
-        static = [
-            key
-            for key in missing_prices(self.config, self.price_book)
-            if key.partition("/")[0] not in importing
-        ]
-        if static and self.config_error is None:  # no import can ever price these
-            self.config_error = ConfigError(f"routes: no price for {', '.join(static)}")
-        for name, route in self.config.routes.items():
-            reference = self.config.price_of(route.reference) if route.reference else None
-            if reference is not None and route.unit is not None:
-                try:
-                    convert(Decimal(1), reference.unit, route.unit, self.config)
-                except LookupError as exc:
-                    if self.config_error is None:
-                        self.config_error = ConfigError(f"routes.{name}.reference: {exc}")
+        if self.config_error is None:
+            self.config_error = config_problem(self.config, self.price_book)
         self._transport = transport
         self._given_client = client
         self._given = upstream
         self._upstream: Upstream | None = None
         self.clock = clock
         self.cooldowns = (
-            cooldowns if cooldowns is not None else _default_cooldowns(self.config, clock)
+            cooldowns if cooldowns is not None else default_cooldowns(self.config, clock)
         )
         self._router: Router | None = None
         self._lock = asyncio.Lock()
@@ -327,20 +319,14 @@ class WaterfallMiddleware:
         to the log, once: a client never sees the config)."""
         if not self._told:
             self._told = True
-            logger.error("%s", _startup_failure(self.config_error))
-        return RouterError(
-            503,
-            "The router's config is invalid, so it serves no requests: the server's log says "
-            "why (`waterfall-asgi check-config FILE` checks a config file).",
-            "server_error",
-            "router_misconfigured",
-        )
+            logger.error("%s", startup_failure(self.config_error))
+        return misconfigured()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.config_error is not None:  # the server must not start, nor pretend to
             message = await receive()
             if message["type"] == "lifespan.startup":
-                failure = _startup_failure(self.config_error)
+                failure = startup_failure(self.config_error)
                 await send({"type": "lifespan.startup.failed", "message": failure})
             return
         state = {"startup": False, "answered": False, "done": False}
@@ -382,7 +368,7 @@ class WaterfallMiddleware:
         try:
             await self.startup()
         except ConfigError as exc:  # e.g. prices that could not be imported
-            await send({"type": "lifespan.startup.failed", "message": _startup_failure(exc)})
+            await send({"type": "lifespan.startup.failed", "message": startup_failure(exc)})
             return
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
@@ -859,53 +845,6 @@ class WaterfallMiddleware:
 
 _STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
 """The statuses of a stream that failed after it began: the entry's fault."""
-
-
-def _default_cooldowns(config: RouterConfig, clock: Callable[[], float]) -> CooldownStore:
-    settings = config.cooldowns
-    if settings.url is None:
-        return InMemoryCooldownStore()
-    from .cooldown_redis import RedisCooldownStore
-
-    return RedisCooldownStore(
-        settings.url.get_secret_value(),
-        prefix=settings.prefix,
-        timeout=settings.timeout,
-        connect_timeout=settings.connect_timeout,
-        heartbeat=settings.heartbeat,
-        clock=clock,
-    )
-
-
-def _unconfigured(source: object) -> RouterConfig:
-    """The stand-in config of a middleware whose own config cannot be used: no providers, and
-    the given prefix when it can be read, so that the router's routes still answer (503)."""
-    prefix = source.get("prefix") if isinstance(source, Mapping) else None
-    bare = {"providers": {}, "ledger": {"path": None}}  # nothing to open, nothing to write
-    try:
-        return RouterConfig.model_validate({**bare, "prefix": prefix or "/v1"})
-    except ValueError:
-        return RouterConfig.model_validate(bare)
-
-
-def _startup_failure(error: ConfigError | None) -> str:
-    """What a failed startup says about a config that cannot be used."""
-    lines = "\n".join(f"  {line}" for line in str(error).splitlines())
-    return f"waterfall-asgi: the router's config is invalid, so it cannot start:\n{lines}"
-
-
-def _default_ledger(config: RouterConfig) -> LedgerStore:
-    settings = config.ledger
-    url = settings.database_url()
-    if url is not None:
-        from .ledger_postgres import PostgresLedger
-
-        return PostgresLedger(url, lease=settings.lease, instance_id=settings.instance_id)
-    if settings.path is None:
-        return MemoryLedger()
-    from .ledger_sqlite import SQLiteLedger
-
-    return SQLiteLedger(settings.path, lease=settings.lease, instance_id=settings.instance_id)
 
 
 def _route_path(scope: Scope) -> str:
