@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import inspect
 import json
 import logging
@@ -43,12 +42,19 @@ from ._defaults import (
     startup_failure,
     unconfigured,
 )
-from ._fastjson import decode_request
 from ._records import accepted, refused, trail
+from ._requests import (
+    Disconnected,
+    authorize,
+    bounded,
+    checked,
+    client_headers,
+    read_json,
+    route_path,
+)
 from .config import (
     ConfigError,
     Deployment,
-    Limits,
     Price,
     RouterConfig,
     load_config,
@@ -69,7 +75,7 @@ from .ledger import LedgerStore, UsageRecord, new_request_id
 from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
 from .relay import ClientWatch, WatchStarter, relay_stream
-from .router import _NOT_FORWARDED, Router, Served
+from .router import Router, Served
 from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
 
@@ -84,10 +90,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CHAT = DIALECTS["chat"]
-
-
-class _Disconnected(Exception):
-    pass
 
 
 def _header(value: str) -> bytes:
@@ -291,7 +293,7 @@ class WaterfallMiddleware:
             await self._lifespan(scope, receive, send)
             return
         if kind == "http":
-            path = _route_path(scope)
+            path = route_path(scope)
             if path in self._routes or path == self.config.prefix + "/models":
                 await self._http(scope, receive, send, path)
                 return
@@ -305,9 +307,7 @@ class WaterfallMiddleware:
             if kind == "http":
                 await send_error(
                     send,
-                    RouterError(
-                        404, f"Unknown path {_bounded(scope['path'])}.", code="unknown_url"
-                    ),
+                    RouterError(404, f"Unknown path {bounded(scope['path'])}.", code="unknown_url"),
                 )
             elif kind == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
@@ -407,7 +407,7 @@ class WaterfallMiddleware:
                     405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
                 )
             if self.config.metrics.require_client_key:
-                self._authorize(scope)
+                authorize(scope, self.config.client_keys)
         except RouterError as exc:
             await send_error(send, exc)
             return
@@ -464,7 +464,7 @@ class WaterfallMiddleware:
         endpoint, dialect = self._routes.get(path, ("/models", _CHAT))
         try:
             router = await self._get_router()
-            self._authorize(scope, dialect)
+            authorize(scope, self.config.client_keys, dialect)
             if not accounted:
                 if scope["method"] != "GET":
                     raise RouterError(
@@ -478,47 +478,8 @@ class WaterfallMiddleware:
                 )
                 record.status, record.http_status = "success", 200
                 return
-            if scope["method"] != "POST":
-                raise RouterError(
-                    405, "Use POST.", code="method_not_allowed", headers=[("allow", "POST")]
-                )
-            payload = await self._read_json(scope, receive)
-            for required in dialect.routes[endpoint]:
-                if required not in payload:
-                    raise RouterError(
-                        400,
-                        f"Missing required parameter: {required!r}.",
-                        code="missing_required_parameter",
-                        param=required,
-                    )
-            stream = payload.get("stream", False)
-            if not isinstance(stream, bool) and stream is not None:
-                raise RouterError(
-                    400, "'stream' must be a boolean.", code="invalid_type", param="stream"
-                )
-            stream = bool(stream)
-            if stream and endpoint in dialect.not_streamed:
-                raise RouterError(
-                    400,
-                    f"{endpoint} cannot be streamed.",
-                    code="invalid_value",
-                    param="stream",
-                )
-            model = payload.get("model")
-            if model is not None and not isinstance(model, str):
-                raise RouterError(
-                    400, "'model' must be a string.", code="invalid_type", param="model"
-                )
-            if model is not None and len(model) > self.config.limits.max_model_length:
-                record.model = _bounded(model)
-                raise RouterError(
-                    400,
-                    f"'model' is longer than {self.config.limits.max_model_length} characters: "
-                    f"{_bounded(model)!r}.",
-                    code="invalid_value",
-                    param="model",
-                )
-            record.model, record.stream = model, stream
+            payload = await read_json(scope, receive, self.config.limits, self._body_timer)
+            stream, model = checked(payload, endpoint, dialect, self.config.limits, record)
             ranking = None
             if model is not None and model in self.config.routes:
                 ranking = self._rank(model, payload, scope)
@@ -535,12 +496,12 @@ class WaterfallMiddleware:
             current = asyncio.current_task()
             assert current is not None
             watch = self._watches.watch(receive, current.cancel)
-            client_headers = _client_headers(scope, self.config.limits)
+            headers = client_headers(scope, self.config.limits)
             try:
                 if tracing is not None:
-                    client_headers = tracing.upstream_headers(client_headers, span)
+                    headers = tracing.upstream_headers(headers, span)
                 served = await router.run(
-                    label, plan, endpoint, upstream_payload, client_headers, stream, dialect
+                    label, plan, endpoint, upstream_payload, headers, stream, dialect
                 )
             except asyncio.CancelledError:
                 if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
@@ -551,7 +512,7 @@ class WaterfallMiddleware:
             finally:
                 watch.on_gone = None  # no await since run() returned: nothing cancels now
             continuation = (
-                Continuation(router, label, plan, endpoint, upstream_payload, client_headers)
+                Continuation(router, label, plan, endpoint, upstream_payload, headers)
                 if self.config.policy.continue_streams
                 and stream
                 and Continuation.possible(self.config, endpoint, upstream_payload, plan)
@@ -566,7 +527,7 @@ class WaterfallMiddleware:
                 n = payload.get("n")
                 choices = n if type(n) is int and n > 1 else 1
                 usage_asked = upstream_payload["stream_options"]["include_usage"] is True
-            del payload, upstream_payload, plan, client_headers
+            del payload, upstream_payload, plan, headers
             accepted(record, served, started)
             await self._save(record)  # accepted: the record exists from now on
             charge = await self._commit(send, served, record, ranking, dialect)
@@ -609,7 +570,7 @@ class WaterfallMiddleware:
             if self._router is not None:  # an upstream's words may be in it: never a secret
                 exc.message = self._router.redactor.text(exc.message)
             await send_error(send, exc, refused(record, exc), dialect.error_body)
-        except _Disconnected:
+        except Disconnected:
             record.status = "client_disconnected"
             record.error = "client went away"
         except asyncio.CancelledError:
@@ -657,65 +618,6 @@ class WaterfallMiddleware:
                 await outcome
         except Exception:  # the hook's errors never reach the client
             logger.exception("on_complete hook failed for request %s", record.id)
-
-    def _authorize(self, scope: Scope, dialect: Dialect = _CHAT) -> None:
-        keys = self.config.client_keys
-        if not keys:
-            return
-        token = dialect.client_key(scope["headers"]) or b""
-        ok = False
-        for key in keys:  # compare with every key, in constant time
-            ok |= hmac.compare_digest(token, key.get_secret_value().encode())
-        if not token or not ok:
-            raise RouterError(
-                401,
-                f"Missing or invalid API key: {dialect.auth_hint}.",
-                code="invalid_api_key",
-                headers=[("www-authenticate", "Bearer")],
-            )
-
-    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        limit = self.config.limits.max_body_bytes
-        for name, value in scope["headers"]:
-            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-                raise RouterError(
-                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
-                )
-        body = bytearray()
-        timer = self._body_timer  # (what asyncio.timeout does, on one timer for all requests)
-        task = timer.start()
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Disconnected
-                body += message.get("body", b"")
-                if len(body) > limit:
-                    raise RouterError(
-                        413, f"Request body larger than {limit} bytes.", code="request_too_large"
-                    )
-                if not message.get("more_body", False):
-                    break
-        except asyncio.CancelledError:
-            if timer.stop(task) and task.uncancel() == 0:
-                raise RouterError(
-                    408,
-                    f"The request body did not arrive within {timer.seconds:g}s.",
-                    code="request_timeout",
-                    headers=[("connection", "close")],  # the rest of the body is not awaited
-                ) from None
-            raise
-        finally:
-            timer.stop(task)
-        try:
-            payload = decode_request(bytes(body), self.config.limits.max_json_depth)
-        except ValueError as exc:
-            raise RouterError(
-                400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
-            ) from None
-        if not isinstance(payload, dict):
-            raise RouterError(400, "The request body must be a JSON object.", code="invalid_json")
-        return payload
 
     def _models(self, router: Router) -> bytes:
         """The model list: each cost route, chain and model, with its entries and the APIs
@@ -845,52 +747,3 @@ class WaterfallMiddleware:
 
 _STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
 """The statuses of a stream that failed after it began: the entry's fault."""
-
-
-def _route_path(scope: Scope) -> str:
-    """The path below the mount point (``root_path``), as Starlette's routing sees it."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :] or "/"
-    return path
-
-
-# What the router never forwards (see forwarded_headers), dropped before the headers are
-# decoded; but for Connection: what it names is dropped too, so the router must see it.
-_NOT_DECODED = frozenset(name.encode() for name in _NOT_FORWARDED if name != "connection")
-
-
-def _client_headers(scope: Scope, limits: Limits) -> list[tuple[str, str]]:
-    """The request's headers for the router, decoded, less those it would drop anyway, those
-    larger than ``limits.max_header_bytes`` and those beyond ``limits.max_forwarded_headers``
-    (each drop of the last two kinds logged, by header name)."""
-    largest = limits.max_header_bytes
-    headers: list[tuple[str, str]] = []
-    oversized: list[str] = []
-    for k, v in scope["headers"]:
-        if len(k) + len(v) > largest:
-            oversized.append(_bounded(k.decode("latin-1"), 64))
-        elif k.lower() not in _NOT_DECODED:
-            headers.append((k.decode("latin-1"), v.decode("latin-1")))
-    if oversized:
-        logger.warning(
-            "not forwarded upstream: %d header(s) over %d bytes (%s)",
-            len(oversized),
-            largest,
-            ", ".join(oversized[:8]),
-        )
-    if len(headers) > limits.max_forwarded_headers:
-        logger.warning(
-            "not forwarded upstream: %d header(s) beyond the first %d",
-            len(headers) - limits.max_forwarded_headers,
-            limits.max_forwarded_headers,
-        )
-        del headers[limits.max_forwarded_headers :]
-    return headers
-
-
-def _bounded(text: str, limit: int = 256) -> str:
-    """``text``, cut to ``limit`` characters (marked with an ellipsis): for echoes of what a
-    client sent, in messages and records."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
