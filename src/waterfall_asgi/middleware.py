@@ -42,6 +42,7 @@ from ._defaults import (
     startup_failure,
     unconfigured,
 )
+from ._endpoints import health, model_list, send_whole, serve_metrics
 from ._records import accepted, refused, trail
 from ._requests import (
     Disconnected,
@@ -380,73 +381,20 @@ class WaterfallMiddleware:
         if self.config_error is not None:
             await send_error(send, self._misconfigured())
             return
-        body = b'{"status":"ok"}'
-        status = 200 if scope["method"] in ("GET", "HEAD") else 405
-        if status == 405:
-            await send_error(
-                send,
-                RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
-            )
-            return
-        stores = {}  # a shared store says whether it is shared right now (nothing secret)
-        for name, store in (("cooldowns", self.cooldowns), ("ledger", self.ledger)):
-            describe = getattr(store, "health", None)
-            if describe is not None:
-                stores[name] = describe()
-        if stores:
-            ok = all(store.get("state") == "ok" for store in stores.values())
-            body = json.dumps({"status": "ok" if ok else "degraded", **stores}).encode()
-        await self._send_json(send, 200, body, [])
+        await health(scope, send, {"cooldowns": self.cooldowns, "ledger": self.ledger})
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
-        metrics = self.metrics
-        assert metrics is not None
-        try:
-            if scope["method"] not in ("GET", "HEAD"):
-                raise RouterError(
-                    405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
-                )
-            if self.config.metrics.require_client_key:
-                authorize(scope, self.config.client_keys)
-        except RouterError as exc:
-            await send_error(send, exc)
-            return
-        try:
-            metrics.set_cooling(await self.cooldowns.snapshot(), now=self.clock())
-        except Exception:  # a store that does not answer leaves the gauge as it was
-            logger.warning("metrics: the cooldown store could not be read", exc_info=True)
-        if self._router is not None:
-            metrics.set_circuits(self._router.circuits.values())
-        metrics.sample_ledger(self.ledger)
-        content_type, body = metrics.exposition()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        assert self.metrics is not None
+        await serve_metrics(
+            scope,
+            send,
+            self.metrics,
+            keys=self.config.client_keys if self.config.metrics.require_client_key else (),
+            cooldowns=self.cooldowns,
+            ledger=self.ledger,
+            router=self._router,
+            clock=self.clock,
         )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _send_json(
-        self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     # -- the router's routes -------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -470,10 +418,10 @@ class WaterfallMiddleware:
                     raise RouterError(
                         405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
                     )
-                await self._send_json(
+                await send_whole(
                     send,
                     200,
-                    self._models(router),
+                    model_list(self.config, router, self._price),
                     [(b"x-waterfall-request-id", request_id.encode())],
                 )
                 record.status, record.http_status = "success", 200
@@ -618,53 +566,6 @@ class WaterfallMiddleware:
                 await outcome
         except Exception:  # the hook's errors never reach the client
             logger.exception("on_complete hook failed for request %s", record.id)
-
-    def _models(self, router: Router) -> bytes:
-        """The model list: each cost route, chain and model, with its entries and the APIs
-        (dialects) it serves (those some entry's provider speaks)."""
-        data: list[dict[str, Any]] = []
-        for name, route in self.config.routes.items():
-            entries = [
-                d
-                for d in (route.deployments or self.config.all_deployments())
-                if self._price(d) is not None
-            ]
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "waterfall-asgi",
-                    "waterfall": {
-                        "kind": "route",
-                        "min_quality": str(route.min_quality),
-                        "entries": [d.key for d in entries],
-                        "apis": self._apis(entries),
-                    },
-                }
-            )
-        for name in router.models():
-            label, plan = router.plan(name)
-            kind = "chain" if name in self.config.chains else "model"
-            data.append(
-                {
-                    "id": label,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "waterfall-asgi",
-                    "waterfall": {
-                        "kind": kind,
-                        "entries": [d.key for d in plan],
-                        "apis": self._apis(plan),
-                    },
-                }
-            )
-        return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
-
-    def _apis(self, entries: list[Deployment]) -> list[str]:
-        """The APIs some provider of ``entries`` speaks, in the order of :data:`DIALECTS`."""
-        spoken = {api for d in entries for api in self.config.providers[d.provider].apis}
-        return [name for name in DIALECTS if name in spoken]
 
     def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
         """Rank the route's candidates, with the request's own quality bar and budget."""
