@@ -10,14 +10,13 @@ kind of call (``probe``, ``fail_open``) when it was not an ordinary one.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from .errors import RouterError
 from .ledger import UsageRecord
-from .router import Attempt, Exhausted, Served
+from .router import Attempt, Exhausted
 
-__all__ = ["accepted", "attempt_log", "refused", "trail"]
+__all__ = ["attempt_log", "refused", "trail"]
 
 _SHOWN = frozenset({"retried", "waited", "too_long"})  # outcomes a status alone would hide
 
@@ -56,16 +55,6 @@ def attempt_log(a: Attempt) -> dict[str, Any]:
     if a.kind:
         log["kind"] = a.kind
     return log
-
-
-def accepted(record: UsageRecord, served: Served, started: float) -> None:
-    """Note on ``record`` the upstream answer accepted, ``time.monotonic()`` being ``started``
-    at the request's start: its attempts, entry, status and time to first byte."""
-    record.attempts = [attempt_log(a) for a in served.attempts]
-    record.provider = served.deployment.provider
-    record.upstream_model = served.deployment.model
-    record.http_status = served.response.status
-    record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
 
 
 def refused(record: UsageRecord, exc: RouterError) -> list[tuple[str, str]]:

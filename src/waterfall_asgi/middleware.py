@@ -26,7 +26,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ._defaults import (
     unconfigured,
 )
 from ._endpoints import health, model_list, send_whole, serve_metrics
-from ._records import accepted, refused, trail
+from ._records import attempt_log, refused, trail
 from ._requests import (
     Disconnected,
     authorize,
@@ -75,7 +75,7 @@ from .errors import RouterError, send_error
 from .ledger import LedgerStore, UsageRecord, new_request_id
 from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
-from .relay import ClientWatch, WatchStarter, relay_stream
+from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
 from .router import Router, Served
 from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
@@ -91,6 +91,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CHAT = DIALECTS["chat"]
+_MODEL_LIST = ("/models", _CHAT)  # (the endpoint and dialect of GET {prefix}/models)
+
+_Relaying = tuple[str, bool, int, bool, Continuation | None, Callable[[bytes], bytes], Dialect]
+"""What the relay of a stream needs to know of its request (see :func:`relay_stream`): its id,
+whether to strip the usage the router asked for, the choices and usage a whole answer holds,
+the continuation (if it may be continued), the redaction of what is sent, and the dialect.
+Only this is kept while a stream is relayed (it may take minutes): the request's JSON and plan
+are let go at once, but for a stream that may be continued. (What a request holds while it
+waits also sets the garbage collector off sooner: see the benchmarks.) A plain tuple: the
+relay's set-up is on every stream's way."""
 
 
 def _header(value: str) -> bytes:
@@ -178,6 +188,7 @@ class WaterfallMiddleware:
             for dialect in DIALECTS.values()
             for route in dialect.routes
         }
+        self._models_path = prefix + "/models"
         self.metrics = metrics
         """The Prometheus metrics fed (given, or made when ``metrics.enabled``; else ``None``)."""
         self.tracing = tracing
@@ -295,7 +306,7 @@ class WaterfallMiddleware:
             return
         if kind == "http":
             path = route_path(scope)
-            if path in self._routes or path == self.config.prefix + "/models":
+            if path in self._routes or path == self._models_path:
                 await self._http(scope, receive, send, path)
                 return
             if self.health_path is not None and path == self.health_path:
@@ -398,145 +409,242 @@ class WaterfallMiddleware:
 
     # -- the router's routes -------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        request_id = new_request_id()
+        """One request to the router's routes, top to bottom: checked, planned, sent down the
+        waterfall, answered, and recorded at the end whatever happened. (A stream is relayed
+        from here: no coroutine of ours sits between this one and the relay's, which every
+        chunk would pass through.)"""
         started = time.monotonic()
-        tracing = self.tracing
-        span: Any = None  # the request's span, when tracing
-        start_ns = 0
-        if tracing is not None:
-            start_ns = time.time_ns()
-            span = tracing.begin(scope, start_ns)
-        record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
+        start_ns = time.time_ns() if self.tracing is not None else 0
+        span = self.tracing.begin(scope, start_ns) if self.tracing is not None else None
+        record = UsageRecord(id=new_request_id(), started_at=self.clock(), route=path)
+        endpoint, dialect = self._routes.get(path, _MODEL_LIST)
+        accounted = path != self._models_path  # the ledger does not count model lists
         watch: ClientWatch | None = None
-        accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
-        endpoint, dialect = self._routes.get(path, ("/models", _CHAT))
         try:
-            router = await self._get_router()
+            router = self._router if self._router is not None else await self._get_router()
             authorize(scope, self.config.client_keys, dialect)
             if not accounted:
-                if scope["method"] != "GET":
-                    raise RouterError(
-                        405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
-                    )
-                await send_whole(
-                    send,
-                    200,
-                    model_list(self.config, router, self._price),
-                    [(b"x-waterfall-request-id", request_id.encode())],
-                )
-                record.status, record.http_status = "success", 200
+                await self._list_models(scope, send, router, record)
                 return
             payload = await read_json(scope, receive, self.config.limits, self._body_timer)
             stream, model = checked(payload, endpoint, dialect, self.config.limits, record)
-            ranking = None
-            if model is not None and model in self.config.routes:
-                ranking = self._rank(model, payload, scope)
-                label, plan = model, ranking.plan
-            else:
-                label, plan = router.plan(model)
-            record.model = label
-            upstream_payload, injected = (
-                dialect.usage_request(payload, stream) if stream else (payload, False)
-            )
+            label, plan, ranking = self._plan(router, model, payload, scope, record)
             # One task listens for a disconnect for the rest of the request (if it runs long
             # enough to start it: see WatchStarter): until an upstream is accepted, a
             # disconnect cancels the waterfall; then the relay takes it over.
             current = asyncio.current_task()
             assert current is not None
             watch = self._watches.watch(receive, current.cancel)
-            headers = client_headers(scope, self.config.limits)
-            try:
-                if tracing is not None:
-                    headers = tracing.upstream_headers(headers, span)
-                served = await router.run(
-                    label, plan, endpoint, upstream_payload, headers, stream, dialect
-                )
-            except asyncio.CancelledError:
-                if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
-                    raise
-                record.status = "client_disconnected"
-                record.error = "client went away before an upstream answered"
-                return
-            finally:
-                watch.on_gone = None  # no await since run() returned: nothing cancels now
-            continuation = (
-                Continuation(router, label, plan, endpoint, upstream_payload, headers)
-                if self.config.policy.continue_streams
-                and stream
-                and Continuation.possible(self.config, endpoint, upstream_payload, plan)
-                else None
+            answer = await self._run_waterfall(
+                router, label, plan, endpoint, payload, stream, dialect, scope, span, watch, record
             )
-            # The request's JSON and the plan are not needed while the answer is relayed (a
-            # stream may take minutes): let them go now, not at the end (but for a stream that
-            # may be continued). (What a request holds while it waits also sets the garbage
-            # collector off sooner: see the benchmarks.)
-            choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
-            if stream and dialect is _CHAT:  # (with_usage made stream_options a mapping)
-                n = payload.get("n")
-                choices = n if type(n) is int and n > 1 else 1
-                usage_asked = upstream_payload["stream_options"]["include_usage"] is True
-            del payload, upstream_payload, plan, headers
-            accepted(record, served, started)
-            await self._save(record)  # accepted: the record exists from now on
-            charge = await self._commit(send, served, record, ranking, dialect)
-            if not served.complete:  # (relayed from here: one coroutine fewer held meanwhile)
-                outcome = await relay_stream(
-                    served,
-                    send,
-                    receive,
-                    strip_usage=injected,
-                    drain_seconds=self.config.ledger.drain_seconds,
-                    request_id=request_id,
-                    closing_event=(  # (chat only: its clients stop reading at [DONE])
-                        cost_event(charge, request_id)
-                        if self.config.ledger.cost_event and dialect is _CHAT
-                        else None
-                    ),
-                    watch=watch,
-                    choices=choices,
-                    usage=usage_asked,
-                    stall=self.config.providers[served.deployment.provider].timeouts.stall,
-                    continuation=continuation,
-                    redact=router.redactor.bytes,
-                    dialect=dialect,
-                )
-                charge.apply(record, outcome.usage)
-                if outcome.parts or outcome.attempts:
-                    continued(record, outcome, charge, self._price)
-                record.status, record.error = outcome.status, outcome.error
-                if outcome.error is not None:  # (it may quote an upstream's error event)
-                    record.error = router.redactor.text(outcome.error)
-                if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
-                    for part in outcome.parts:
-                        router.stream_failed(part.deployment)
-                    if outcome.status in _STREAM_FAILED:
-                        router.stream_failed(outcome.deployment or served.deployment)
+            if answer is None:  # the client went away before an upstream answered
+                return
+            served, relaying = answer
+            del payload, plan  # not needed while the answer is relayed: see _Relaying
+            charge = await self._commit(send, served, record, ranking, dialect, started)
+            if relaying is not None:  # not complete: the rest is relayed
+                outcome = await self._relay(served, send, receive, watch, charge, relaying)
+                self._relayed(record, outcome, charge, router, served)
         except RouterError as exc:
             if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
                 accounted = False
                 self.refused_unauthenticated += 1
-            if self._router is not None:  # an upstream's words may be in it: never a secret
-                exc.message = self._router.redactor.text(exc.message)
-            await send_error(send, exc, refused(record, exc), dialect.error_body)
+            await self._answer_error(send, exc, record, dialect)
         except Disconnected:
-            record.status = "client_disconnected"
-            record.error = "client went away"
+            record.status, record.error = "client_disconnected", "client went away"
         except asyncio.CancelledError:
             record.status, record.error = "interrupted", "cancelled (server shutting down?)"
             raise
         finally:
             if watch is not None:
                 watch.close()
-            record.duration_ms = round((time.monotonic() - started) * 1000, 3)
-            if record.status == "pending":  # an unexpected exception: still a terminal status
-                record.status, record.error = "upstream_error", "internal error"
-            if accounted:
-                await self._finish(record)
-            if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
-                fields = {"method": scope["method"], **record.to_dict()}
-                logger.info(json.dumps(fields), extra={"waterfall_request": fields})
-            if self.metrics is not None or span is not None:
-                self._observe(record, span, start_ns, scope["method"])
+            await self._finish_request(record, started, accounted, scope["method"], span, start_ns)
+
+    async def _list_models(
+        self, scope: Scope, send: Send, router: Router, record: UsageRecord
+    ) -> None:
+        """Answer ``GET {prefix}/models`` (see :func:`model_list`)."""
+        if scope["method"] != "GET":
+            raise RouterError(
+                405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
+            )
+        await send_whole(
+            send,
+            200,
+            model_list(self.config, router, self._price),
+            [(b"x-waterfall-request-id", record.id.encode())],
+        )
+        record.status, record.http_status = "success", 200
+
+    def _plan(
+        self,
+        router: Router,
+        model: str | None,
+        payload: Mapping[str, Any],
+        scope: Scope,
+        record: UsageRecord,
+    ) -> tuple[str, list[Deployment], Ranking | None]:
+        """The request's label and its candidates in order (noting the label on ``record``):
+        a cost route's, ranked for this request (the ranking is kept: it says what the
+        candidate that serves was estimated to cost), else the chain's or model's."""
+        if model is not None and model in self.config.routes:
+            ranking = self._rank(model, payload, scope)
+            label, plan = model, ranking.plan
+        else:
+            ranking = None
+            label, plan = router.plan(model)
+        record.model = label
+        return label, plan, ranking
+
+    async def _run_waterfall(
+        self,
+        router: Router,
+        label: str,
+        plan: list[Deployment],
+        endpoint: str,
+        payload: dict[str, Any],
+        stream: bool,
+        dialect: Dialect,
+        scope: Scope,
+        span: Any,
+        watch: ClientWatch,
+        record: UsageRecord,
+    ) -> tuple[Served, _Relaying | None] | None:
+        """The upstream answer accepted (see :meth:`Router.run`; the client's headers passed
+        on, with the trace context of the request's ``span`` when tracing), and, unless it is
+        complete, what its relay needs to know of the request; ``None`` if the client went
+        away first (its ``watch`` cancelled the waterfall; noted on ``record``)."""
+        sent, injected = dialect.usage_request(payload, stream) if stream else (payload, False)
+        headers = client_headers(scope, self.config.limits)
+        try:
+            if self.tracing is not None:
+                headers = self.tracing.upstream_headers(headers, span)
+            served = await router.run(label, plan, endpoint, sent, headers, stream, dialect)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            assert current is not None
+            if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
+                raise
+            record.status = "client_disconnected"
+            record.error = "client went away before an upstream answered"
+            return None
+        finally:
+            watch.on_gone = None  # no await since run() returned: nothing cancels now
+        if served.complete:  # nothing to relay
+            return served, None
+        continuation = (
+            Continuation(router, label, plan, endpoint, sent, headers)
+            if self.config.policy.continue_streams
+            and stream
+            and Continuation.possible(self.config, endpoint, sent, plan)
+            else None
+        )
+        choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
+        if stream and dialect is _CHAT:  # (with_usage made stream_options a mapping)
+            n = payload.get("n")
+            choices = n if type(n) is int and n > 1 else 1
+            usage_asked = sent["stream_options"]["include_usage"] is True
+        redact = router.redactor.bytes
+        return served, (record.id, injected, choices, usage_asked, continuation, redact, dialect)
+
+    def _relay(
+        self,
+        served: Served,
+        send: Send,
+        receive: Receive,
+        watch: ClientWatch,
+        charge: Charge,
+        relaying: _Relaying,
+    ) -> Coroutine[Any, Any, RelayOutcome]:
+        """The relay of the rest of ``served`` (its response start sent): a coroutine for the
+        request's own to await, not a coroutine of ours around it (see :meth:`_http`)."""
+        request_id, strip_usage, choices, usage, continuation, redact, dialect = relaying
+        return relay_stream(
+            served,
+            send,
+            receive,
+            strip_usage=strip_usage,
+            drain_seconds=self.config.ledger.drain_seconds,
+            request_id=request_id,
+            closing_event=(  # (chat only: its clients stop reading at [DONE])
+                cost_event(charge, request_id)
+                if self.config.ledger.cost_event and dialect is _CHAT
+                else None
+            ),
+            watch=watch,
+            choices=choices,
+            usage=usage,
+            stall=self.config.providers[served.deployment.provider].timeouts.stall,
+            continuation=continuation,
+            redact=redact,
+            dialect=dialect,
+        )
+
+    def _relayed(
+        self,
+        record: UsageRecord,
+        outcome: RelayOutcome,
+        charge: Charge,
+        router: Router,
+        served: Served,
+    ) -> None:
+        """Record how a relayed stream ended (its tokens, cost, status and error, redacted: it
+        may quote an upstream's error event), and tell the router's health circuits of each
+        entry whose stream failed after it began."""
+        charge.apply(record, outcome.usage)
+        if outcome.parts or outcome.attempts:
+            continued(record, outcome, charge, self._price)
+        record.status, record.error = outcome.status, outcome.error
+        if outcome.error is not None:
+            record.error = router.redactor.text(outcome.error)
+        if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
+            for part in outcome.parts:
+                router.stream_failed(part.deployment)
+            if outcome.status in _STREAM_FAILED:
+                router.stream_failed(outcome.deployment or served.deployment)
+
+    async def _answer_error(
+        self, send: Send, exc: RouterError, record: UsageRecord, dialect: Dialect
+    ) -> None:
+        """Answer with ``exc`` in the dialect's error shape, and note it on ``record``."""
+        if self._router is not None:  # an upstream's words may be in it: never a secret
+            exc.message = self._router.redactor.text(exc.message)
+        await send_error(send, exc, refused(record, exc), dialect.error_body)
+
+    async def _finish_request(
+        self,
+        record: UsageRecord,
+        started: float,
+        accounted: bool,
+        method: str,
+        span: Any,
+        start_ns: int,
+    ) -> None:
+        """End the request's record (its duration; a terminal status even after an unexpected
+        exception), save it and hand it to ``on_complete`` if ``accounted``, log it, and feed
+        it to the metrics and the request's span."""
+        record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        if record.status == "pending":  # an unexpected exception: still a terminal status
+            record.status, record.error = "upstream_error", "internal error"
+        if accounted:
+            try:
+                await self.ledger.save(record)
+            except Exception:  # the ledger must never break a request
+                logger.exception("ledger save failed for request %s", record.id)
+            hook = self.on_complete
+            if hook is not None:
+                try:
+                    outcome = hook(record)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception:  # the hook's errors never reach the client
+                    logger.exception("on_complete hook failed for request %s", record.id)
+        if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
+            fields = {"method": method, **record.to_dict()}
+            logger.info(json.dumps(fields), extra={"waterfall_request": fields})
+        if self.metrics is not None or span is not None:
+            self._observe(record, span, start_ns, method)
 
     def _observe(self, record: UsageRecord, span: Any, start_ns: int, method: str) -> None:
         """Feed the finished record to the metrics and to the request's span (when tracing);
@@ -554,18 +662,6 @@ class WaterfallMiddleware:
             await self.ledger.save(record)
         except Exception:  # the ledger must never break a request
             logger.exception("ledger save failed for request %s", record.id)
-
-    async def _finish(self, record: UsageRecord) -> None:
-        await self._save(record)
-        hook = self.on_complete
-        if hook is None:
-            return
-        try:
-            outcome = hook(record)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # the hook's errors never reach the client
-            logger.exception("on_complete hook failed for request %s", record.id)
 
     def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
         """Rank the route's candidates, with the request's own quality bar and budget."""
@@ -604,9 +700,18 @@ class WaterfallMiddleware:
         record: UsageRecord,
         ranking: Ranking | None,
         dialect: Dialect,
+        started: float,
     ) -> Charge:
-        """Send the response start (and a whole body, recorded); return how to price the
-        tokens of a stream, which the caller then relays."""
+        """Record the accepted answer (its attempts, entry, status and time to first byte, the
+        request having ``started`` at that ``time.monotonic()``) and save the record: it exists
+        from now on. Then send the response start (and a whole body, recorded); return how to
+        price the tokens of a stream, which the caller then relays."""
+        record.attempts = [attempt_log(a) for a in served.attempts]
+        record.provider = served.deployment.provider
+        record.upstream_model = served.deployment.model
+        record.http_status = served.response.status
+        record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
+        await self._save(record)
         response = served.response
         headers = [
             (b"content-type", _header(response.headers.get("content-type", "application/json"))),
