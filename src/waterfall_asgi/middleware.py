@@ -53,22 +53,10 @@ from ._requests import (
     read_json,
     route_path,
 )
-from .config import (
-    ConfigError,
-    Deployment,
-    Price,
-    RouterConfig,
-    load_config,
-)
+from .config import ConfigError, Deployment, Price, RouterConfig, load_config
 from .continuation import Continuation
 from .cooldown import CooldownStore
-from .cost import (
-    PromptEstimator,
-    Ranking,
-    estimate_prompt_tokens,
-    rank,
-    request_limits,
-)
+from .cost import PromptEstimator, Ranking, estimate_prompt_tokens, rank, request_limits
 from .dialects import DIALECTS, Dialect
 from .dialects.chat import with_usage
 from .errors import RouterError, send_error
@@ -291,6 +279,8 @@ class WaterfallMiddleware:
             self._watches.close()
 
     async def _get_router(self) -> Router:
+        """The router, made on the first request where the server speaks no lifespan (a
+        request looks at :attr:`_router` first: it is set only once the config is usable)."""
         if self.config_error is not None:
             raise self._misconfigured()
         if self._router is None:
@@ -412,7 +402,13 @@ class WaterfallMiddleware:
         """One request to the router's routes, top to bottom: checked, planned, sent down the
         waterfall, answered, and recorded at the end whatever happened. (A stream is relayed
         from here: no coroutine of ours sits between this one and the relay's, which every
-        chunk would pass through.)"""
+        chunk would pass through.)
+
+        The steps' details live in private modules: ``_requests`` (the path, the client key,
+        the body and its checks, the headers passed on), ``_charges`` (what a request costs),
+        ``_records`` (its attempts, in the ledger and the ``x-waterfall-attempts`` header),
+        ``_endpoints`` (health, metrics and the model list) and ``_defaults`` (the default
+        stores, and what a config that cannot be used says)."""
         started = time.monotonic()
         start_ns = time.time_ns() if self.tracing is not None else 0
         span = self.tracing.begin(scope, start_ns) if self.tracing is not None else None
@@ -497,6 +493,28 @@ class WaterfallMiddleware:
         record.model = label
         return label, plan, ranking
 
+    def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
+        """Rank the route's candidates, with the request's own quality bar and budget."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            min_quality, budget = request_limits(
+                self.config,
+                route,
+                headers.get("x-waterfall-min-quality"),
+                headers.get("x-waterfall-budget"),
+            )
+        except ValueError as exc:
+            raise RouterError(400, str(exc), code="invalid_value") from None
+        return rank(
+            self.config,
+            route,
+            payload,
+            prices=self.prices,
+            min_quality=min_quality,
+            budget=budget,
+            estimator=self.prompt_estimator,
+        )
+
     async def _run_waterfall(
         self,
         router: Router,
@@ -547,6 +565,69 @@ class WaterfallMiddleware:
             usage_asked = sent["stream_options"]["include_usage"] is True
         redact = router.redactor.bytes
         return served, (record.id, injected, choices, usage_asked, continuation, redact, dialect)
+
+    async def _commit(
+        self,
+        send: Send,
+        served: Served,
+        record: UsageRecord,
+        ranking: Ranking | None,
+        dialect: Dialect,
+        started: float,
+    ) -> Charge:
+        """Record the accepted answer (its attempts, entry, status and time to first byte, the
+        request having ``started`` at that ``time.monotonic()``) and save the record: it exists
+        from now on. Then send the response start (and a whole body, recorded); return how to
+        price the tokens of a stream, which the caller then relays."""
+        record.attempts = [attempt_log(a) for a in served.attempts]
+        record.provider = served.deployment.provider
+        record.upstream_model = served.deployment.model
+        record.http_status = served.response.status
+        record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
+        await self._save(record)
+        response = served.response
+        headers = [
+            (b"content-type", _header(response.headers.get("content-type", "application/json"))),
+            (b"x-waterfall-request-id", record.id.encode()),
+            (b"x-waterfall-provider", _header(served.deployment.provider)),
+            (b"x-waterfall-model", _header(served.deployment.model)),
+            (b"x-waterfall-attempts", _header(trail(served.attempts))),
+        ]
+        price = self._price(served.deployment)
+        charge = Charge(self.config, price)
+        if ranking is not None:
+            headers.append(
+                (b"x-waterfall-estimated-cost", estimated_cost(ranking, served.deployment))
+            )
+            reference = ranking.reference.price if ranking.reference else None
+            charge = Charge(self.config, price, ranking.unit, reference)
+        if served.complete:
+            headers.append((b"content-length", str(len(served.prefix)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
+            charge.apply(record, served.usage or dialect.observe_body(served.prefix))
+            if response.status < 400:
+                record.status = "success"
+            else:  # a 4xx passed back as it was: the request itself was refused upstream
+                record.status, record.error = "rejected", f"upstream HTTP {response.status}"
+            return charge
+        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+        except BaseException:  # the relay never starts: release the upstream here
+            await served.aclose()
+            raise
+        return charge
+
+    async def _save(self, record: UsageRecord) -> None:
+        try:
+            await self.ledger.save(record)
+        except Exception:  # the ledger must never break a request
+            logger.exception("ledger save failed for request %s", record.id)
 
     def _relay(
         self,
@@ -628,7 +709,7 @@ class WaterfallMiddleware:
         if record.status == "pending":  # an unexpected exception: still a terminal status
             record.status, record.error = "upstream_error", "internal error"
         if accounted:
-            try:
+            try:  # (as _save, inline: one coroutine fewer on every request's way)
                 await self.ledger.save(record)
             except Exception:  # the ledger must never break a request
                 logger.exception("ledger save failed for request %s", record.id)
@@ -657,34 +738,6 @@ class WaterfallMiddleware:
         except Exception:
             logger.exception("observability failed for request %s", record.id)
 
-    async def _save(self, record: UsageRecord) -> None:
-        try:
-            await self.ledger.save(record)
-        except Exception:  # the ledger must never break a request
-            logger.exception("ledger save failed for request %s", record.id)
-
-    def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
-        """Rank the route's candidates, with the request's own quality bar and budget."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            min_quality, budget = request_limits(
-                self.config,
-                route,
-                headers.get("x-waterfall-min-quality"),
-                headers.get("x-waterfall-budget"),
-            )
-        except ValueError as exc:
-            raise RouterError(400, str(exc), code="invalid_value") from None
-        return rank(
-            self.config,
-            route,
-            payload,
-            prices=self.prices,
-            min_quality=min_quality,
-            budget=budget,
-            estimator=self.prompt_estimator,
-        )
-
     def _price(self, deployment: Deployment) -> Price | None:
         """As ``config.price_of(deployment)``, else the imported price, without walking the
         config's entries per request."""
@@ -692,63 +745,6 @@ class WaterfallMiddleware:
             return deployment.price
         key = deployment.key
         return self._listed_prices.get(key) or self.prices.get(key)
-
-    async def _commit(
-        self,
-        send: Send,
-        served: Served,
-        record: UsageRecord,
-        ranking: Ranking | None,
-        dialect: Dialect,
-        started: float,
-    ) -> Charge:
-        """Record the accepted answer (its attempts, entry, status and time to first byte, the
-        request having ``started`` at that ``time.monotonic()``) and save the record: it exists
-        from now on. Then send the response start (and a whole body, recorded); return how to
-        price the tokens of a stream, which the caller then relays."""
-        record.attempts = [attempt_log(a) for a in served.attempts]
-        record.provider = served.deployment.provider
-        record.upstream_model = served.deployment.model
-        record.http_status = served.response.status
-        record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
-        await self._save(record)
-        response = served.response
-        headers = [
-            (b"content-type", _header(response.headers.get("content-type", "application/json"))),
-            (b"x-waterfall-request-id", record.id.encode()),
-            (b"x-waterfall-provider", _header(served.deployment.provider)),
-            (b"x-waterfall-model", _header(served.deployment.model)),
-            (b"x-waterfall-attempts", _header(trail(served.attempts))),
-        ]
-        price = self._price(served.deployment)
-        charge = Charge(self.config, price)
-        if ranking is not None:
-            headers.append(
-                (b"x-waterfall-estimated-cost", estimated_cost(ranking, served.deployment))
-            )
-            reference = ranking.reference.price if ranking.reference else None
-            charge = Charge(self.config, price, ranking.unit, reference)
-        if served.complete:
-            headers.append((b"content-length", str(len(served.prefix)).encode()))
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": served.prefix, "more_body": False})
-            charge.apply(record, served.usage or dialect.observe_body(served.prefix))
-            if response.status < 400:
-                record.status = "success"
-            else:  # a 4xx passed back as it was: the request itself was refused upstream
-                record.status, record.error = "rejected", f"upstream HTTP {response.status}"
-            return charge
-        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        try:
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-        except BaseException:  # the relay never starts: release the upstream here
-            await served.aclose()
-            raise
-        return charge
 
 
 _STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
