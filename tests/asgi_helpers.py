@@ -103,3 +103,31 @@ def sse_data(body: bytes) -> list[str]:
         if lines:
             out.append("\n".join(lines))
     return out
+
+
+def sse_stream(*events: tuple[str | None, Any]) -> bytes:
+    """An SSE stream of ``(name, data)`` events (``None``: no ``event:`` line), each ``data`` a
+    JSON value (written compactly) or raw text, one ``data:`` line each, LF line ends."""
+    out = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        out.append((f"event: {name}\n" if name is not None else "") + f"data: {text}\n\n")
+    return "".join(out).encode()
+
+
+def chat_completion(model: str) -> dict[str, Any]:
+    """A small, whole Chat Completions answer from ``model`` (3 prompt and 1 completion tokens)."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hi"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }

@@ -12,7 +12,16 @@ import pytest
 
 from waterfall_asgi import demo
 from waterfall_asgi.cli import main
-from waterfall_asgi.demo import Exchange, Section, Table, header_hint, run, split_characters
+from waterfall_asgi.demo import (
+    Exchange,
+    Section,
+    Table,
+    api_verdict,
+    header_hint,
+    run,
+    split_characters,
+    tokens_in_out,
+)
 
 
 def parse_tables(output: str) -> dict[str, list[dict[str, str]]]:
@@ -58,8 +67,8 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert out.rstrip().endswith("on a router's ledger for the same table any day.")
     tables = parse_tables(out)
     assert list(tables) == [s.title for s in demo.SECTIONS]
-    storm, quota, streams, exact, router, cost, usage = tables.values()
-    assert out.count("millisatoshi") == 2  # the unit of sections 6 and 7, said in words
+    storm, quota, streams, exact, router, cost, apis, usage = tables.values()
+    assert out.count("millisatoshi") == 2  # the unit of sections 6 and 8, said in words
 
     # One 429 per header dialect, then a normal answer.
     assert [r["status"] for r in storm] == ["429"] * 6 + ["200"]
@@ -165,13 +174,42 @@ def test_the_demo_plays_every_section(capsys: pytest.CaptureFixture[str]) -> Non
     assert cost[5]["charged"] == "5372 msat"
     assert cost[5]["saved"] == "5703 msat (51.5%)"
 
+    # Three APIs through one chain: each request goes to an entry that speaks its API, the
+    # Messages-only provider's 529 and 429 fall through, and every answer arrives whole.
+    assert [(r["API"], r["request"].split(":")[0]) for r in apis] == [
+        (api, kind) for api in ("chat", "responses", "messages") for kind in ("JSON", "stream")
+    ]
+    assert {(r["status"], r["served by"]) for r in apis} == {("200", "gateway")}
+    skipped = "anthropic/fake-small skipped_api, gateway/fake-medium 200"
+    assert [r["entries tried or skipped"] for r in apis] == [
+        *[skipped] * 4,
+        "anthropic/fake-small 529 retried, anthropic/fake-small 529, gateway/fake-medium 200",
+        "anthropic/fake-small 429, gateway/fake-medium 200",
+    ]
+    assert [r["client saw"] for r in apis] == [
+        "complete: finish_reason stop",
+        "complete: [DONE]",
+        "complete: status completed",
+        "complete: response.completed",
+        "complete: stop_reason end_turn",
+        "complete: message_stop",
+    ]
+    for row in apis:  # the 529 and the 429 were the router's to see, never the client's
+        assert "429" not in row["client saw"]
+        assert "529" not in row["client saw"]
+    assert [r["tokens in/out"] for r in apis] == ["7/12"] * 6
+
     # The ledger: one record per router request, exact msat costs from the fakes' sats prices.
     rows = {(r["provider"], r["status"]): r for r in usage}
-    assert rows[("TOTAL", "")]["requests"] == "10"
+    assert rows[("TOTAL", "")]["requests"] == "16"
     assert rows[("-", "exhausted")]["requests"] == "1"
     assert rows[("local", "success")]["cost"] == "4 msat"  # 7 x 0.15 + 4 x 0.6 = 3.45
     assert rows[("openrouter", "success")]["cost"] == "3069 msat"  # 3 x (7 + 4 x 4 + 1000)
-    assert rows[("TOTAL", "")]["cost"] == "8445 msat"  # 3073 + the cost routing's 5372
+    # the three APIs' six requests, each 7 in and 12 out on medium: 6 x (7 + 12 x 4 + 1000)
+    gateway = rows[("gateway", "success")]
+    assert (gateway["requests"], gateway["prompt"], gateway["completion"]) == ("6", "42", "72")
+    assert gateway["cost"] == "6330 msat"
+    assert rows[("TOTAL", "")]["cost"] == "14775 msat"  # 3073 + cost routing's 5372 + 6330
 
 
 def test_sections_can_be_added() -> None:
@@ -234,6 +272,92 @@ def test_exchange_usage_from_json_and_from_a_stream() -> None:
     assert as_stream.usage == "7+4=11"
     assert as_stream.done == 1
     assert Exchange(429, httpx.Headers({"content-type": "application/json"}), [b"{}"]).usage == "-"
+
+
+def events(*pairs: tuple[str, str]) -> list[bytes]:
+    return sse(*[f"event: {name}\ndata: {data}\n" for name, data in pairs])
+
+
+JSON = httpx.Headers({"content-type": "application/json"})
+SSE = httpx.Headers({"content-type": "text/event-stream"})
+STOP = ("message_stop", '{"type": "message_stop"}')
+INCOMPLETE = (
+    "error",
+    '{"type": "error", "error": {"type": "api_error", "code": "stream_incomplete"}}',
+)
+DONE = ("response.completed", '{"type": "response.completed", "response": {"usage": null}}')
+
+
+@pytest.mark.parametrize(
+    ("api", "seen", "verdict"),
+    [
+        ("messages", Exchange(200, SSE, events(STOP)), "complete: message_stop"),
+        ("messages", Exchange(200, SSE, events(STOP, STOP)), "message_stop x2"),
+        (
+            "messages",
+            Exchange(200, SSE, events(("ping", '{"type": "ping"}'))),
+            "ended without message_stop",
+        ),
+        (
+            "messages",
+            Exchange(200, SSE, events(INCOMPLETE)),
+            "error: stream_incomplete",
+        ),
+        (
+            "messages",
+            Exchange(529, JSON, [b'{"type": "error", "error": {"type": "overloaded_error"}}']),
+            "error: overloaded_error",
+        ),
+        ("responses", Exchange(200, SSE, events(DONE)), "complete: response.completed"),
+        (
+            "responses",
+            Exchange(200, SSE, events(("error", '{"type": "error", "code": "stream_stalled"}'))),
+            "error: stream_stalled",
+        ),
+        (
+            "responses",
+            Exchange(200, SSE, events(("response.failed", '{"type": "response.failed"}'))),
+            "error: response.failed",
+        ),
+        (
+            "responses",
+            Exchange(200, JSON, [b'{"status": "incomplete"}']),
+            "complete: status incomplete",
+        ),
+        (
+            "chat",
+            Exchange(200, SSE, sse('data: {"a": 1}', "", "data: [DONE]", "")),
+            "complete: [DONE]",
+        ),
+        ("chat", Exchange(200, SSE, sse('data: {"a": 1}', "")), "ended without [DONE]"),
+        (
+            "chat",
+            Exchange(503, JSON, [b'{"error": {"code": "all_providers_exhausted"}}']),
+            "error: all_providers_exhausted",
+        ),
+        ("chat", Exchange(502, JSON, [b"{}"]), "error: 502"),
+        ("chat", Exchange(200, JSON, [b"{oops"]), "bad JSON"),
+        ("chat", Exchange(error="ReadTimeout"), "ReadTimeout"),
+    ],
+)
+def test_api_verdict_is_the_apis_own_last_event(api: str, seen: Exchange, verdict: str) -> None:
+    assert api_verdict(api, seen) == verdict
+
+
+def test_tokens_in_out_reads_every_apis_usage() -> None:
+    chat = b'{"usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}}'
+    assert tokens_in_out(Exchange(200, JSON, [chat])) == "7/4"
+    started = (
+        '{"type": "message_start", "message": {"usage": {"input_tokens": 7, "output_tokens": 1}}}'
+    )
+    delta = '{"type": "message_delta", "usage": {"output_tokens": 12}}'
+    anthropic = events(("message_start", started), ("message_delta", delta), STOP)
+    assert tokens_in_out(Exchange(200, SSE, anthropic)) == "7/12"  # the later count wins
+    usage = '{"usage": {"input_tokens": 5, "output_tokens": 3}}'
+    done = '{"type": "response.completed", "response": ' + usage + "}"
+    assert tokens_in_out(Exchange(200, SSE, events(("response.completed", done)))) == "5/3"
+    assert tokens_in_out(Exchange(200, SSE, events(DONE))) == "-"
+    assert tokens_in_out(Exchange(200, SSE, sse("data: [oops", ""))) == "-"
 
 
 def test_exchange_text_decodes_across_chunks() -> None:

@@ -13,6 +13,7 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from asgi_helpers import sse_stream
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -40,13 +41,7 @@ def feed_all(chunks: list[bytes], max_bytes: int = 64 * 1024) -> UsageResult:
     return observer.result
 
 
-def sse(*events: tuple[str | None, Any]) -> bytes:
-    """Named events (``None``: no ``event:`` line), each data a dict (as JSON) or a string."""
-    out = []
-    for name, data in events:
-        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-        out.append(("" if name is None else f"event: {name}\n") + f"data: {text}\n\n")
-    return "".join(out).encode()
+sse = sse_stream
 
 
 def start(usage: dict[str, Any], id_: str = "msg_1", model: str = "claude-x") -> tuple[str, Any]:

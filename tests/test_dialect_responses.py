@@ -9,6 +9,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from asgi_helpers import sse_stream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.responses import ResponseErrorEvent
@@ -39,13 +40,7 @@ def feed_all(chunks: list[bytes]) -> UsageResult:
     return observer.result
 
 
-def sse(*events: tuple[str | None, Any]) -> bytes:
-    """Named events (``None``: no ``event:`` line), each data a JSON value or raw text."""
-    out = []
-    for name, data in events:
-        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-        out.append((f"event: {name}\n" if name else "") + f"data: {text}\n\n")
-    return "".join(out).encode()
+sse = sse_stream
 
 
 def response(**fields: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-from asgi_helpers import call
+from asgi_helpers import call, chat_completion
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,23 +56,7 @@ def _error(status: int, code: str, message: str, **headers: str) -> httpx.Respon
 
 
 def _ok(model: str) -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "hi"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-        },
-    )
+    return httpx.Response(200, json=chat_completion(model))
 
 
 def respond(step: str, model: str) -> httpx.Response:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_helpers import Result, call
+from asgi_helpers import Result, call, chat_completion
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -393,23 +393,7 @@ def make(transport: httpx.AsyncBaseTransport, clock: Clock, **policy: Any) -> Wa
 
 
 def ok(model: str) -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "hi"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-        },
-    )
+    return httpx.Response(200, json=chat_completion(model))
 
 
 def scripted(first: Callable[[], httpx.Response], calls: Counter[str]) -> httpx.AsyncBaseTransport:

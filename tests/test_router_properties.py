@@ -20,8 +20,9 @@ from asgi_helpers import call
 from hypothesis import given
 from hypothesis import strategies as st
 
+from waterfall_asgi._requests import client_headers
 from waterfall_asgi.config import Limits
-from waterfall_asgi.middleware import WaterfallMiddleware, _client_headers
+from waterfall_asgi.middleware import WaterfallMiddleware
 from waterfall_asgi.router import _NOT_FORWARDED, forwarded_headers
 from waterfall_fakes import FakeNetwork, FakeProvider
 
@@ -289,4 +290,4 @@ def test_only_headers_that_may_go_upstream_are_forwarded(headers: list[tuple[str
     assert forwarded_headers(headers) == _forwarded_reference(headers)
     # the middleware drops what the router would before decoding: the same headers go upstream
     scope = {"headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
-    assert forwarded_headers(_client_headers(scope, Limits())) == _forwarded_reference(headers)
+    assert forwarded_headers(client_headers(scope, Limits())) == _forwarded_reference(headers)

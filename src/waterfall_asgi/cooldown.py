@@ -180,6 +180,9 @@ def _openai_resets(headers: Mapping[str, str], only_exhausted: bool) -> float | 
     return _resets(headers, _OPENAI, parse_duration, only_exhausted)
 
 
+_ANTHROPIC_RESETS = tuple(reset for _, reset in _ANTHROPIC)
+
+
 def _anthropic_resets(headers: Mapping[str, str], now: float, only_exhausted: bool) -> float | None:
     return _resets(headers, _ANTHROPIC, lambda value: _rfc3339(value, now), only_exhausted)
 
@@ -221,9 +224,12 @@ def preemptive_hint(headers: Mapping[str, str], now: float) -> float | None:
     seconds = _openai_resets(headers, only_exhausted=True)
     if seconds is not None:
         return seconds
-    seconds = _anthropic_resets(headers, now, only_exhausted=True)
-    if seconds is not None:
-        return seconds
+    for name in _ANTHROPIC_RESETS:  # (most successes carry none: looked up first)
+        if name in headers:
+            seconds = _anthropic_resets(headers, now, only_exhausted=True)
+            if seconds is not None:
+                return seconds
+            break
     remaining, reset = headers.get("x-ratelimit-remaining"), headers.get("x-ratelimit-reset")
     if remaining is not None and reset is not None and remaining.strip() == "0":
         return _epoch(reset, now)

@@ -1,10 +1,9 @@
 """``waterfall-asgi demo``: a tour on embedded defaults, no keys, nothing beyond 127.0.0.1.
 
-For now the tour shows the fake providers at work: each :class:`Section` starts a fake (a
-``waterfall_fakes.FakeServer`` on a loopback port, or the in-process ``FakeTransport``) with a
-script of faults, sends requests with httpx and prints what the client saw, request by request.
-The router's sections (waterfall fallbacks, cost routing, the usage ledger) will be appended to
-:data:`SECTIONS` as they are built.
+Each :class:`Section` starts what it shows (fakes as ``waterfall_fakes.FakeServer`` on loopback
+ports or in process, the router on uvicorn or in process) with a script of faults, sends requests
+with httpx and prints what the client saw, request by request: the fakes' faults, the waterfall
+router under a 429 storm, cost routing, one chain serving the three APIs, and the usage ledger.
 """
 
 from __future__ import annotations
@@ -25,20 +24,29 @@ if TYPE_CHECKING:
     from waterfall_fakes import FakeProvider, FakeServer
 
 __all__ = [
+    "API_PATHS",
     "PROMPT",
     "RETRY_HEADERS",
     "SECTIONS",
     "Exchange",
     "Section",
     "Table",
+    "api_verdict",
     "exchange",
     "header_hint",
     "run",
     "split_characters",
+    "tokens_in_out",
 ]
 
 PROMPT = [{"role": "user", "content": "Tell me about waterfalls"}]
 """The one message every demo request sends (7 prompt tokens by the fakes' count)."""
+
+API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
+"""The route of each API the router speaks, after its prefix."""
+
+_TERMINAL = {"chat": "[DONE]", "responses": "response.completed", "messages": "message_stop"}
+_JSON_END = {"chat": "finish_reason", "responses": "status", "messages": "stop_reason"}
 
 RETRY_HEADERS = (
     "retry-after",
@@ -122,15 +130,17 @@ class Exchange:
     @property
     def usage(self) -> str:
         """``prompt+completion=total`` from the JSON body or the stream's usage chunk."""
-        if self.headers.get("content-type", "").startswith("application/json"):
-            objects = [_loads(self.body)]
-        else:
-            objects = [_loads(line) for line in self.data_lines()]
-        for obj in reversed(objects):
+        for obj in reversed(self.objects()):
             usage = obj.get("usage") if isinstance(obj, dict) else None
             if isinstance(usage, dict):
                 return "{prompt_tokens}+{completion_tokens}={total_tokens}".format(**usage)
         return "-"
+
+    def objects(self) -> list[Any]:
+        """The JSON body, or each ``data:`` payload of a stream, parsed (``None`` if not JSON)."""
+        if self.headers.get("content-type", "").startswith("application/json"):
+            return [_loads(self.body)]
+        return [_loads(line) for line in self.data_lines() if line != "[DONE]"]
 
     def outcome(self) -> str:
         """A one-phrase verdict on a stream, from the client's side."""
@@ -155,22 +165,100 @@ def exchange(
     max_tokens: int = 4,
     model: str = "fake-small",
     include_usage: bool = True,
+    api: str = "chat",
 ) -> Exchange:
-    """POST one chat completion to ``url`` and record every raw chunk that arrives."""
-    body: dict[str, Any] = {"model": model, "messages": PROMPT, "max_tokens": max_tokens}
+    """POST :data:`PROMPT` to ``url`` in ``api`` (``chat``, ``responses`` or ``messages``, each
+    with its own route, body and headers) and record every raw chunk that arrives."""
+    body: dict[str, Any] = {"model": model}
+    headers: dict[str, str] = {}
+    if api == "responses":
+        body |= {"input": PROMPT, "max_output_tokens": max_tokens}
+    else:
+        body |= {"messages": PROMPT, "max_tokens": max_tokens}
+    if api == "messages":
+        headers["anthropic-version"] = "2023-06-01"
     if stream:
         body["stream"] = True
-        if include_usage:
+        if include_usage and api == "chat":  # the other APIs always stream their usage
             body["stream_options"] = {"include_usage": True}
     seen = Exchange()
     try:
-        with client.stream("POST", url + "/chat/completions", json=body) as response:
+        with client.stream("POST", url + API_PATHS[api], json=body, headers=headers) as response:
             seen.status, seen.headers = response.status_code, response.headers
             for chunk in response.iter_raw():
                 seen.chunks.append(chunk)
     except httpx.HTTPError as exc:
         seen.error = type(exc).__name__
     return seen
+
+
+def _error_name(obj: dict[str, Any]) -> str | None:
+    """The code (else the type) of an error body or event in any of the three APIs."""
+    error = obj.get("error")
+    if isinstance(error, dict):
+        return str(error.get("code") or error.get("type"))
+    if obj.get("type") in ("error", "response.failed"):
+        return str(obj.get("code") or obj["type"])
+    return None
+
+
+def api_verdict(api: str, seen: Exchange) -> str:
+    """Whether the client got a whole answer in ``api``, from the client's side.
+
+    A stream is complete when its API's own last event arrived: ``data: [DONE]`` (chat),
+    ``response.completed`` (responses) or ``message_stop`` (messages). A JSON answer is complete
+    with its API's own verdict on the answer (``finish_reason``, ``status``, ``stop_reason``).
+    Otherwise: the transport error, the error's code or type, or what was missing.
+
+    >>> ok = b'event: message_stop\\ndata: {"type":"message_stop"}\\n\\n'
+    >>> api_verdict("messages", Exchange(200, httpx.Headers(), [ok]))
+    'complete: message_stop'
+    >>> api_verdict("messages", Exchange(200, httpx.Headers(), [ok.replace(b"stop", b"delta")]))
+    'ended without message_stop'
+    """
+    if seen.error:
+        return seen.error
+    objects = seen.objects()
+    if any(obj is None for obj in objects):
+        return "bad JSON"
+    errors = [_error_name(obj) for obj in objects if isinstance(obj, dict)]
+    if any(errors) or seen.status != 200:
+        return "error: " + next((e for e in errors if e), str(seen.status))
+    terminal = _TERMINAL[api]
+    if seen.headers.get("content-type", "").startswith("application/json"):
+        (obj,) = objects
+        end = (obj.get("choices") or [{}])[0] if api == "chat" else obj
+        return f"complete: {_JSON_END[api]} {end.get(_JSON_END[api])}"
+    if api == "chat":
+        arrived = seen.done
+    else:
+        arrived = sum(isinstance(obj, dict) and obj.get("type") == terminal for obj in objects)
+    if arrived == 0:
+        return f"ended without {terminal}"
+    return f"complete: {terminal}" if arrived == 1 else f"{terminal} x{arrived}"
+
+
+def tokens_in_out(seen: Exchange) -> str:
+    """``in/out`` tokens as the client was told them, in whichever API's words (``-`` if not).
+
+    The last count of each kind wins, as an Anthropic stream's ``message_delta`` updates the
+    ``message_start``'s.
+
+    >>> body = b'{"usage": {"input_tokens": 7, "output_tokens": 12}}'
+    >>> tokens_in_out(Exchange(200, httpx.Headers({"content-type": "application/json"}), [body]))
+    '7/12'
+    """
+    counts: dict[str, Any] = {}
+    for obj in seen.objects():
+        if not isinstance(obj, dict):
+            continue
+        for holder in (obj, obj.get("response"), obj.get("message")):
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                counts |= {k: v for k, v in usage.items() if isinstance(v, int)}
+    got_in = counts.get("prompt_tokens", counts.get("input_tokens"))
+    got_out = counts.get("completion_tokens", counts.get("output_tokens"))
+    return "-" if got_in is None or got_out is None else f"{got_in}/{got_out}"
 
 
 class Table:
@@ -338,7 +426,7 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
         "providers": {name: {"base_url": fake.url} for name, fake in fakes.items()},
         # prices in msat per token, as the fakes publish them in sats per token (x 1000)
         "deployments": [
-            {"provider": name, "model": model, "price": _msat_price(fakes[name], model)}
+            {"provider": name, "model": model, "price": _msat_price(fakes[name].provider, model)}
             for name, model in models.items()
         ],
         "chains": {"best": [f"{name}/{models[name]}" for name in fakes]},
@@ -374,8 +462,63 @@ def _router_storm(stack: ExitStack, client: httpx.Client) -> Table:
     return table
 
 
-def _msat_price(fake: FakeServer, model: str) -> dict[str, str]:
-    listing = {m.id: m for m in fake.provider.config.models}[model]
+def _three_apis(stack: ExitStack, client: httpx.Client) -> Table:
+    """One chain serving chat, responses and messages: an entry whose provider does not speak
+    the request's API is skipped without a call, and Anthropic's 529 and 429 fall through."""
+    from waterfall_fakes import FakeNetwork, LoopbackServer
+
+    from .app import create_app
+
+    # anthropic is called only for Messages: overloaded twice (529, retried once), then a 429
+    # with Anthropic's headers (retry-after and anthropic-ratelimit-*-reset)
+    script = ["status:code=529", "status:code=529", "rate_limit:dialect=anthropic,seconds=20"]
+    fakes = {"anthropic": _provider("anthropic", script=script), "gateway": _provider("gateway")}
+    models = {"anthropic": "fake-small", "gateway": "fake-medium"}
+    apis = {"anthropic": ["messages"], "gateway": ["chat", "responses", "messages"]}
+    config = {
+        # the fakes answer in process (FakeNetwork), the router on a loopback port
+        "providers": {
+            name: {"base_url": f"http://{name}/v1", "apis": apis[name]} for name in fakes
+        },
+        "deployments": [
+            {"provider": name, "model": model, "price": _msat_price(fakes[name], model)}
+            for name, model in models.items()
+        ],
+        "chains": {"main": [f"{name}/{models[name]}" for name in fakes]},
+        "ledger": {"path": str(_LEDGER.path)},
+    }
+    app = create_app(config, transport=FakeNetwork(fakes))
+    router = stack.enter_context(LoopbackServer(app, lifespan="on"))
+    table = Table(
+        "API",
+        "request",
+        "status",
+        "served by",
+        "entries tried or skipped",
+        "client saw",
+        "tokens in/out",
+    )
+    upstream = {
+        ("messages", False): ": anthropic overloaded (529)",
+        ("messages", True): ": anthropic says 429 (Anthropic headers)",
+    }
+    for api in API_PATHS:
+        for stream in (False, True):
+            seen = exchange(client, router.url, api=api, stream=stream, model="main", max_tokens=20)
+            table.add(
+                api,
+                ("stream" if stream else "JSON") + upstream.get((api, stream), ""),
+                seen.status,
+                seen.headers.get("x-waterfall-provider", "-"),
+                seen.headers.get("x-waterfall-attempts", "-"),
+                api_verdict(api, seen),
+                tokens_in_out(seen),
+            )
+    return table
+
+
+def _msat_price(fake: FakeProvider, model: str) -> dict[str, str]:
+    listing = {m.id: m for m in fake.config.models}[model]
     return {
         "unit": "msat",
         "prompt": str(listing.sats_prompt * 1000),
@@ -546,6 +689,14 @@ SECTIONS: list[Section] = [
         _cost_routing,
     ),
     Section(
+        "One router, three APIs: Chat Completions, Responses and Anthropic Messages, one chain",
+        "Chain 'main' = anthropic (speaks only Messages), gateway (speaks all three). An entry "
+        "whose\n   provider does not speak the request's API is skipped without a call; "
+        "Anthropic's 529 and\n   429 fall through, unseen by the client. Complete: the API's "
+        "own last event arrived.",
+        _three_apis,
+    ),
+    Section(
         "The usage ledger (SQLite) of the router's requests, by provider and status",
         "One record per request, whatever happened; tokens from the streams and bodies, cost\n"
         "   exact in msat, millisatoshi (waterfall-asgi usage --by provider,status prints the\n"
@@ -553,7 +704,7 @@ SECTIONS: list[Section] = [
         _usage,
     ),
 ]
-"""The tour, in order. Later stages append the router's own sections here."""
+"""The tour, in order."""
 
 
 def _lines(sections: Sequence[Section], client: httpx.Client) -> Iterator[str]:
@@ -584,8 +735,9 @@ def run(out: TextIO | None = None, sections: Sequence[Section] | None = None) ->
         for line in _lines(SECTIONS if sections is None else sections, client):
             print(line, file=out, flush=True)
     print(
-        "Every part is on show: the fakes, the waterfall router, the usage ledger and the cost\n"
-        "router. Run `waterfall-asgi usage` on a router's ledger for the same table any day.",
+        "Every part is on show: the fakes, the waterfall router, the cost router, the three "
+        "APIs and\nthe usage ledger. Run `waterfall-asgi usage` on a router's ledger for the "
+        "same table any day.",
         file=out,
     )
     return 0

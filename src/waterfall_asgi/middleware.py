@@ -22,51 +22,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import inspect
-import itertools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from decimal import Decimal
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ._bodytimer import BodyTimer
-from ._fastjson import decode_request, encoder
-from .config import (
-    ConfigError,
-    Deployment,
-    Limits,
-    Price,
-    RouterConfig,
-    ceil_units,
-    load_config,
+from ._charges import Charge, continued, cost_event, estimated_cost
+from ._defaults import (
+    config_problem,
+    default_cooldowns,
+    default_ledger,
+    misconfigured,
+    startup_failure,
+    unconfigured,
 )
+from ._endpoints import health, model_list, send_whole, serve_metrics
+from ._records import attempt_log, refused, trail
+from ._requests import (
+    Disconnected,
+    authorize,
+    bounded,
+    checked,
+    client_headers,
+    read_json,
+    route_path,
+)
+from .config import ConfigError, Deployment, Price, RouterConfig, load_config
 from .continuation import Continuation
-from .cooldown import CooldownStore, InMemoryCooldownStore
-from .cost import (
-    PromptEstimator,
-    Ranking,
-    convert,
-    estimate_prompt_tokens,
-    rank,
-    request_limits,
-)
+from .cooldown import CooldownStore
+from .cost import PromptEstimator, Ranking, estimate_prompt_tokens, rank, request_limits
 from .dialects import DIALECTS, Dialect
 from .dialects.chat import with_usage
 from .errors import RouterError, send_error
-from .ledger import LedgerStore, MemoryLedger, UsageRecord, new_request_id
+from .ledger import LedgerStore, UsageRecord, new_request_id
 from .metrics import RouterMetrics, known_labels
 from .pricing import PriceBook, missing_prices
 from .relay import ClientWatch, RelayOutcome, WatchStarter, relay_stream
-from .router import _NOT_FORWARDED, Attempt, Exhausted, Router, Served
+from .router import Router, Served
 from .tracing import RouterTracing
 from .upstream import AiohttpUpstream, HttpxUpstream, Upstream
-from .usage import UsageResult
 
 __all__ = ["WaterfallMiddleware", "with_usage"]
 
@@ -78,13 +78,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_ENCODE = encoder()  # as json.dumps
-
 _CHAT = DIALECTS["chat"]
+_MODEL_LIST = ("/models", _CHAT)  # (the endpoint and dialect of GET {prefix}/models)
 
-
-class _Disconnected(Exception):
-    pass
+_Relaying = tuple[str, bool, int, bool, Continuation | None, Callable[[bytes], bytes], Dialect]
+"""What the relay of a stream needs to know of its request (see :func:`relay_stream`): its id,
+whether to strip the usage the router asked for, the choices and usage a whole answer holds,
+the continuation (if it may be continued), the redaction of what is sent, and the dialect.
+Only this is kept while a stream is relayed (it may take minutes): the request's JSON and plan
+are let go at once, but for a stream that may be continued. (What a request holds while it
+waits also sets the garbage collector off sooner: see the benchmarks.) A plain tuple: the
+relay's set-up is on every stream's way."""
 
 
 def _header(value: str) -> bytes:
@@ -139,9 +143,9 @@ class WaterfallMiddleware:
         try:
             self.config = load_config(config)
         except ConfigError as exc:
-            self.config, self.config_error = _unconfigured(config), exc
+            self.config, self.config_error = unconfigured(config), exc
         self.health_path = health_path
-        self.ledger: LedgerStore = ledger if ledger is not None else _default_ledger(self.config)
+        self.ledger: LedgerStore = ledger if ledger is not None else default_ledger(self.config)
         self.on_complete = on_complete
         self.prompt_estimator = prompt_estimator
         self.price_book = PriceBook(self.config)
@@ -149,29 +153,15 @@ class WaterfallMiddleware:
         """Prices imported from providers (``provider/model`` -> price); config prices win."""
         self._listed_prices = self.config.listed_prices()  # the config never changes here
         self._refresher: asyncio.Task[None] | None = None
-        importing = {n for n, p in self.config.providers.items() if p.import_prices}
-        static = [
-            key
-            for key in missing_prices(self.config, self.price_book)
-            if key.partition("/")[0] not in importing
-        ]
-        if static and self.config_error is None:  # no import can ever price these
-            self.config_error = ConfigError(f"routes: no price for {', '.join(static)}")
-        for name, route in self.config.routes.items():
-            reference = self.config.price_of(route.reference) if route.reference else None
-            if reference is not None and route.unit is not None:
-                try:
-                    convert(Decimal(1), reference.unit, route.unit, self.config)
-                except LookupError as exc:
-                    if self.config_error is None:
-                        self.config_error = ConfigError(f"routes.{name}.reference: {exc}")
+        if self.config_error is None:
+            self.config_error = config_problem(self.config, self.price_book)
         self._transport = transport
         self._given_client = client
         self._given = upstream
         self._upstream: Upstream | None = None
         self.clock = clock
         self.cooldowns = (
-            cooldowns if cooldowns is not None else _default_cooldowns(self.config, clock)
+            cooldowns if cooldowns is not None else default_cooldowns(self.config, clock)
         )
         self._router: Router | None = None
         self._lock = asyncio.Lock()
@@ -186,6 +176,7 @@ class WaterfallMiddleware:
             for dialect in DIALECTS.values()
             for route in dialect.routes
         }
+        self._models_path = prefix + "/models"
         self.metrics = metrics
         """The Prometheus metrics fed (given, or made when ``metrics.enabled``; else ``None``)."""
         self.tracing = tracing
@@ -288,6 +279,8 @@ class WaterfallMiddleware:
             self._watches.close()
 
     async def _get_router(self) -> Router:
+        """The router, made on the first request where the server speaks no lifespan (a
+        request looks at :attr:`_router` first: it is set only once the config is usable)."""
         if self.config_error is not None:
             raise self._misconfigured()
         if self._router is None:
@@ -302,8 +295,8 @@ class WaterfallMiddleware:
             await self._lifespan(scope, receive, send)
             return
         if kind == "http":
-            path = _route_path(scope)
-            if path in self._routes or path == self.config.prefix + "/models":
+            path = route_path(scope)
+            if path in self._routes or path == self._models_path:
                 await self._http(scope, receive, send, path)
                 return
             if self.health_path is not None and path == self.health_path:
@@ -316,9 +309,7 @@ class WaterfallMiddleware:
             if kind == "http":
                 await send_error(
                     send,
-                    RouterError(
-                        404, f"Unknown path {_bounded(scope['path'])}.", code="unknown_url"
-                    ),
+                    RouterError(404, f"Unknown path {bounded(scope['path'])}.", code="unknown_url"),
                 )
             elif kind == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
@@ -330,20 +321,14 @@ class WaterfallMiddleware:
         to the log, once: a client never sees the config)."""
         if not self._told:
             self._told = True
-            logger.error("%s", _startup_failure(self.config_error))
-        return RouterError(
-            503,
-            "The router's config is invalid, so it serves no requests: the server's log says "
-            "why (`waterfall-asgi check-config FILE` checks a config file).",
-            "server_error",
-            "router_misconfigured",
-        )
+            logger.error("%s", startup_failure(self.config_error))
+        return misconfigured()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.config_error is not None:  # the server must not start, nor pretend to
             message = await receive()
             if message["type"] == "lifespan.startup":
-                failure = _startup_failure(self.config_error)
+                failure = startup_failure(self.config_error)
                 await send({"type": "lifespan.startup.failed", "message": failure})
             return
         state = {"startup": False, "answered": False, "done": False}
@@ -385,7 +370,7 @@ class WaterfallMiddleware:
         try:
             await self.startup()
         except ConfigError as exc:  # e.g. prices that could not be imported
-            await send({"type": "lifespan.startup.failed", "message": _startup_failure(exc)})
+            await send({"type": "lifespan.startup.failed", "message": startup_failure(exc)})
             return
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
@@ -397,441 +382,116 @@ class WaterfallMiddleware:
         if self.config_error is not None:
             await send_error(send, self._misconfigured())
             return
-        body = b'{"status":"ok"}'
-        status = 200 if scope["method"] in ("GET", "HEAD") else 405
-        if status == 405:
-            await send_error(
-                send,
-                RouterError(405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]),
-            )
-            return
-        stores = {}  # a shared store says whether it is shared right now (nothing secret)
-        for name, store in (("cooldowns", self.cooldowns), ("ledger", self.ledger)):
-            describe = getattr(store, "health", None)
-            if describe is not None:
-                stores[name] = describe()
-        if stores:
-            ok = all(store.get("state") == "ok" for store in stores.values())
-            body = json.dumps({"status": "ok" if ok else "degraded", **stores}).encode()
-        await self._send_json(send, 200, body, [])
+        await health(scope, send, {"cooldowns": self.cooldowns, "ledger": self.ledger})
 
     async def _serve_metrics(self, scope: Scope, send: Send) -> None:
-        metrics = self.metrics
-        assert metrics is not None
-        try:
-            if scope["method"] not in ("GET", "HEAD"):
-                raise RouterError(
-                    405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
-                )
-            if self.config.metrics.require_client_key:
-                self._authorize(scope)
-        except RouterError as exc:
-            await send_error(send, exc)
-            return
-        try:
-            metrics.set_cooling(await self.cooldowns.snapshot(), now=self.clock())
-        except Exception:  # a store that does not answer leaves the gauge as it was
-            logger.warning("metrics: the cooldown store could not be read", exc_info=True)
-        if self._router is not None:
-            metrics.set_circuits(self._router.circuits.values())
-        metrics.sample_ledger(self.ledger)
-        content_type, body = metrics.exposition()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        assert self.metrics is not None
+        await serve_metrics(
+            scope,
+            send,
+            self.metrics,
+            keys=self.config.client_keys if self.config.metrics.require_client_key else (),
+            cooldowns=self.cooldowns,
+            ledger=self.ledger,
+            router=self._router,
+            clock=self.clock,
         )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _send_json(
-        self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     # -- the router's routes -------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        request_id = new_request_id()
+        """One request to the router's routes, top to bottom: checked, planned, sent down the
+        waterfall, answered, and recorded at the end whatever happened. (A stream is relayed
+        from here: no coroutine of ours sits between this one and the relay's, which every
+        chunk would pass through.)
+
+        The steps' details live in private modules: ``_requests`` (the path, the client key,
+        the body and its checks, the headers passed on), ``_charges`` (what a request costs),
+        ``_records`` (its attempts, in the ledger and the ``x-waterfall-attempts`` header),
+        ``_endpoints`` (health, metrics and the model list) and ``_defaults`` (the default
+        stores, and what a config that cannot be used says)."""
         started = time.monotonic()
-        tracing = self.tracing
-        span: Any = None  # the request's span, when tracing
-        start_ns = 0
-        if tracing is not None:
-            start_ns = time.time_ns()
-            span = tracing.begin(scope, start_ns)
-        record = UsageRecord(id=request_id, started_at=self.clock(), route=path)
+        start_ns = time.time_ns() if self.tracing is not None else 0
+        span = self.tracing.begin(scope, start_ns) if self.tracing is not None else None
+        record = UsageRecord(id=new_request_id(), started_at=self.clock(), route=path)
+        endpoint, dialect = self._routes.get(path, _MODEL_LIST)
+        accounted = path != self._models_path  # the ledger does not count model lists
         watch: ClientWatch | None = None
-        accounted = path != self.config.prefix + "/models"  # the ledger counts model calls
-        endpoint, dialect = self._routes.get(path, ("/models", _CHAT))
         try:
-            router = await self._get_router()
-            self._authorize(scope, dialect)
+            router = self._router if self._router is not None else await self._get_router()
+            authorize(scope, self.config.client_keys, dialect)
             if not accounted:
-                if scope["method"] != "GET":
-                    raise RouterError(
-                        405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
-                    )
-                await self._send_json(
-                    send,
-                    200,
-                    self._models(router),
-                    [(b"x-waterfall-request-id", request_id.encode())],
-                )
-                record.status, record.http_status = "success", 200
+                await self._list_models(scope, send, router, record)
                 return
-            if scope["method"] != "POST":
-                raise RouterError(
-                    405, "Use POST.", code="method_not_allowed", headers=[("allow", "POST")]
-                )
-            payload = await self._read_json(scope, receive)
-            for required in dialect.routes[endpoint]:
-                if required not in payload:
-                    raise RouterError(
-                        400,
-                        f"Missing required parameter: {required!r}.",
-                        code="missing_required_parameter",
-                        param=required,
-                    )
-            stream = payload.get("stream", False)
-            if not isinstance(stream, bool) and stream is not None:
-                raise RouterError(
-                    400, "'stream' must be a boolean.", code="invalid_type", param="stream"
-                )
-            stream = bool(stream)
-            if stream and endpoint in dialect.not_streamed:
-                raise RouterError(
-                    400,
-                    f"{endpoint} cannot be streamed.",
-                    code="invalid_value",
-                    param="stream",
-                )
-            model = payload.get("model")
-            if model is not None and not isinstance(model, str):
-                raise RouterError(
-                    400, "'model' must be a string.", code="invalid_type", param="model"
-                )
-            if model is not None and len(model) > self.config.limits.max_model_length:
-                record.model = _bounded(model)
-                raise RouterError(
-                    400,
-                    f"'model' is longer than {self.config.limits.max_model_length} characters: "
-                    f"{_bounded(model)!r}.",
-                    code="invalid_value",
-                    param="model",
-                )
-            record.model, record.stream = model, stream
-            ranking = None
-            if model is not None and model in self.config.routes:
-                ranking = self._rank(model, payload, scope)
-                label, plan = model, ranking.plan
-            else:
-                label, plan = router.plan(model)
-            record.model = label
-            upstream_payload, injected = dialect.usage_request(payload, stream)
+            payload = await read_json(scope, receive, self.config.limits, self._body_timer)
+            stream, model = checked(payload, endpoint, dialect, self.config.limits, record)
+            label, plan, ranking = self._plan(router, model, payload, scope, record)
             # One task listens for a disconnect for the rest of the request (if it runs long
             # enough to start it: see WatchStarter): until an upstream is accepted, a
             # disconnect cancels the waterfall; then the relay takes it over.
             current = asyncio.current_task()
             assert current is not None
             watch = self._watches.watch(receive, current.cancel)
-            client_headers = _client_headers(scope, self.config.limits)
-            try:
-                if tracing is not None:
-                    client_headers = tracing.upstream_headers(client_headers, span)
-                served = await router.run(
-                    label, plan, endpoint, upstream_payload, client_headers, stream, dialect
-                )
-            except asyncio.CancelledError:
-                if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
-                    raise
-                record.status = "client_disconnected"
-                record.error = "client went away before an upstream answered"
-                return
-            finally:
-                watch.on_gone = None  # no await since run() returned: nothing cancels now
-            continuation = (
-                Continuation(router, label, plan, endpoint, upstream_payload, client_headers)
-                if self.config.policy.continue_streams
-                and stream
-                and Continuation.possible(self.config, endpoint, upstream_payload, plan)
-                else None
+            answer = await self._run_waterfall(
+                router, label, plan, endpoint, payload, stream, dialect, scope, span, watch, record
             )
-            # The request's JSON and the plan are not needed while the answer is relayed (a
-            # stream may take minutes): let them go now, not at the end (but for a stream that
-            # may be continued). (What a request holds while it waits also sets the garbage
-            # collector off sooner: see the benchmarks.)
-            choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
-            if stream and dialect is _CHAT:  # (with_usage made stream_options a mapping)
-                n = payload.get("n")
-                choices = n if type(n) is int and n > 1 else 1
-                usage_asked = upstream_payload["stream_options"]["include_usage"] is True
-            del payload, upstream_payload, plan, client_headers
-            record.attempts = [_attempt_log(a) for a in served.attempts]
-            record.provider = served.deployment.provider
-            record.upstream_model = served.deployment.model
-            record.http_status = served.response.status
-            record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
-            await self._save(record)  # accepted: the record exists from now on
-            charge = await self._commit(send, served, record, ranking, dialect)
-            if not served.complete:  # (relayed from here: one coroutine fewer held meanwhile)
-                outcome = await relay_stream(
-                    served,
-                    send,
-                    receive,
-                    strip_usage=injected,
-                    drain_seconds=self.config.ledger.drain_seconds,
-                    request_id=request_id,
-                    closing_event=(  # (chat only: its clients stop reading at [DONE])
-                        _cost_event(charge, request_id)
-                        if self.config.ledger.cost_event and dialect is _CHAT
-                        else None
-                    ),
-                    watch=watch,
-                    choices=choices,
-                    usage=usage_asked,
-                    stall=self.config.providers[served.deployment.provider].timeouts.stall,
-                    continuation=continuation,
-                    redact=router.redactor.bytes,
-                    dialect=dialect,
-                )
-                charge.apply(record, outcome.usage)
-                if outcome.parts or outcome.attempts:
-                    self._continued(record, outcome, charge)
-                record.status, record.error = outcome.status, outcome.error
-                if outcome.error is not None:  # (it may quote an upstream's error event)
-                    record.error = router.redactor.text(outcome.error)
-                if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
-                    for part in outcome.parts:
-                        router.stream_failed(part.deployment)
-                    if outcome.status in _STREAM_FAILED:
-                        router.stream_failed(outcome.deployment or served.deployment)
+            if answer is None:  # the client went away before an upstream answered
+                return
+            served, relaying = answer
+            del payload, plan  # not needed while the answer is relayed: see _Relaying
+            charge = await self._commit(send, served, record, ranking, dialect, started)
+            if relaying is not None:  # not complete: the rest is relayed
+                outcome = await self._relay(served, send, receive, watch, charge, relaying)
+                self._relayed(record, outcome, charge, router, served)
         except RouterError as exc:
             if exc.code == "invalid_api_key":  # counted, not recorded: see refused_unauthenticated
                 accounted = False
                 self.refused_unauthenticated += 1
-            if self._router is not None:  # an upstream's words may be in it: never a secret
-                exc.message = self._router.redactor.text(exc.message)
-            record.status = "exhausted" if isinstance(exc, Exhausted) else "rejected"
-            record.http_status = exc.status
-            record.error = exc.code
-            extra = [("x-waterfall-request-id", request_id)]
-            if isinstance(exc, Exhausted):
-                record.attempts = [_attempt_log(a) for a in exc.attempts]
-                # the trail a served answer carries, where a user needs it most
-                trail = _trail(exc.attempts).encode("latin-1", "replace").decode("latin-1")
-                extra.append(("x-waterfall-attempts", trail))
-            await send_error(send, exc, extra, dialect.error_body)
-        except _Disconnected:
-            record.status = "client_disconnected"
-            record.error = "client went away"
+            await self._answer_error(send, exc, record, dialect)
+        except Disconnected:
+            record.status, record.error = "client_disconnected", "client went away"
         except asyncio.CancelledError:
             record.status, record.error = "interrupted", "cancelled (server shutting down?)"
             raise
         finally:
             if watch is not None:
                 watch.close()
-            record.duration_ms = round((time.monotonic() - started) * 1000, 3)
-            if record.status == "pending":  # an unexpected exception: still a terminal status
-                record.status, record.error = "upstream_error", "internal error"
-            if accounted:
-                await self._finish(record)
-            if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
-                fields = {"method": scope["method"], **record.to_dict()}
-                logger.info(json.dumps(fields), extra={"waterfall_request": fields})
-            if self.metrics is not None or span is not None:
-                self._observe(record, span, start_ns, scope["method"])
+            await self._finish_request(record, started, accounted, scope["method"], span, start_ns)
 
-    def _observe(self, record: UsageRecord, span: Any, start_ns: int, method: str) -> None:
-        """Feed the finished record to the metrics and to the request's span (when tracing);
-        their failures are logged, never the request's."""
-        try:
-            if self.metrics is not None:
-                self.metrics.observe(record, now=self.clock(), ledger=self.ledger)
-            if span is not None and self.tracing is not None:
-                self.tracing.end(span, record, start_ns, method)
-        except Exception:
-            logger.exception("observability failed for request %s", record.id)
-
-    def _continued(self, record: UsageRecord, outcome: RelayOutcome, charge: _Charge) -> None:
-        """Record a stream the router tried to continue: the continuation's attempts, and, when
-        it was continued, the tokens and cost of every part (each priced at its own entry's
-        price, in one unit), summed, and each on its served attempt."""
-        served = [a for a in record.attempts if a["outcome"] == "served"][-1:]
-        for attempt in outcome.attempts:
-            log = _attempt_log(attempt)
-            log["continuation"] = True
-            record.attempts.append(log)
-            if attempt.outcome == "served":
-                served.append(log)
-        if not outcome.parts or outcome.deployment is None:
-            return
-        usages = [(p.deployment, p.usage) for p in outcome.parts]
-        usages.append((outcome.deployment, outcome.usage))
-        unit = charge.unit or (charge.price.unit if charge.price is not None else None)
-        tokens = [0, 0, 0]
-        counted = False
-        total: int | None = 0
-        for (deployment, usage), log, part in itertools.zip_longest(usages, served, outcome.parts):
-            price = self._price(deployment)
-            own = _Charge(self.config, price, unit or (price.unit if price else None))
-            costs = own.costs(usage)
-            if log is not None:
-                log["prompt_tokens"] = usage.prompt_tokens
-                log["completion_tokens"] = usage.completion_tokens
-                log["cost"] = costs[0] if costs is not None else None
-                if part is not None:
-                    log["ended"] = part.ended
-            if usage.has_usage:
-                counted = True
-                tokens[0] += usage.prompt_tokens or 0
-                tokens[1] += usage.completion_tokens or 0
-                tokens[2] += usage.total_tokens or 0
-                total = None if costs is None or total is None else total + costs[0]
-        if counted:
-            record.prompt_tokens, record.completion_tokens, record.total_tokens = tokens
-        record.cost = total if counted and total is not None else None
-        record.cost_unit = unit if record.cost is not None else None
-        record.reference_cost = None
-
-    async def _save(self, record: UsageRecord) -> None:
-        try:
-            await self.ledger.save(record)
-        except Exception:  # the ledger must never break a request
-            logger.exception("ledger save failed for request %s", record.id)
-
-    async def _finish(self, record: UsageRecord) -> None:
-        await self._save(record)
-        hook = self.on_complete
-        if hook is None:
-            return
-        try:
-            outcome = hook(record)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # the hook's errors never reach the client
-            logger.exception("on_complete hook failed for request %s", record.id)
-
-    def _authorize(self, scope: Scope, dialect: Dialect = _CHAT) -> None:
-        keys = self.config.client_keys
-        if not keys:
-            return
-        token = dialect.client_key(scope["headers"]) or b""
-        ok = False
-        for key in keys:  # compare with every key, in constant time
-            ok |= hmac.compare_digest(token, key.get_secret_value().encode())
-        if not token or not ok:
+    async def _list_models(
+        self, scope: Scope, send: Send, router: Router, record: UsageRecord
+    ) -> None:
+        """Answer ``GET {prefix}/models`` (see :func:`model_list`)."""
+        if scope["method"] != "GET":
             raise RouterError(
-                401,
-                f"Missing or invalid API key: {dialect.auth_hint}.",
-                code="invalid_api_key",
-                headers=[("www-authenticate", "Bearer")],
+                405, "Use GET.", code="method_not_allowed", headers=[("allow", "GET")]
             )
+        await send_whole(
+            send,
+            200,
+            model_list(self.config, router, self._price),
+            [(b"x-waterfall-request-id", record.id.encode())],
+        )
+        record.status, record.http_status = "success", 200
 
-    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        limit = self.config.limits.max_body_bytes
-        for name, value in scope["headers"]:
-            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-                raise RouterError(
-                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
-                )
-        body = bytearray()
-        timer = self._body_timer  # (what asyncio.timeout does, on one timer for all requests)
-        task = timer.start()
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Disconnected
-                body += message.get("body", b"")
-                if len(body) > limit:
-                    raise RouterError(
-                        413, f"Request body larger than {limit} bytes.", code="request_too_large"
-                    )
-                if not message.get("more_body", False):
-                    break
-        except asyncio.CancelledError:
-            if timer.stop(task) and task.uncancel() == 0:
-                raise RouterError(
-                    408,
-                    f"The request body did not arrive within {timer.seconds:g}s.",
-                    code="request_timeout",
-                    headers=[("connection", "close")],  # the rest of the body is not awaited
-                ) from None
-            raise
-        finally:
-            timer.stop(task)
-        try:
-            payload = decode_request(bytes(body), self.config.limits.max_json_depth)
-        except ValueError as exc:
-            raise RouterError(
-                400, f"The request body is not valid JSON: {exc}.", code="invalid_json"
-            ) from None
-        if not isinstance(payload, dict):
-            raise RouterError(400, "The request body must be a JSON object.", code="invalid_json")
-        return payload
-
-    def _models(self, router: Router) -> bytes:
-        """The model list: each cost route, chain and model, with its entries and the APIs
-        (dialects) it serves (those some entry's provider speaks)."""
-        data: list[dict[str, Any]] = []
-        for name, route in self.config.routes.items():
-            entries = [
-                d
-                for d in (route.deployments or self.config.all_deployments())
-                if self._price(d) is not None
-            ]
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "waterfall-asgi",
-                    "waterfall": {
-                        "kind": "route",
-                        "min_quality": str(route.min_quality),
-                        "entries": [d.key for d in entries],
-                        "apis": self._apis(entries),
-                    },
-                }
-            )
-        for name in router.models():
-            label, plan = router.plan(name)
-            kind = "chain" if name in self.config.chains else "model"
-            data.append(
-                {
-                    "id": label,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "waterfall-asgi",
-                    "waterfall": {
-                        "kind": kind,
-                        "entries": [d.key for d in plan],
-                        "apis": self._apis(plan),
-                    },
-                }
-            )
-        return json.dumps({"object": "list", "data": data}, ensure_ascii=False).encode()
-
-    def _apis(self, entries: list[Deployment]) -> list[str]:
-        """The APIs some provider of ``entries`` speaks, in the order of :data:`DIALECTS`."""
-        spoken = {api for d in entries for api in self.config.providers[d.provider].apis}
-        return [name for name in DIALECTS if name in spoken]
+    def _plan(
+        self,
+        router: Router,
+        model: str | None,
+        payload: Mapping[str, Any],
+        scope: Scope,
+        record: UsageRecord,
+    ) -> tuple[str, list[Deployment], Ranking | None]:
+        """The request's label and its candidates in order (noting the label on ``record``):
+        a cost route's, ranked for this request (the ranking is kept: it says what the
+        candidate that serves was estimated to cost), else the chain's or model's."""
+        if model is not None and model in self.config.routes:
+            ranking = self._rank(model, payload, scope)
+            label, plan = model, ranking.plan
+        else:
+            ranking = None
+            label, plan = router.plan(model)
+        record.model = label
+        return label, plan, ranking
 
     def _rank(self, route: str, payload: Mapping[str, Any], scope: Scope) -> Ranking:
         """Rank the route's candidates, with the request's own quality bar and budget."""
@@ -855,13 +515,56 @@ class WaterfallMiddleware:
             estimator=self.prompt_estimator,
         )
 
-    def _price(self, deployment: Deployment) -> Price | None:
-        """As ``config.price_of(deployment)``, else the imported price, without walking the
-        config's entries per request."""
-        if deployment.price is not None:
-            return deployment.price
-        key = deployment.key
-        return self._listed_prices.get(key) or self.prices.get(key)
+    async def _run_waterfall(
+        self,
+        router: Router,
+        label: str,
+        plan: list[Deployment],
+        endpoint: str,
+        payload: dict[str, Any],
+        stream: bool,
+        dialect: Dialect,
+        scope: Scope,
+        span: Any,
+        watch: ClientWatch,
+        record: UsageRecord,
+    ) -> tuple[Served, _Relaying | None] | None:
+        """The upstream answer accepted (see :meth:`Router.run`; the client's headers passed
+        on, with the trace context of the request's ``span`` when tracing), and, unless it is
+        complete, what its relay needs to know of the request; ``None`` if the client went
+        away first (its ``watch`` cancelled the waterfall; noted on ``record``)."""
+        sent, injected = dialect.usage_request(payload, stream) if stream else (payload, False)
+        headers = client_headers(scope, self.config.limits)
+        try:
+            if self.tracing is not None:
+                headers = self.tracing.upstream_headers(headers, span)
+            served = await router.run(label, plan, endpoint, sent, headers, stream, dialect)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            assert current is not None
+            if not watch.gone or current.uncancel() > 0:  # not (only) the client leaving
+                raise
+            record.status = "client_disconnected"
+            record.error = "client went away before an upstream answered"
+            return None
+        finally:
+            watch.on_gone = None  # no await since run() returned: nothing cancels now
+        if served.complete:  # nothing to relay
+            return served, None
+        continuation = (
+            Continuation(router, label, plan, endpoint, sent, headers)
+            if self.config.policy.continue_streams
+            and stream
+            and Continuation.possible(self.config, endpoint, sent, plan)
+            else None
+        )
+        choices, usage_asked = 1, False  # what a whole answer holds: see relay_stream
+        if stream and dialect is _CHAT:  # (with_usage made stream_options a mapping)
+            n = payload.get("n")
+            choices = n if type(n) is int and n > 1 else 1
+            usage_asked = sent["stream_options"]["include_usage"] is True
+        redact = router.redactor.bytes
+        return served, (record.id, injected, choices, usage_asked, continuation, redact, dialect)
 
     async def _commit(
         self,
@@ -870,23 +573,34 @@ class WaterfallMiddleware:
         record: UsageRecord,
         ranking: Ranking | None,
         dialect: Dialect,
-    ) -> _Charge:
-        """Send the response start (and a whole body, recorded); return how to price the
-        tokens of a stream, which the caller then relays."""
+        started: float,
+    ) -> Charge:
+        """Record the accepted answer (its attempts, entry, status and time to first byte, the
+        request having ``started`` at that ``time.monotonic()``) and save the record: it exists
+        from now on. Then send the response start (and a whole body, recorded); return how to
+        price the tokens of a stream, which the caller then relays."""
+        record.attempts = [attempt_log(a) for a in served.attempts]
+        record.provider = served.deployment.provider
+        record.upstream_model = served.deployment.model
+        record.http_status = served.response.status
+        record.ttfb_ms = round((time.monotonic() - started) * 1000, 3)
+        await self._save(record)
         response = served.response
         headers = [
             (b"content-type", _header(response.headers.get("content-type", "application/json"))),
             (b"x-waterfall-request-id", record.id.encode()),
             (b"x-waterfall-provider", _header(served.deployment.provider)),
             (b"x-waterfall-model", _header(served.deployment.model)),
-            (b"x-waterfall-attempts", _header(_trail(served.attempts))),
+            (b"x-waterfall-attempts", _header(trail(served.attempts))),
         ]
         price = self._price(served.deployment)
-        charge = _Charge(self.config, price)
+        charge = Charge(self.config, price)
         if ranking is not None:
-            headers.append((b"x-waterfall-estimated-cost", _estimate(ranking, served.deployment)))
+            headers.append(
+                (b"x-waterfall-estimated-cost", estimated_cost(ranking, served.deployment))
+            )
             reference = ranking.reference.price if ranking.reference else None
-            charge = _Charge(self.config, price, ranking.unit, reference)
+            charge = Charge(self.config, price, ranking.unit, reference)
         if served.complete:
             headers.append((b"content-length", str(len(served.prefix)).encode()))
             await send(
@@ -909,204 +623,129 @@ class WaterfallMiddleware:
             raise
         return charge
 
+    async def _save(self, record: UsageRecord) -> None:
+        try:
+            await self.ledger.save(record)
+        except Exception:  # the ledger must never break a request
+            logger.exception("ledger save failed for request %s", record.id)
+
+    def _relay(
+        self,
+        served: Served,
+        send: Send,
+        receive: Receive,
+        watch: ClientWatch,
+        charge: Charge,
+        relaying: _Relaying,
+    ) -> Coroutine[Any, Any, RelayOutcome]:
+        """The relay of the rest of ``served`` (its response start sent): a coroutine for the
+        request's own to await, not a coroutine of ours around it (see :meth:`_http`)."""
+        request_id, strip_usage, choices, usage, continuation, redact, dialect = relaying
+        return relay_stream(
+            served,
+            send,
+            receive,
+            strip_usage=strip_usage,
+            drain_seconds=self.config.ledger.drain_seconds,
+            request_id=request_id,
+            closing_event=(  # (chat only: its clients stop reading at [DONE])
+                cost_event(charge, request_id)
+                if self.config.ledger.cost_event and dialect is _CHAT
+                else None
+            ),
+            watch=watch,
+            choices=choices,
+            usage=usage,
+            stall=self.config.providers[served.deployment.provider].timeouts.stall,
+            continuation=continuation,
+            redact=redact,
+            dialect=dialect,
+        )
+
+    def _relayed(
+        self,
+        record: UsageRecord,
+        outcome: RelayOutcome,
+        charge: Charge,
+        router: Router,
+        served: Served,
+    ) -> None:
+        """Record how a relayed stream ended (its tokens, cost, status and error, redacted: it
+        may quote an upstream's error event), and tell the router's health circuits of each
+        entry whose stream failed after it began."""
+        charge.apply(record, outcome.usage)
+        if outcome.parts or outcome.attempts:
+            continued(record, outcome, charge, self._price)
+        record.status, record.error = outcome.status, outcome.error
+        if outcome.error is not None:
+            record.error = router.redactor.text(outcome.error)
+        if outcome.status in _STREAM_FAILED or outcome.parts:  # health signals
+            for part in outcome.parts:
+                router.stream_failed(part.deployment)
+            if outcome.status in _STREAM_FAILED:
+                router.stream_failed(outcome.deployment or served.deployment)
+
+    async def _answer_error(
+        self, send: Send, exc: RouterError, record: UsageRecord, dialect: Dialect
+    ) -> None:
+        """Answer with ``exc`` in the dialect's error shape, and note it on ``record``."""
+        if self._router is not None:  # an upstream's words may be in it: never a secret
+            exc.message = self._router.redactor.text(exc.message)
+        await send_error(send, exc, refused(record, exc), dialect.error_body)
+
+    async def _finish_request(
+        self,
+        record: UsageRecord,
+        started: float,
+        accounted: bool,
+        method: str,
+        span: Any,
+        start_ns: int,
+    ) -> None:
+        """End the request's record (its duration; a terminal status even after an unexpected
+        exception), save it and hand it to ``on_complete`` if ``accounted``, log it, and feed
+        it to the metrics and the request's span."""
+        record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        if record.status == "pending":  # an unexpected exception: still a terminal status
+            record.status, record.error = "upstream_error", "internal error"
+        if accounted:
+            try:  # (as _save, inline: one coroutine fewer on every request's way)
+                await self.ledger.save(record)
+            except Exception:  # the ledger must never break a request
+                logger.exception("ledger save failed for request %s", record.id)
+            hook = self.on_complete
+            if hook is not None:
+                try:
+                    outcome = hook(record)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception:  # the hook's errors never reach the client
+                    logger.exception("on_complete hook failed for request %s", record.id)
+        if logger.isEnabledFor(logging.INFO):  # the line costs more than many requests do
+            fields = {"method": method, **record.to_dict()}
+            logger.info(json.dumps(fields), extra={"waterfall_request": fields})
+        if self.metrics is not None or span is not None:
+            self._observe(record, span, start_ns, method)
+
+    def _observe(self, record: UsageRecord, span: Any, start_ns: int, method: str) -> None:
+        """Feed the finished record to the metrics and to the request's span (when tracing);
+        their failures are logged, never the request's."""
+        try:
+            if self.metrics is not None:
+                self.metrics.observe(record, now=self.clock(), ledger=self.ledger)
+            if span is not None and self.tracing is not None:
+                self.tracing.end(span, record, start_ns, method)
+        except Exception:
+            logger.exception("observability failed for request %s", record.id)
+
+    def _price(self, deployment: Deployment) -> Price | None:
+        """As ``config.price_of(deployment)``, else the imported price, without walking the
+        config's entries per request."""
+        if deployment.price is not None:
+            return deployment.price
+        key = deployment.key
+        return self._listed_prices.get(key) or self.prices.get(key)
+
 
 _STREAM_FAILED = frozenset({"stream_incomplete", "upstream_error"})
 """The statuses of a stream that failed after it began: the entry's fault."""
-
-
-def _estimate(ranking: Ranking, deployment: Deployment) -> bytes:
-    """The ``x-waterfall-estimated-cost`` of the ranked candidate that served."""
-    key = deployment.key
-    chosen = next(c for c in ranking.ranked if c.deployment.key == key)
-    return _header(f"{ceil_units(chosen.estimate or Decimal(0))} {ranking.unit}")
-
-
-def _cost_event(charge: _Charge, request_id: str) -> Callable[[UsageResult], bytes | None]:
-    """The ``waterfall.cost`` event a clean stream ends with (see ``ledger.cost_event``)."""
-
-    def cost_event(usage: UsageResult) -> bytes | None:
-        costs = charge.costs(usage)
-        if costs is None:
-            return None
-        data = {"id": request_id, "cost": costs[0], "unit": costs[1]}  # as in the ledger
-        return b"event: waterfall.cost\ndata: " + _ENCODE(data).encode() + b"\n\n"
-
-    return cost_event
-
-
-class _Charge:
-    """How a request's tokens are priced: the deployment that served, the unit to record the
-    cost in (a route's, or the price's own), and what the route's reference would have cost."""
-
-    __slots__ = ("config", "price", "reference", "unit")
-
-    def __init__(
-        self,
-        config: RouterConfig,
-        price: Price | None,
-        unit: str | None = None,
-        reference: Price | None = None,
-    ) -> None:
-        self.config, self.price, self.unit, self.reference = config, price, unit, reference
-
-    def apply(self, record: UsageRecord, usage: UsageResult) -> None:
-        """Copy the tokens a response reported into ``record``, and price them exactly."""
-        record.prompt_tokens = usage.prompt_tokens
-        record.completion_tokens = usage.completion_tokens
-        record.total_tokens = usage.total_tokens
-        costs = self.costs(usage)
-        if costs is not None:
-            record.cost, record.cost_unit, record.reference_cost = costs
-
-    def costs(self, usage: UsageResult) -> tuple[int, str, int | None] | None:
-        """``(cost, unit, reference cost)`` of the reported tokens (``None``: no price or no
-        usage). A reference that cannot be converted into the unit has no cost (``None``)."""
-        if self.price is None or not usage.has_usage:
-            return None
-        tokens = (usage.prompt_tokens or 0, usage.completion_tokens or 0)
-        unit = self.unit or self.price.unit
-        cost = self._in(unit, self.price, *tokens)
-        if cost is None:  # pragma: no cover - a ranked candidate always converts
-            return None
-        reference = self._in(unit, self.reference, *tokens) if self.reference else None
-        return cost, unit, reference
-
-    def _in(self, unit: str, price: Price, prompt: int, completion: int) -> int | None:
-        try:
-            exact = convert(price.exact(prompt, completion), price.unit, unit, self.config)
-        except LookupError:
-            return None
-        return ceil_units(exact)
-
-
-def _default_cooldowns(config: RouterConfig, clock: Callable[[], float]) -> CooldownStore:
-    settings = config.cooldowns
-    if settings.url is None:
-        return InMemoryCooldownStore()
-    from .cooldown_redis import RedisCooldownStore
-
-    return RedisCooldownStore(
-        settings.url.get_secret_value(),
-        prefix=settings.prefix,
-        timeout=settings.timeout,
-        connect_timeout=settings.connect_timeout,
-        heartbeat=settings.heartbeat,
-        clock=clock,
-    )
-
-
-def _unconfigured(source: object) -> RouterConfig:
-    """The stand-in config of a middleware whose own config cannot be used: no providers, and
-    the given prefix when it can be read, so that the router's routes still answer (503)."""
-    prefix = source.get("prefix") if isinstance(source, Mapping) else None
-    bare = {"providers": {}, "ledger": {"path": None}}  # nothing to open, nothing to write
-    try:
-        return RouterConfig.model_validate({**bare, "prefix": prefix or "/v1"})
-    except ValueError:
-        return RouterConfig.model_validate(bare)
-
-
-def _startup_failure(error: ConfigError | None) -> str:
-    """What a failed startup says about a config that cannot be used."""
-    lines = "\n".join(f"  {line}" for line in str(error).splitlines())
-    return f"waterfall-asgi: the router's config is invalid, so it cannot start:\n{lines}"
-
-
-def _default_ledger(config: RouterConfig) -> LedgerStore:
-    settings = config.ledger
-    url = settings.database_url()
-    if url is not None:
-        from .ledger_postgres import PostgresLedger
-
-        return PostgresLedger(url, lease=settings.lease, instance_id=settings.instance_id)
-    if settings.path is None:
-        return MemoryLedger()
-    from .ledger_sqlite import SQLiteLedger
-
-    return SQLiteLedger(settings.path, lease=settings.lease, instance_id=settings.instance_id)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path below the mount point (``root_path``), as Starlette's routing sees it."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :] or "/"
-    return path
-
-
-# What the router never forwards (see forwarded_headers), dropped before the headers are
-# decoded; but for Connection: what it names is dropped too, so the router must see it.
-_NOT_DECODED = frozenset(name.encode() for name in _NOT_FORWARDED if name != "connection")
-
-
-def _client_headers(scope: Scope, limits: Limits) -> list[tuple[str, str]]:
-    """The request's headers for the router, decoded, less those it would drop anyway, those
-    larger than ``limits.max_header_bytes`` and those beyond ``limits.max_forwarded_headers``
-    (each drop of the last two kinds logged, by header name)."""
-    largest = limits.max_header_bytes
-    headers: list[tuple[str, str]] = []
-    oversized: list[str] = []
-    for k, v in scope["headers"]:
-        if len(k) + len(v) > largest:
-            oversized.append(_bounded(k.decode("latin-1"), 64))
-        elif k.lower() not in _NOT_DECODED:
-            headers.append((k.decode("latin-1"), v.decode("latin-1")))
-    if oversized:
-        logger.warning(
-            "not forwarded upstream: %d header(s) over %d bytes (%s)",
-            len(oversized),
-            largest,
-            ", ".join(oversized[:8]),
-        )
-    if len(headers) > limits.max_forwarded_headers:
-        logger.warning(
-            "not forwarded upstream: %d header(s) beyond the first %d",
-            len(headers) - limits.max_forwarded_headers,
-            limits.max_forwarded_headers,
-        )
-        del headers[limits.max_forwarded_headers :]
-    return headers
-
-
-def _bounded(text: str, limit: int = 256) -> str:
-    """``text``, cut to ``limit`` characters (marked with an ellipsis): for echoes of what a
-    client sent, in messages and records."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _trail(attempts: list[Attempt]) -> str:
-    return ", ".join(
-        f"{a.entry} {a.status if a.status is not None else a.outcome}"
-        if not a.kind and a.outcome not in _SHOWN
-        else _step(a)
-        for a in attempts
-    )
-
-
-_SHOWN = frozenset({"retried", "waited", "too_long"})  # outcomes a status alone would hide
-
-
-def _step(a: Attempt) -> str:
-    if a.status is None:
-        text = f"{a.entry} {a.outcome}"
-    else:
-        text = f"{a.entry} {a.status}"
-        if a.outcome in _SHOWN:
-            text += f" {a.outcome}"
-    if a.kind:
-        text += f" {a.kind}"
-    return text
-
-
-def _attempt_log(a: Attempt) -> dict[str, Any]:
-    log = {
-        "entry": a.entry,
-        "outcome": a.outcome,
-        "status": a.status,
-        "elapsed_ms": round(a.elapsed * 1000, 3),
-        "cooldown_s": a.cooldown,
-    }
-    if a.kind:
-        log["kind"] = a.kind
-    return log

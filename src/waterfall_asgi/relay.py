@@ -13,6 +13,10 @@ arriving are held back until its blank line comes. That is what makes a clean en
   ``data: [DONE]`` (an unfinished event held back is dropped first, as on a failure) and the
   stream is a success; with any choice unfinished, an error event says so
   (``stream_incomplete``);
+- when it fails or stalls once the stream's terminal event has come (``[DONE]``,
+  ``message_stop``, ``response.completed``: :attr:`~waterfall_asgi.usage.UsageResult.complete`),
+  nothing is lost: the stream ends as on a clean close, a success, with no error event after its
+  last one (the Anthropic and OpenAI SDKs raise at an error event even after a whole answer);
 - when the router injected ``stream_options.include_usage`` for a client that did not ask, the
   usage-only chunk (``choices: []``) is removed whole, the one chunk such a client would choke on
   (the others keep the ``"usage": null`` the provider then adds to them);
@@ -438,6 +442,10 @@ async def relay_stream(
         if state.drain is not None:
             state.drain.cancel()
         await served.aclose()
+    if failure is not None and state.observer.result.complete:
+        # The terminal event came: a connection that then breaks, or stays open without a
+        # byte, has lost nothing (many servers never send the last chunk of a chunked body).
+        failure = None
     if continuation is not None:
         try:
             return await _continue(
