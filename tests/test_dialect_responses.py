@@ -255,11 +255,30 @@ def test_content_deltas_are_never_decoded(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(module, "decode", counting)
     created = event("response.created", response=response())
-    body = sse(created, *(delta(f"word {i}") for i in range(50)), event("response.completed"))
+    completed = event("response.completed", response=response(usage=usage(3, 50)))
+    body = sse(created, *(delta(f"word {i}") for i in range(50)), completed)
     for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
         decoded.clear()
-        assert feed_all(chunks).complete
-        assert len(decoded) == 2, decoded
+        result = feed_all(chunks)
+        assert result.complete
+        assert result.has_usage
+        # in OpenAI's shape, the whole responses are not decoded either (read in place)
+        assert decoded == [], decoded
+
+
+def test_responses_in_another_shape_are_decoded_whole_with_the_same_result() -> None:
+    counts = usage(5, 7)
+    # a tool's schema with a property named "usage", after the response's own usage
+    tool = {"type": "function", "name": "f", "parameters": {"properties": {"usage": {}}}}
+    whole = response(usage=counts, tools=[tool])
+    created = sse(event("response.created", response=response()))
+    usual = {"type": "response.completed", "sequence_number": 9, "response": whole}
+    moved = {"sequence_number": 9, "response": whole, "type": "response.completed"}
+    for data in (usual, moved):  # read in place, and decoded whole
+        result = feed_all([created, sse(("response.completed", data))])
+        assert result.complete
+        assert (result.prompt_tokens, result.completion_tokens) == (5, 7)
+        assert (result.id, result.model) == ("resp_1", "gpt-4.1")
 
 
 def test_a_delta_that_mentions_a_terminal_type_in_its_text_changes_nothing() -> None:

@@ -23,8 +23,14 @@ Where this deliberately differs from the obvious:
   (a success if its data is braced): its id (the ``response``'s first member) and first ``model``
   from its start, the last whole ``usage``, ``incomplete_details`` and ``error`` from its end (or
   else its start).
-- The error event carries ``"sequence_number": 0``: the router does not know the stream's count,
-  and the ``openai`` SDK requires the field when it validates strictly (it never orders by it).
+- ``response.created``, ``response.completed`` and ``response.incomplete`` repeat the whole
+  response (its output, instructions and tools): they are not decoded whole when their data
+  begins with their ``"type"`` (OpenAI's order). The id and model are read where they lie
+  (the ``response``'s first member, and the first ``"model"`` string), and only the last
+  ``usage`` object with a token count (and ``incomplete_details``) is decoded; an event in
+  any other shape is decoded whole.
+- The error event carries a ``"sequence_number"``, the one after the events relayed (the
+  ``openai`` SDK requires the field when it validates strictly).
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ _RESPONSE_ID = re.compile(r'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]*)"')
 _MODEL = re.compile(r'"model"\s*:\s*"([^"\\]*)"')
 _HEAD, _TAIL = 8 * 1024, 16 * 1024
 _RAW_DECODE = json.JSONDecoder().raw_decode
+_USAGE = re.compile(r'"usage"\s*:\s*(?=\{)')
+_COUNTS = ("input_tokens", "output_tokens", "total_tokens")
+_IN_PLACE = frozenset({"response.created", "response.completed", "response.incomplete"})
 _FAILED = {"message": "response failed", "code": "response_failed"}
 
 
@@ -178,8 +187,50 @@ def _read(result: UsageResult, kind: str, response: Mapping[str, Any]) -> None:
         result.error = error if type(error) is dict else dict(_FAILED)
 
 
+def _usage(text: str) -> dict[str, Any] | None:
+    """The last whole ``usage`` object in ``text`` that has a token count: a response's own
+    (a tool's schema may have a property of that name, but no counts)."""
+    found = None
+    for match in _USAGE.finditer(text):
+        try:
+            value, _ = _RAW_DECODE(text, match.end())
+        except (ValueError, RecursionError):
+            continue
+        if type(value) is dict and any(type(value.get(k)) is int for k in _COUNTS):
+            found = value
+    return found
+
+
+def _read_in_place(result: UsageResult, name: str, data: str) -> bool:
+    """Take what the usual events that are read (``response.created``, ``response.completed``,
+    ``response.incomplete``) say without decoding their whole data, which repeats the whole
+    response: its id and model read where they lie, its usage and ``incomplete_details``
+    decoded alone. Whether it could (the data's type is ``name``, braced, and what is needed
+    was found); else the caller decodes it all."""
+    first = _FIRST_TYPE.match(data)
+    if first is None or first[1] != name or data.rstrip()[-1:] != "}":
+        return False
+    response: dict[str, Any] = {}
+    if not result.id:
+        found_id, found_model = _RESPONSE_ID.search(data), _MODEL.search(data)
+        if found_id is None or found_model is None:
+            return False
+        response["id"], response["model"] = found_id[1], found_model[1]
+    if name != "response.created":
+        usage = _usage(data)
+        if usage is None and '"usage":null' not in data:
+            return False  # (usage written another way: decoded whole)
+        response["usage"] = usage
+        if name == "response.incomplete":
+            response["incomplete_details"] = _member(data, "incomplete_details")
+    _read(result, name, response)
+    return True
+
+
 def _take(result: UsageResult, name: str, data: str) -> None:
     """Take what an event named ``name`` with ``data`` says, if it is one of ``_KINDS``."""
+    if name in _IN_PLACE and _read_in_place(result, name, data):
+        return
     try:
         obj = decode(data)
     except (ValueError, RecursionError):
