@@ -1,18 +1,22 @@
 """Relaying an accepted SSE stream: bytes unchanged, event by event, with a clean end always.
 
-The relay forwards upstream bytes unchanged but only in whole events: the bytes of an event still
+The relay knows no API: the request's :class:`~waterfall_asgi.dialects.Dialect` reads the stream
+(its observer), says what proves it complete (its terminal event) and writes the error events,
+in its own shape (chat's are below; the Responses API's and Anthropic's are ``event: error``).
+It forwards upstream bytes unchanged but only in whole events: the bytes of an event still
 arriving are held back until its blank line comes. That is what makes a clean ending possible:
 
 - when the upstream fails, the unfinished event is dropped and an explicit SSE error event follows
   (``stream_interrupted``), never a half event glued to the error;
 - when it sends no byte for ``stall`` seconds once the stream has begun, it is given up the same
   way (``stream_stalled``);
-- when it closes cleanly without ``data: [DONE]`` after the whole answer (every choice has its
-  finish reason, and the usage chunk came if usage was asked for: see
+- when a chat stream closes cleanly without ``data: [DONE]`` after the whole answer (every
+  choice has its finish reason, and the usage chunk came if usage was asked for: see
   :meth:`~waterfall_asgi.usage.UsageResult.answered`), the relay appends the missing
-  ``data: [DONE]`` (an unfinished event held back is dropped first, as on a failure) and the
-  stream is a success; with any choice unfinished, an error event says so
-  (``stream_incomplete``);
+  ``data: [DONE]`` (the dialect's ``terminal``; an unfinished event held back is dropped first,
+  as on a failure) and the stream is a success; with any choice unfinished, or in a dialect
+  without such a rule (the others: only their terminal event completes them), an error event
+  says so (``stream_incomplete``), unless the upstream's own error event already did;
 - when it fails or stalls once the stream's terminal event has come (``[DONE]``,
   ``message_stop``, ``response.completed``: :attr:`~waterfall_asgi.usage.UsageResult.complete`),
   nothing is lost: the stream ends as on a clean close, a success, with no error event after its
@@ -23,8 +27,9 @@ arriving are held back until its blank line comes. That is what makes a clean en
 - an event larger than the cap is passed through as it arrives (memory stays bounded); if the
   upstream fails in the middle of one, the error event is preceded by a blank line.
 
-A :class:`~waterfall_asgi.usage.StreamObserver` reads the same whole events (so only the aligner
-holds an unfinished event, and the observer parses each event once, whole). When the
+The dialect's observer (chat's :class:`~waterfall_asgi.usage.StreamObserver`) reads the same whole
+events (so only the aligner holds an unfinished event, and the observer parses each event once,
+whole). When the
 client goes away, the upstream is drained (not relayed) for up to ``drain_seconds`` so that usage
 and cost are still recorded, then closed.
 
