@@ -444,7 +444,8 @@ def test_a_gate_that_lets_a_request_through_changes_nothing_else(
 ) -> None:
     if isinstance(behaviour, When):
         return
-    plain = FakeProvider(seed=seed, script=[[behaviour]])
-    gated = FakeProvider(seed=seed, script=[[When(times=1), behaviour]])
+    now = 1_700_000_000.0  # (one clock for both: rate-limit resets are times on it)
+    plain = FakeProvider(seed=seed, script=[[behaviour]], clock=lambda: now)
+    gated = FakeProvider(seed=seed, script=[[When(times=1), behaviour]], clock=lambda: now)
     assert send(gated, STREAM) == send(plain, STREAM)
     assert gated.requests[0].behaviours == plain.requests[0].behaviours
