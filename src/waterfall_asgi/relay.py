@@ -47,8 +47,7 @@ from typing import Any
 
 from .config import Deployment
 from .continuation import Continuation, Relayed, relayed_text, rewrite_events
-from .dialects import Dialect, StreamReader
-from .dialects.chat import ChatDialect
+from .dialects import DIALECTS, Dialect, StreamReader
 from .errors import error_body
 from .ledger import Status
 from .router import Attempt, Served
@@ -71,7 +70,7 @@ Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
 
 
-_CHAT = ChatDialect()
+_CHAT = DIALECTS["chat"]
 
 
 def error_event(message: str, code: str, type_: str = "upstream_error") -> bytes:

@@ -41,7 +41,6 @@ from .cooldown import CooldownStore, body_retry_hint, preemptive_hint, retry_hin
 from .cost import completion_limit, estimate_prompt_tokens
 from .deadline import Deadline
 from .dialects import DIALECTS, Dialect
-from .dialects.chat import ChatDialect
 from .errors import RouterError
 from .redact import Redactor
 from .sse import BLANK_LINE, SSEEvent, SSEParser
@@ -92,7 +91,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {
 _ERROR_PEEK = 64 * 1024
 _EVENT_CAP = 64 * 1024  # the largest first event parsed (SSEParser's max_bytes)
 _ENCODE = encoder(ensure_ascii=False, allow_nan=False)
-CHAT: Dialect = ChatDialect()
+CHAT: Dialect = DIALECTS["chat"]
 """The dialect of a request that names none (Chat Completions)."""
 
 
@@ -369,10 +368,6 @@ class Router:
         if wanted > 0:
             await self.cooldowns.extend(d.key, self.clock() + wanted)
         return round(wanted, 3)
-
-    def speaks(self, deployment: Deployment, dialect: Dialect) -> bool:
-        """Whether ``deployment``'s provider speaks ``dialect``'s API (its ``apis``)."""
-        return (deployment.provider, dialect.name) in self._sends
 
     async def run(
         self,
